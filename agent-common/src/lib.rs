@@ -1,0 +1,319 @@
+//! Wire structs, map names and constants shared by the kernel programs
+//! (`agent-ebpf`) and the userspace agent.
+//!
+//! Every struct that crosses the kernel/user boundary is `#[repr(C)]`, made of
+//! fixed-width integers with explicit padding, and has its size asserted at
+//! compile time right beside it. Event kinds travel as `u32`; userspace decodes
+//! them with `TryFrom`.
+#![no_std]
+
+/// Map names, defined once and used by both sides.
+pub mod maps {
+    /// Ring buffer carrying every event to userspace.
+    pub const EVENTS: &str = "MTLS_EVENTS";
+    /// Per-CPU array of `u64` counters, indexed by [`crate::stats::Stat`].
+    pub const STATS: &str = "MTLS_STATS";
+    /// `BPF_MAP_TYPE_SK_STORAGE` holding a [`crate::SockState`] per TCP socket.
+    pub const SOCKS: &str = "MTLS_SOCKS";
+    /// Per-CPU scratch buffer used to assemble a data event before output.
+    pub const SCRATCH: &str = "MTLS_SCRATCH";
+    /// Socket cookies userspace has finished with: no more bytes wanted.
+    pub const DECIDED: &str = "MTLS_DECIDED";
+}
+
+/// Program names (the Rust function names in `agent-ebpf`).
+pub mod programs {
+    pub const CAPTURE_EGRESS: &str = "mtls_capture_egress";
+    pub const CAPTURE_INGRESS: &str = "mtls_capture_ingress";
+    pub const SOCK_OPS: &str = "mtls_sock_ops";
+    pub const SOCK_STATE: &str = "mtls_sock_state";
+    /// The tracepoint the `SOCK_STATE` program is attached to (BTF flavour).
+    pub const SOCK_STATE_TRACEPOINT: &str = "inet_sock_set_state";
+    pub const ALL: [&str; 4] = [SOCK_OPS, SOCK_STATE, CAPTURE_EGRESS, CAPTURE_INGRESS];
+}
+
+/// Read-only globals patched by the loader (`EbpfLoader::set_global`).
+pub mod globals {
+    /// Bytes of each direction captured per connection (`u32`).
+    pub const CAPTURE_BUDGET: &str = "MTLS_CAPTURE_BUDGET";
+    /// Ring-buffer fill level (bytes) above which a producer wakes the reader (`u64`).
+    pub const WAKEUP_BYTES: &str = "MTLS_WAKEUP_BYTES";
+}
+
+/// Largest payload a single data event carries. A packet whose in-budget part is
+/// larger is cut here and counted as [`stats::Stat::TruncatedPackets`].
+pub const MAX_CHUNK: usize = 16 * 1024;
+/// Default capture budget per direction.
+pub const DEFAULT_CAPTURE_BUDGET: u32 = 8 * 1024;
+/// Largest accepted capture budget per direction.
+pub const MAX_CAPTURE_BUDGET: u32 = 256 * 1024;
+/// Default ring buffer size (must be a power of two multiple of the page size).
+pub const DEFAULT_RING_BYTES: u32 = 16 * 1024 * 1024;
+/// Entries of the decided-cookies map.
+pub const DECIDED_ENTRIES: u32 = 65_536;
+
+/// Event kinds (the first `u32` of every event).
+pub mod kind {
+    /// A connection became established (sock_ops active/passive), [`crate::ConnEvent`].
+    pub const ESTABLISHED: u32 = 1;
+    /// Payload bytes of one direction, [`crate::DataHeader`] followed by the bytes.
+    pub const DATA: u32 = 2;
+    /// A connection closed, [`crate::ConnEvent`] with byte counts.
+    pub const CLOSED: u32 = 3;
+    /// A socket started listening (process context), [`crate::ConnEvent`].
+    pub const LISTEN: u32 = 4;
+    /// A connection established before the probes attached was seen, [`crate::ConnEvent`].
+    pub const PREEXISTING: u32 = 5;
+}
+
+/// Which way the bytes went, seen from the socket that carried them.
+pub mod direction {
+    /// Sent by this socket.
+    pub const EGRESS: u8 = 0;
+    /// Received by this socket.
+    pub const INGRESS: u8 = 1;
+}
+
+/// Role of a socket in its connection.
+pub mod role {
+    pub const UNKNOWN: u16 = 0;
+    /// It called connect().
+    pub const CLIENT: u16 = 1;
+    /// It was accepted from a listener.
+    pub const SERVER: u16 = 2;
+}
+
+/// Address families as the kernel spells them.
+pub mod family {
+    pub const INET: u16 = 2;
+    pub const INET6: u16 = 10;
+}
+
+/// TCP header flag bits as they appear in byte 13 of the header.
+pub mod tcp_flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+}
+
+/// Bits of [`SockState::flags`].
+pub mod sock_flags {
+    /// `egress_base` holds the sequence number of the first byte we send.
+    pub const EGRESS_BASE: u32 = 1 << 0;
+    /// `ingress_base` holds the sequence number of the first byte we receive.
+    pub const INGRESS_BASE: u32 = 1 << 1;
+    /// The egress budget is used up.
+    pub const EGRESS_DONE: u32 = 1 << 2;
+    /// The ingress budget is used up.
+    pub const INGRESS_DONE: u32 = 1 << 3;
+    /// Userspace has decided; nothing more is captured.
+    pub const DECIDED: u32 = 1 << 4;
+    /// The connection existed before the probes attached.
+    pub const PREEXISTING: u32 = 1 << 5;
+    /// sock_ops saw this connection become established.
+    pub const ESTABLISHED: u32 = 1 << 6;
+    /// `pid`/`tgid`/`comm` were recorded in process context.
+    pub const PROCESS: u32 = 1 << 7;
+    /// A capture event of this socket was lost (ring buffer full).
+    pub const LOST: u32 = 1 << 8;
+    /// This socket sent a FIN (entered FIN_WAIT1 or LAST_ACK).
+    pub const FIN_SENT: u32 = 1 << 11;
+    /// This socket received a FIN (entered CLOSE_WAIT, CLOSING or TIME_WAIT, or
+    /// closed from FIN_WAIT2).
+    pub const FIN_RECEIVED: u32 = 1 << 12;
+    /// Egress was captured from the middle of the stream.
+    pub const EGRESS_MIDSTREAM: u32 = 1 << 9;
+    /// Ingress was captured from the middle of the stream.
+    pub const INGRESS_MIDSTREAM: u32 = 1 << 10;
+    /// Both budgets used up or decided: packets cost one lookup.
+    pub const DONE: u32 = EGRESS_DONE | INGRESS_DONE;
+}
+
+/// Bits of [`DataHeader::flags`].
+pub mod data_flags {
+    /// `pid`/`tgid`/`comm` name the task that sent this segment (egress, the task's
+    /// cgroup equals the socket's).
+    pub const PROCESS: u8 = 1 << 0;
+    /// The segment's payload went past the chunk size and was cut.
+    pub const TRUNCATED: u8 = 1 << 1;
+    /// The stream offset is relative to the first segment seen, not to the SYN.
+    pub const MIDSTREAM: u8 = 1 << 2;
+}
+
+/// Per-socket state kept in `BPF_MAP_TYPE_SK_STORAGE` and freed with the socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SockState {
+    /// TCP sequence number of the first payload byte sent.
+    pub egress_base: u32,
+    /// TCP sequence number of the first payload byte received.
+    pub ingress_base: u32,
+    /// Stream offset up to which egress bytes have been sent up.
+    pub egress_hw: u32,
+    /// Stream offset up to which ingress bytes have been sent up.
+    pub ingress_hw: u32,
+    /// [`sock_flags`] bits.
+    pub flags: u32,
+    pub pid: u32,
+    pub tgid: u32,
+    pub _pad0: u32,
+    pub cgroup_id: u64,
+    pub comm: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<SockState>() == 56);
+
+/// Common first fields of every event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EventHeader {
+    /// One of [`kind`].
+    pub kind: u32,
+    pub _pad0: u32,
+    /// `bpf_get_socket_cookie` of the socket.
+    pub cookie: u64,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when the event was made.
+    pub ts_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<EventHeader>() == 24);
+
+/// Lifecycle event: established, closed, listen, pre-existing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ConnEvent {
+    pub hdr: EventHeader,
+    /// Network namespace cookie (0 where the hook cannot tell).
+    pub netns_cookie: u64,
+    /// cgroup v2 id of the socket (or of the task in process context).
+    pub cgroup_id: u64,
+    /// Payload bytes sent and acknowledged (CLOSED from sock_ops; SYN and FIN
+    /// excluded).
+    pub bytes_sent: u64,
+    /// Payload bytes received (CLOSED from sock_ops; FIN excluded).
+    pub bytes_received: u64,
+    /// Local address: IPv4 in the first 4 bytes, or IPv6; network order.
+    pub local_addr: [u8; 16],
+    /// Remote address, same encoding.
+    pub remote_addr: [u8; 16],
+    /// Host order.
+    pub local_port: u16,
+    /// Host order.
+    pub remote_port: u16,
+    /// [`family`].
+    pub family: u16,
+    /// [`role`].
+    pub role: u16,
+    pub pid: u32,
+    pub tgid: u32,
+    pub comm: [u8; 16],
+    /// Sequence number of the first payload byte sent (ESTABLISHED).
+    pub egress_base: u32,
+    /// Sequence number of the first payload byte received (ESTABLISHED).
+    pub ingress_base: u32,
+    /// [`sock_flags`] of the socket when the event was made.
+    pub sock_flags: u32,
+    pub _pad1: u32,
+}
+const _: () = assert!(core::mem::size_of::<ConnEvent>() == 136);
+
+/// Header of a data event; `len` payload bytes follow it in the same record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DataHeader {
+    pub hdr: EventHeader,
+    /// cgroup v2 id of the socket.
+    pub cgroup_id: u64,
+    /// Stream offset of the first payload byte (0 = first byte after the SYN).
+    pub offset: u32,
+    /// Payload bytes following this header.
+    pub len: u32,
+    /// Payload bytes the segment carried in all.
+    pub seg_len: u32,
+    /// [`direction`].
+    pub direction: u8,
+    /// TCP flags byte of the segment ([`tcp_flags`]).
+    pub tcp_flags: u8,
+    /// [`data_flags`].
+    pub flags: u8,
+    pub _pad0: u8,
+    pub pid: u32,
+    pub tgid: u32,
+    pub comm: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<DataHeader>() == 72);
+
+/// A data event as assembled in the per-CPU scratch buffer.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DataEvent {
+    pub header: DataHeader,
+    pub payload: [u8; MAX_CHUNK],
+}
+const _: () = assert!(core::mem::size_of::<DataEvent>() == 72 + MAX_CHUNK);
+
+/// Kernel-side counters, one slot each in the per-CPU stats map.
+pub mod stats {
+    macro_rules! stats {
+        ($($(#[$doc:meta])* $name:ident = $idx:expr, $label:expr;)*) => {
+            /// Index of a counter in the stats map.
+            #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+            #[repr(u32)]
+            pub enum Stat { $($(#[$doc])* $name = $idx,)* }
+            /// Every counter, in index order.
+            pub const ALL: &[Stat] = &[$(Stat::$name,)*];
+            impl Stat {
+                /// Label used in logs and metrics.
+                pub const fn name(self) -> &'static str {
+                    match self { $(Stat::$name => $label,)* }
+                }
+            }
+        };
+    }
+    stats! {
+        /// Data events written to the ring buffer.
+        DataEvents = 0, "data_events";
+        /// Payload bytes written to the ring buffer.
+        CapturedBytes = 1, "captured_bytes";
+        /// Ring-buffer output failed (full): event lost.
+        RingbufFull = 2, "ringbuf_full";
+        /// Segments cut at the chunk size or the budget.
+        TruncatedPackets = 3, "truncated_packets";
+        /// Directions whose capture budget was used up.
+        BudgetExhausted = 4, "budget_exhausted";
+        /// Socket storage could not be created.
+        StorageFailed = 5, "storage_failed";
+        /// `bpf_skb_load_bytes` failed.
+        LoadFailed = 6, "load_failed";
+        /// IP/TCP header did not parse (IPv6 extension headers, short packet).
+        HeaderUnparsed = 7, "header_unparsed";
+        /// Retransmitted segments already captured, skipped.
+        Retransmits = 8, "retransmits_skipped";
+        /// `bpf_sock_ops_cb_flags_set` failed.
+        CbFlagsFailed = 9, "cb_flags_failed";
+        /// Connections first seen mid-stream (older than the probes).
+        Preexisting = 10, "preexisting";
+        /// Lifecycle events written.
+        ConnEvents = 11, "conn_events";
+        /// Sockets marked decided by userspace.
+        Decided = 12, "decided";
+        /// Segments that arrived before their socket was established.
+        NoBase = 13, "no_base";
+    }
+    /// Number of slots in the stats map.
+    pub const LEN: u32 = 14;
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: plain `#[repr(C)]` structs of integers and byte arrays with explicit
+    // padding; every bit pattern is valid.
+    unsafe impl aya::Pod for SockState {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for EventHeader {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ConnEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for DataHeader {}
+}

@@ -1,0 +1,341 @@
+//! cgroup_skb ingress/egress: the capture budget.
+//!
+//! Fast path: a packet of a socket whose budget is used up (or that userspace has
+//! decided) costs `bpf_sk_fullsock` and one socket-storage lookup. Only inside the
+//! budget are the IP and TCP headers read to find the payload, whose in-budget part
+//! is copied to a per-CPU scratch event and output with its stream offset.
+
+use core::{ffi::c_void, mem::size_of, ptr};
+
+use agent_common::{
+    ConnEvent, DataHeader, MAX_CHUNK, data_flags, direction, kind, role, sock_flags,
+    stats::Stat, tcp_flags,
+};
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{__sk_buff, bpf_sock},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid,
+        generated::{
+            bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_ns,
+            bpf_ringbuf_output, bpf_sk_fullsock, bpf_skb_cgroup_id, bpf_skb_load_bytes,
+        },
+    },
+    macros::cgroup_skb,
+    programs::SkBuffContext,
+};
+
+use crate::maps::{
+    MTLS_DECIDED, MTLS_EVENTS, MTLS_SCRATCH, bump, capture_budget, ring_ptr, sock_state,
+    wakeup_flags,
+};
+
+const IPPROTO_TCP: u32 = 6;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const DATA_HEADER_LEN: u32 = size_of::<DataHeader>() as u32;
+
+// TCP states (include/net/tcp_states.h) in which a socket without our storage must
+// predate the probes.
+const TCP_ESTABLISHED: u32 = 1;
+const TCP_FIN_WAIT1: u32 = 4;
+const TCP_FIN_WAIT2: u32 = 5;
+const TCP_CLOSE_WAIT: u32 = 8;
+const TCP_LAST_ACK: u32 = 9;
+const TCP_CLOSING: u32 = 11;
+
+#[cgroup_skb(egress)]
+pub fn mtls_capture_egress(ctx: SkBuffContext) -> i32 {
+    if let Err(stat) = try_capture(&ctx, direction::EGRESS) {
+        bump(stat, 1);
+    }
+    // Never drop: we only watch.
+    1
+}
+
+#[cgroup_skb(ingress)]
+pub fn mtls_capture_ingress(ctx: SkBuffContext) -> i32 {
+    if let Err(stat) = try_capture(&ctx, direction::INGRESS) {
+        bump(stat, 1);
+    }
+    1
+}
+
+#[inline(always)]
+fn try_capture(ctx: &SkBuffContext, dir: u8) -> Result<(), Stat> {
+    let skb = ctx.as_ptr().cast::<__sk_buff>();
+    // SAFETY: ctx is the kernel's __sk_buff; `sk` is a context field.
+    let sk = unsafe { (*skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return Ok(());
+    }
+    // SAFETY: sk came from the context.
+    let sk = unsafe { bpf_sk_fullsock(sk) };
+    if sk.is_null() {
+        return Ok(());
+    }
+    // SAFETY: full socket checked non-null above.
+    if unsafe { (*sk).protocol } != IPPROTO_TCP {
+        return Ok(());
+    }
+
+    // SAFETY: `sk` is a full socket.
+    let mut st = unsafe { sock_state(sk.cast(), false) };
+    if st.is_null() {
+        st = adopt_preexisting(ctx, sk)?;
+        if st.is_null() {
+            return Ok(());
+        }
+    }
+    // SAFETY: non-null storage pointer from bpf_sk_storage_get.
+    let state = unsafe { &mut *st };
+    let flags = state.flags;
+    let (done_bit, base_bit, midstream_bit) = if dir == direction::EGRESS {
+        (sock_flags::EGRESS_DONE, sock_flags::EGRESS_BASE, sock_flags::EGRESS_MIDSTREAM)
+    } else {
+        (sock_flags::INGRESS_DONE, sock_flags::INGRESS_BASE, sock_flags::INGRESS_MIDSTREAM)
+    };
+    if flags & (done_bit | sock_flags::DECIDED) != 0 {
+        return Ok(());
+    }
+
+    // Inside the budget: find the payload.
+    // SAFETY: context field reads.
+    let (skb_len, proto) = unsafe { ((*skb).len, u16::from_be((*skb).protocol as u16)) };
+    let ip_len: u32 = if proto == ETH_P_IP {
+        let vihl: u8 = ctx.load(0).map_err(|_| Stat::HeaderUnparsed)?;
+        u32::from(vihl & 0x0f) * 4
+    } else if proto == ETH_P_IPV6 {
+        let next: u8 = ctx.load(6).map_err(|_| Stat::HeaderUnparsed)?;
+        if next != 6 {
+            return Err(Stat::HeaderUnparsed);
+        }
+        40
+    } else {
+        return Ok(());
+    };
+    if ip_len < 20 || ip_len > 60 {
+        return Err(Stat::HeaderUnparsed);
+    }
+    let seq: u32 = ctx.load(ip_len as usize + 4).map_err(|_| Stat::HeaderUnparsed)?;
+    let seq = u32::from_be(seq);
+    let doff: u8 = ctx.load(ip_len as usize + 12).map_err(|_| Stat::HeaderUnparsed)?;
+    let tflags: u8 = ctx.load(ip_len as usize + 13).map_err(|_| Stat::HeaderUnparsed)?;
+    let hdr_len = ip_len + u32::from(doff >> 4) * 4;
+    if skb_len < hdr_len {
+        return Err(Stat::HeaderUnparsed);
+    }
+    let seg_len = skb_len - hdr_len;
+    let fin_rst = tflags & (tcp_flags::FIN | tcp_flags::RST) != 0;
+    if seg_len == 0 && !fin_rst {
+        return Ok(());
+    }
+
+    let mut data_flags = 0u8;
+    let base = if flags & base_bit != 0 {
+        if dir == direction::EGRESS { state.egress_base } else { state.ingress_base }
+    } else {
+        if seg_len == 0 {
+            // A bare FIN/RST of a stream we never saw data of: nothing to anchor.
+            return Err(Stat::NoBase);
+        }
+        // First bytes of a stream we did not see start (older than the probes, or
+        // data before establishment such as TCP Fast Open): anchor here.
+        if dir == direction::EGRESS {
+            state.egress_base = seq;
+        } else {
+            state.ingress_base = seq;
+        }
+        state.flags |= base_bit | midstream_bit;
+        seq
+    };
+    if state.flags & midstream_bit != 0 {
+        data_flags |= data_flags::MIDSTREAM;
+    }
+    let offset = seq.wrapping_sub(base);
+    let budget = capture_budget();
+    if offset >= budget {
+        state.flags |= done_bit;
+        bump(Stat::BudgetExhausted, 1);
+        return Ok(());
+    }
+    let hw = if dir == direction::EGRESS { state.egress_hw } else { state.ingress_hw };
+    if seg_len > 0 && offset + seg_len <= hw {
+        bump(Stat::Retransmits, 1);
+        return Ok(());
+    }
+
+    // SAFETY: cookie of the skb's socket.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if seg_len > 0 && MTLS_DECIDED.get_ptr(&cookie).is_some() {
+        state.flags |= sock_flags::DECIDED;
+        let _ = MTLS_DECIDED.remove(&cookie);
+        bump(Stat::Decided, 1);
+        return Ok(());
+    }
+
+    let mut len = seg_len;
+    if len > budget - offset {
+        len = budget - offset;
+        data_flags |= data_flags::TRUNCATED;
+    }
+    if len > MAX_CHUNK as u32 {
+        len = MAX_CHUNK as u32;
+        data_flags |= data_flags::TRUNCATED;
+    }
+    if data_flags & data_flags::TRUNCATED != 0 && len < budget - offset {
+        bump(Stat::TruncatedPackets, 1);
+    }
+
+    let event = MTLS_SCRATCH.get_ptr_mut(0).ok_or(Stat::LoadFailed)?;
+    // SAFETY: per-CPU scratch slot, ours for the duration of the program.
+    let event = unsafe { &mut *event };
+    let h = &mut event.header;
+    h.hdr.kind = kind::DATA;
+    h.hdr.cookie = cookie;
+    // SAFETY: plain helper calls.
+    h.hdr.ts_ns = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: skb is the context.
+    h.cgroup_id = unsafe { bpf_skb_cgroup_id(skb) };
+    h.offset = offset;
+    h.len = len;
+    h.seg_len = seg_len;
+    h.direction = dir;
+    h.tcp_flags = tflags;
+    h.pid = 0;
+    h.tgid = 0;
+    h.comm = [0; 16];
+    if dir == direction::EGRESS {
+        // Egress segments are usually sent from the owner's system call. Trust the
+        // current task only when its cgroup is the socket's.
+        let pid_tgid = bpf_get_current_pid_tgid();
+        // SAFETY: plain helper call.
+        if pid_tgid != 0 && unsafe { bpf_get_current_cgroup_id() } == h.cgroup_id {
+            h.pid = pid_tgid as u32;
+            h.tgid = (pid_tgid >> 32) as u32;
+            h.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+            data_flags |= data_flags::PROCESS;
+        }
+    }
+    h.flags = data_flags;
+
+    if len > 0 {
+        // The compiler knows `len` is in 1..=MAX_CHUNK but may hand the helper a copy
+        // the verifier cannot bound; make the check and the call use one opaque value.
+        let n = core::hint::black_box(len);
+        if n == 0 || n > MAX_CHUNK as u32 {
+            return Err(Stat::LoadFailed);
+        }
+        // SAFETY: the destination is the scratch payload, `n` bytes fit in it.
+        let ret = unsafe {
+            bpf_skb_load_bytes(
+                ctx.as_ptr(),
+                hdr_len,
+                event.payload.as_mut_ptr().cast::<c_void>(),
+                n,
+            )
+        };
+        if ret != 0 {
+            return Err(Stat::LoadFailed);
+        }
+    }
+    let size = u64::from(DATA_HEADER_LEN + (len & (2 * MAX_CHUNK as u32 - 1)));
+    // SAFETY: the scratch event is `DATA_HEADER_LEN + MAX_CHUNK` bytes long and `size`
+    // does not exceed it.
+    let ret = unsafe {
+        bpf_ringbuf_output(
+            ring_ptr(),
+            ptr::from_mut(event).cast::<c_void>(),
+            size,
+            wakeup_flags(),
+        )
+    };
+    if ret != 0 {
+        state.flags |= sock_flags::LOST;
+        return Err(Stat::RingbufFull);
+    }
+    bump(Stat::DataEvents, 1);
+    bump(Stat::CapturedBytes, u64::from(len));
+    let end = offset + len;
+    if end > hw {
+        if dir == direction::EGRESS {
+            state.egress_hw = end;
+        } else {
+            state.ingress_hw = end;
+        }
+    }
+    if end >= budget {
+        state.flags |= done_bit;
+        bump(Stat::BudgetExhausted, 1);
+    }
+    Ok(())
+}
+
+/// A TCP socket in an established-or-later state without our storage was set up
+/// before the probes attached: give it storage and tell userspace once.
+#[inline(always)]
+fn adopt_preexisting(
+    ctx: &SkBuffContext,
+    sk: *mut bpf_sock,
+) -> Result<*mut agent_common::SockState, Stat> {
+    // SAFETY: full socket.
+    let tcp_state = unsafe { (*sk).state };
+    if !matches!(
+        tcp_state,
+        TCP_ESTABLISHED | TCP_FIN_WAIT1 | TCP_FIN_WAIT2 | TCP_CLOSE_WAIT | TCP_LAST_ACK | TCP_CLOSING
+    ) {
+        return Ok(ptr::null_mut());
+    }
+    // SAFETY: full socket.
+    let st = unsafe { sock_state(sk.cast(), true) };
+    if st.is_null() {
+        return Err(Stat::StorageFailed);
+    }
+    // SAFETY: non-null storage.
+    unsafe { (*st).flags |= sock_flags::PREEXISTING };
+    bump(Stat::Preexisting, 1);
+
+    let Some(mut entry) = MTLS_EVENTS.reserve_untyped::<ConnEvent>(0) else {
+        return Err(Stat::RingbufFull);
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: reserved space of the right size; every field is written below.
+    unsafe {
+        ptr::write_bytes(ev, 0, 1);
+        let e = &mut *ev;
+        e.hdr.kind = kind::PREEXISTING;
+        e.hdr.cookie = bpf_get_socket_cookie(ctx.as_ptr());
+        e.hdr.ts_ns = bpf_ktime_get_ns();
+        e.cgroup_id = bpf_skb_cgroup_id(ctx.as_ptr().cast());
+        let s = &*sk;
+        e.family = s.family as u16;
+        e.role = role::UNKNOWN;
+        e.local_port = s.src_port as u16;
+        e.remote_port = u16::from_be(s.dst_port);
+        if e.family == agent_common::family::INET {
+            e.local_addr[..4].copy_from_slice(&s.src_ip4.to_ne_bytes());
+            e.remote_addr[..4].copy_from_slice(&s.dst_ip4.to_ne_bytes());
+        } else {
+            copy_ip6(&mut e.local_addr, &s.src_ip6);
+            copy_ip6(&mut e.remote_addr, &s.dst_ip6);
+        }
+        e.sock_flags = (*st).flags;
+    }
+    entry.submit(wakeup_flags());
+    bump(Stat::ConnEvents, 1);
+    Ok(st)
+}
+
+/// Copies an IPv6 address kept as four network-order `u32` words.
+#[inline(always)]
+pub fn copy_ip6(dst: &mut [u8; 16], src: &[u32; 4]) {
+    let mut i = 0;
+    while i < 4 {
+        let b = src[i].to_ne_bytes();
+        dst[i * 4] = b[0];
+        dst[i * 4 + 1] = b[1];
+        dst[i * 4 + 2] = b[2];
+        dst[i * 4 + 3] = b[3];
+        i += 1;
+    }
+}

@@ -1,0 +1,29 @@
+//! mtls-auditor kernel programs.
+//!
+//! - `capture`: cgroup_skb ingress/egress on the cgroup v2 root. Sends the first
+//!   bytes of each direction of every TCP connection up the ring buffer; after the
+//!   budget (or once userspace has decided) a packet costs one socket-storage lookup.
+//! - `sock_ops`: connection established (active and passive) and closed, with the
+//!   sequence bases that turn TCP sequence numbers into stream offsets.
+//! - `sock_state`: the `sock/inet_sock_set_state` tracepoint (BTF flavour) for what
+//!   only process context knows: who connected, who listens.
+#![no_std]
+#![no_main]
+
+mod capture;
+mod maps;
+mod sock_ops;
+mod sock_state;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any program that could reach this.
+    loop {}
+}
+
+/// GPL-compatible: the tracing helpers (`bpf_probe_read_kernel`, `bpf_get_current_*`)
+/// require it.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

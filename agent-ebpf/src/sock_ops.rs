@@ -1,0 +1,182 @@
+//! sock_ops on the cgroup v2 root: connection established (active and passive) and
+//! closed. Establishment records the sequence bases that turn TCP sequence numbers
+//! into stream offsets and asks for state callbacks, so the close carries the
+//! socket's byte counts.
+
+use core::ptr;
+
+use agent_common::{ConnEvent, family, kind, role, sock_flags, stats::Stat};
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
+        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+    },
+    helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns},
+    macros::sock_ops,
+    programs::SockOpsContext,
+};
+
+use aya_log_ebpf::warn;
+
+use crate::{
+    capture::copy_ip6,
+    maps::{MTLS_EVENTS, bump, sock_state, wakeup_flags},
+};
+
+const TCP_FIN_WAIT1: u32 = 4;
+const TCP_FIN_WAIT2: u32 = 5;
+const TCP_TIME_WAIT: u32 = 6;
+const TCP_CLOSE: u32 = 7;
+const TCP_CLOSE_WAIT: u32 = 8;
+const TCP_LAST_ACK: u32 = 9;
+const TCP_CLOSING: u32 = 11;
+
+#[sock_ops]
+pub fn mtls_sock_ops(ctx: SockOpsContext) -> u32 {
+    if let Err(stat) = try_sock_ops(&ctx) {
+        bump(stat, 1);
+    }
+    1
+}
+
+#[inline(always)]
+fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), Stat> {
+    let op = ctx.op();
+    match op {
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB | BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
+            established(ctx, op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB)
+        }
+        BPF_SOCK_OPS_STATE_CB => state_change(ctx, ctx.arg(0), ctx.arg(1)),
+        _ => Ok(()),
+    }
+}
+
+#[inline(always)]
+fn established(ctx: &SockOpsContext, active: bool) -> Result<(), Stat> {
+    let ops = ctx.ops;
+    // SAFETY: context field.
+    let sk = unsafe { (*ops).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return Ok(());
+    }
+    // SAFETY: socket pointer from the sock_ops context.
+    let st = unsafe { sock_state(sk.cast(), true) };
+    if st.is_null() {
+        return Err(Stat::StorageFailed);
+    }
+    // SAFETY: non-null storage; context field reads.
+    let state = unsafe { &mut *st };
+    unsafe {
+        state.egress_base = (*ops).snd_nxt;
+        state.ingress_base = (*ops).rcv_nxt;
+    }
+    state.egress_hw = 0;
+    state.ingress_hw = 0;
+    state.flags |= sock_flags::EGRESS_BASE | sock_flags::INGRESS_BASE | sock_flags::ESTABLISHED;
+
+    if let Err(err) = ctx.set_cb_flags(ctx.cb_flags() as i32 | BPF_SOCK_OPS_STATE_CB_FLAG as i32) {
+        // Rare (the flag is supported since 4.16): the close of this connection
+        // will come without byte counts.
+        warn!(ctx, "bpf_sock_ops_cb_flags_set failed: {}", err);
+        bump(Stat::CbFlagsFailed, 1);
+    }
+
+    emit(ctx, kind::ESTABLISHED, if active { role::CLIENT } else { role::SERVER }, state)
+}
+
+/// Tracks FINs (their sequence numbers are not payload) and reports the close.
+#[inline(always)]
+fn state_change(ctx: &SockOpsContext, old: u32, new: u32) -> Result<(), Stat> {
+    let ops = ctx.ops;
+    // SAFETY: context field.
+    let sk = unsafe { (*ops).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return Ok(());
+    }
+    // SAFETY: socket pointer from the sock_ops context.
+    let st = unsafe { sock_state(sk.cast(), false) };
+    if st.is_null() {
+        return Ok(());
+    }
+    // SAFETY: non-null storage.
+    let state = unsafe { &mut *st };
+    if new == TCP_FIN_WAIT1 || new == TCP_LAST_ACK {
+        state.flags |= sock_flags::FIN_SENT;
+    }
+    if new == TCP_CLOSE_WAIT
+        || new == TCP_CLOSING
+        || new == TCP_TIME_WAIT
+        || (old == TCP_FIN_WAIT2 && new == TCP_CLOSE)
+    {
+        state.flags |= sock_flags::FIN_RECEIVED;
+    }
+    if new == TCP_CLOSE {
+        return emit(ctx, kind::CLOSED, role::UNKNOWN, state);
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn emit(
+    ctx: &SockOpsContext,
+    event_kind: u32,
+    event_role: u16,
+    state: &mut agent_common::SockState,
+) -> Result<(), Stat> {
+    let ops = ctx.ops;
+    let Some(mut entry) = MTLS_EVENTS.reserve_untyped::<ConnEvent>(0) else {
+        state.flags |= sock_flags::LOST;
+        return Err(Stat::RingbufFull);
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: reserved space of the right size, zeroed then filled; context reads.
+    unsafe {
+        ptr::write_bytes(ev, 0, 1);
+        let e = &mut *ev;
+        e.hdr.kind = event_kind;
+        e.hdr.cookie = bpf_get_socket_cookie(ctx.as_ptr());
+        e.hdr.ts_ns = bpf_ktime_get_ns();
+        e.netns_cookie = bpf_get_netns_cookie(ctx.as_ptr());
+        e.family = (*ops).family as u16;
+        e.role = event_role;
+        e.local_port = (*ops).local_port as u16;
+        // remote_port holds the port in network order in its upper 16 bits.
+        e.remote_port = u16::from_be(((*ops).remote_port >> 16) as u16);
+        if e.family == family::INET {
+            e.local_addr[..4].copy_from_slice(&(*ops).local_ip4.to_ne_bytes());
+            e.remote_addr[..4].copy_from_slice(&(*ops).remote_ip4.to_ne_bytes());
+        } else {
+            copy_ip6(&mut e.local_addr, &(*ops).local_ip6);
+            copy_ip6(&mut e.remote_addr, &(*ops).remote_ip6);
+        }
+        if event_kind == kind::CLOSED {
+            // Sequence arithmetic against the bases taken at establishment: exact
+            // payload counts, without the SYN and FIN that the kernel's
+            // bytes_acked/bytes_received include.
+            let (snd_una, snd_nxt, rcv_nxt) = ((*ops).snd_una, (*ops).snd_nxt, (*ops).rcv_nxt);
+            let mut sent = snd_una.wrapping_sub(state.egress_base);
+            if state.flags & sock_flags::FIN_SENT != 0 && snd_una == snd_nxt && sent > 0 {
+                sent -= 1;
+            }
+            let mut received = rcv_nxt.wrapping_sub(state.ingress_base);
+            if state.flags & sock_flags::FIN_RECEIVED != 0 && received > 0 {
+                received -= 1;
+            }
+            e.bytes_sent = u64::from(sent);
+            e.bytes_received = u64::from(received);
+        }
+        e.egress_base = state.egress_base;
+        e.ingress_base = state.ingress_base;
+        e.sock_flags = state.flags;
+        if state.flags & sock_flags::PROCESS != 0 {
+            e.pid = state.pid;
+            e.tgid = state.tgid;
+            e.comm = state.comm;
+            e.cgroup_id = state.cgroup_id;
+        }
+    }
+    entry.submit(wakeup_flags());
+    bump(Stat::ConnEvents, 1);
+    Ok(())
+}

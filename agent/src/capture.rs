@@ -1,0 +1,144 @@
+//! Decoding ring-buffer records into events.
+//!
+//! Records are untrusted byte slices as far as this module is concerned: every
+//! length is checked before a struct is read, and kinds are decoded with
+//! `TryFrom`, never transmuted.
+
+use std::mem::size_of;
+
+use agent_common::{ConnEvent, DataHeader, EventHeader, kind};
+use thiserror::Error;
+
+/// Kind of a lifecycle event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnKind {
+    Established,
+    Closed,
+    Listen,
+    Preexisting,
+}
+
+/// Kind of any event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Conn(ConnKind),
+    Data,
+}
+
+impl TryFrom<u32> for EventKind {
+    type Error = DecodeError;
+
+    fn try_from(v: u32) -> Result<Self, DecodeError> {
+        Ok(match v {
+            kind::ESTABLISHED => Self::Conn(ConnKind::Established),
+            kind::CLOSED => Self::Conn(ConnKind::Closed),
+            kind::LISTEN => Self::Conn(ConnKind::Listen),
+            kind::PREEXISTING => Self::Conn(ConnKind::Preexisting),
+            kind::DATA => Self::Data,
+            other => return Err(DecodeError::UnknownKind(other)),
+        })
+    }
+}
+
+/// One decoded record.
+#[derive(Debug, Clone, Copy)]
+pub enum Event<'a> {
+    Conn(ConnKind, ConnEvent),
+    Data(DataHeader, &'a [u8]),
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {0} bytes is shorter than an event header")]
+    Short(usize),
+    #[error("unknown event kind {0}")]
+    UnknownKind(u32),
+    #[error("{kind:?} record of {got} bytes, expected {want}")]
+    Size { kind: EventKind, got: usize, want: usize },
+}
+
+fn read<T: Copy>(buf: &[u8]) -> T {
+    debug_assert!(buf.len() >= size_of::<T>());
+    // SAFETY: callers check `buf.len() >= size_of::<T>()`; `T` is a plain
+    // `#[repr(C)]` wire struct of integers for which every bit pattern is valid, and
+    // the read is unaligned-safe.
+    unsafe { std::ptr::read_unaligned(buf.as_ptr().cast::<T>()) }
+}
+
+/// Decodes one ring-buffer record.
+pub fn decode(buf: &[u8]) -> Result<Event<'_>, DecodeError> {
+    if buf.len() < size_of::<EventHeader>() {
+        return Err(DecodeError::Short(buf.len()));
+    }
+    let header: EventHeader = read(buf);
+    let event_kind = EventKind::try_from(header.kind)?;
+    match event_kind {
+        EventKind::Conn(k) => {
+            let want = size_of::<ConnEvent>();
+            if buf.len() < want {
+                return Err(DecodeError::Size { kind: event_kind, got: buf.len(), want });
+            }
+            Ok(Event::Conn(k, read(buf)))
+        }
+        EventKind::Data => {
+            let hlen = size_of::<DataHeader>();
+            if buf.len() < hlen {
+                return Err(DecodeError::Size { kind: event_kind, got: buf.len(), want: hlen });
+            }
+            let h: DataHeader = read(buf);
+            let want = hlen + h.len as usize;
+            if buf.len() < want {
+                return Err(DecodeError::Size { kind: event_kind, got: buf.len(), want });
+            }
+            Ok(Event::Data(h, &buf[hlen..want]))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
+        // SAFETY: reading the bytes of a plain repr(C) value.
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
+    }
+
+    #[test]
+    fn rejects_short_and_unknown_records() {
+        assert_eq!(decode(&[0; 4]).unwrap_err(), DecodeError::Short(4));
+        let mut h = EventHeader::default();
+        h.kind = 99;
+        assert_eq!(decode(&bytes_of(&h)).unwrap_err(), DecodeError::UnknownKind(99));
+        h.kind = kind::CLOSED;
+        assert!(matches!(decode(&bytes_of(&h)), Err(DecodeError::Size { .. })));
+    }
+
+    #[test]
+    fn data_length_must_fit_the_record() {
+        let h = DataHeader {
+            hdr: EventHeader { kind: kind::DATA, _pad0: 0, cookie: 7, ts_ns: 1 },
+            cgroup_id: 0,
+            offset: 0,
+            len: 5,
+            seg_len: 5,
+            direction: 0,
+            tcp_flags: 0,
+            flags: 0,
+            _pad0: 0,
+            pid: 0,
+            tgid: 0,
+            comm: [0; 16],
+        };
+        let mut buf = bytes_of(&h);
+        assert!(matches!(decode(&buf), Err(DecodeError::Size { .. })));
+        buf.extend_from_slice(b"hello");
+        match decode(&buf).unwrap() {
+            Event::Data(d, payload) => {
+                assert_eq!(d.hdr.cookie, 7);
+                assert_eq!(payload, b"hello");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

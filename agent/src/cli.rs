@@ -1,0 +1,72 @@
+//! Command line. Every flag can also be set through an `MTLS_AUDITOR_*`
+//! environment variable, which is how a DaemonSet configures the agent.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mtls-auditor",
+    version,
+    about = "Proves, from the bytes on the wire, which TCP connections on this node are plaintext, TLS or mutual TLS.",
+    long_about = None
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load the probes and report every TCP connection on this host as a JSON line
+    /// when it finishes. Runs until SIGINT or SIGTERM, then detaches everything.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Log filter (tracing env-filter syntax), e.g. `info` or `mtls_auditor=debug`.
+    #[arg(long, global = true, env = "MTLS_AUDITOR_LOG", default_value = "info")]
+    pub log_level: String,
+    /// Log format on stderr.
+    #[arg(long, global = true, env = "MTLS_AUDITOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Bytes captured from the start of each direction of every connection.
+    #[arg(long, env = "MTLS_AUDITOR_CAPTURE_BUDGET", default_value_t = agent_common::DEFAULT_CAPTURE_BUDGET,
+          value_parser = clap::value_parser!(u32).range(1..=agent_common::MAX_CAPTURE_BUDGET as i64))]
+    pub capture_budget: u32,
+    /// Size of the kernel-to-agent ring buffer in bytes (a power of two).
+    #[arg(long, env = "MTLS_AUDITOR_RING_BYTES", default_value_t = agent_common::DEFAULT_RING_BYTES)]
+    pub ring_bytes: u32,
+    /// Where connection records go: `-` for stdout, or a file path (appended to).
+    #[arg(long, short, env = "MTLS_AUDITOR_OUTPUT", default_value = "-")]
+    pub output: String,
+    /// How often the agent drains the ring buffer when the kernel does not wake it.
+    #[arg(long, env = "MTLS_AUDITOR_POLL_MS", default_value_t = 20)]
+    pub poll_ms: u64,
+    /// How long a closed connection with one end on this node waits for its other end.
+    #[arg(long, env = "MTLS_AUDITOR_LINGER_MS", default_value_t = 1000)]
+    pub linger_ms: u64,
+    /// How often kernel counters are logged (0: only at exit).
+    #[arg(long, env = "MTLS_AUDITOR_STATS_INTERVAL_S", default_value_t = 60)]
+    pub stats_interval_s: u64,
+}
+
+impl RunArgs {
+    pub fn output_path(&self) -> Option<PathBuf> {
+        (self.output != "-").then(|| PathBuf::from(&self.output))
+    }
+}

@@ -1,0 +1,257 @@
+//! Connection records and the JSON-lines writer.
+//!
+//! The writer runs on its own thread behind a bounded channel: the pipeline never
+//! waits for it. When the channel is full a record is dropped and counted, and
+//! the count is logged.
+
+use std::{
+    io::{self, Write},
+    net::IpAddr,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+        mpsc::{self, Receiver, SyncSender, TrySendError},
+    },
+    thread,
+};
+
+use serde::Serialize;
+use thiserror::Error;
+use tracing::warn;
+
+use crate::{
+    classify::{self, FirstBytes},
+    clock::Clock,
+    flows::{Connection, End, Role},
+};
+
+/// Version of the connection record schema.
+pub const CONNECTION_SCHEMA: &str = "mtls-auditor.connection/v1";
+
+/// One finished connection, as written to the JSON lines output.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectionRecord {
+    pub schema: &'static str,
+    /// When the first end was seen (RFC 3339).
+    pub start: String,
+    /// When the last end closed, or when the agent stopped watching.
+    pub end: String,
+    pub duration_ms: f64,
+    /// `local`: both ends on this node; `outbound`: only the client end is here;
+    /// `inbound`: only the server end is here.
+    pub direction: Direction,
+    pub client: Endpoint,
+    pub server: Endpoint,
+    /// Bytes sent client to server, from the kernel's counters (`null` when the
+    /// connection predates the agent).
+    pub bytes_client_to_server: Option<u64>,
+    pub bytes_server_to_client: Option<u64>,
+    pub class: FirstBytes,
+    /// The connection was established before the agent attached its probes.
+    pub predates_agent: bool,
+    /// The connection was still open when the agent stopped.
+    pub open: bool,
+    pub capture: CaptureSummary,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Local,
+    Outbound,
+    Inbound,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Endpoint {
+    pub addr: IpAddr,
+    pub port: u16,
+    /// Present when this end is a socket on this node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local: Option<LocalEnd>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LocalEnd {
+    pub socket_cookie: u64,
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub cgroup_id: Option<u64>,
+    /// Path below the cgroup v2 root.
+    pub cgroup: Option<String>,
+    pub netns_cookie: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CaptureSummary {
+    /// Captured bytes of each direction (holes excluded).
+    pub client_to_server: u64,
+    pub server_to_client: u64,
+    /// A segment went past the capture budget or chunk size.
+    pub truncated: bool,
+    /// A kernel event of this connection was lost.
+    pub lost: bool,
+    /// Captured bytes do not all connect to the start of their stream.
+    pub gaps: bool,
+}
+
+fn local_end(e: &End) -> LocalEnd {
+    LocalEnd {
+        socket_cookie: e.cookie,
+        pid: e.process.as_ref().map(|p| p.pid),
+        comm: e.process.as_ref().map(|p| p.comm.clone()),
+        cgroup_id: (e.cgroup_id != 0).then_some(e.cgroup_id),
+        cgroup: e.cgroup.clone(),
+        netns_cookie: (e.netns_cookie != 0).then_some(e.netns_cookie),
+    }
+}
+
+impl ConnectionRecord {
+    pub fn new(conn: &Connection, clock: &Clock) -> Self {
+        let c2s = conn.client_to_server();
+        let s2c = conn.server_to_client();
+        let c2s_bytes = c2s.map(|s| s.contiguous()).unwrap_or(&[]);
+        let s2c_bytes = s2c.map(|s| s.contiguous()).unwrap_or(&[]);
+        let midstream = c2s.is_some_and(|s| s.midstream) || s2c.is_some_and(|s| s.midstream);
+        let class = if midstream || conn.preexisting() {
+            FirstBytes::Unknown
+        } else {
+            classify::first_bytes(c2s_bytes, s2c_bytes)
+        };
+        let (bytes_c2s, bytes_s2c) = conn.byte_counts();
+        let end_ns = conn
+            .ends()
+            .filter_map(|e| e.closed_ns)
+            .max()
+            .unwrap_or(conn.last_ns)
+            .max(conn.first_ns);
+        let direction = match (&conn.client_end, &conn.server_end) {
+            (Some(_), Some(_)) => Direction::Local,
+            (Some(_), None) => Direction::Outbound,
+            _ => Direction::Inbound,
+        };
+        let endpoint = |addr: std::net::SocketAddr, role: Role| Endpoint {
+            addr: addr.ip(),
+            port: addr.port(),
+            local: conn.ends().find(|e| e.role == role).map(local_end),
+        };
+        Self {
+            schema: CONNECTION_SCHEMA,
+            start: clock.rfc3339(conn.first_ns),
+            end: clock.rfc3339(end_ns),
+            duration_ms: (end_ns - conn.first_ns) as f64 / 1e6,
+            direction,
+            client: endpoint(conn.client, Role::Client),
+            server: endpoint(conn.server, Role::Server),
+            bytes_client_to_server: bytes_c2s,
+            bytes_server_to_client: bytes_s2c,
+            class,
+            predates_agent: conn.preexisting(),
+            open: conn.open,
+            capture: CaptureSummary {
+                client_to_server: c2s.map_or(0, |s| s.captured()),
+                server_to_client: s2c.map_or(0, |s| s.captured()),
+                truncated: conn.ends().any(|e| e.egress.truncated || e.ingress.truncated),
+                lost: conn.ends().any(|e| e.lost),
+                gaps: c2s.is_some_and(|s| s.has_gap()) || s2c.is_some_and(|s| s.has_gap()),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ExportError {
+    #[error("opening output file {path}: {source}")]
+    Open { path: PathBuf, source: io::Error },
+    #[error("starting the writer thread: {0}")]
+    Thread(io::Error),
+}
+
+/// Where JSON lines go.
+#[derive(Debug, Clone)]
+pub enum Output {
+    Stdout,
+    File(PathBuf),
+}
+
+/// Handle to the writer thread.
+pub struct JsonLines {
+    tx: Option<SyncSender<ConnectionRecord>>,
+    dropped: Arc<AtomicU64>,
+    written: Arc<AtomicU64>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl JsonLines {
+    pub fn start(output: &Output, capacity: usize) -> Result<Self, ExportError> {
+        let sink: Box<dyn Write + Send> = match output {
+            Output::Stdout => Box::new(io::stdout()),
+            Output::File(path) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|source| ExportError::Open { path: path.clone(), source })?,
+            ),
+        };
+        let (tx, rx) = mpsc::sync_channel(capacity);
+        let written = Arc::new(AtomicU64::new(0));
+        let w = Arc::clone(&written);
+        let thread = thread::Builder::new()
+            .name("json-lines".into())
+            .spawn(move || write_loop(rx, sink, &w))
+            .map_err(ExportError::Thread)?;
+        Ok(Self { tx: Some(tx), dropped: Arc::new(AtomicU64::new(0)), written, thread: Some(thread) })
+    }
+
+    /// Queues a record; never blocks.
+    pub fn send(&self, record: ConnectionRecord) {
+        let Some(tx) = &self.tx else { return };
+        match tx.try_send(record) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if n.is_power_of_two() {
+                    warn!(dropped = n, "JSON output cannot keep up; connection records dropped");
+                }
+            }
+        }
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+
+    /// Flushes and stops the writer.
+    pub fn finish(mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn write_loop(rx: Receiver<ConnectionRecord>, sink: Box<dyn Write + Send>, written: &AtomicU64) {
+    let mut out = io::BufWriter::new(sink);
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        batch.extend(rx.try_iter());
+        for record in &batch {
+            let ok = serde_json::to_writer(&mut out, record).is_ok() && out.write_all(b"\n").is_ok();
+            if !ok {
+                warn!("writing a connection record failed");
+                continue;
+            }
+            written.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Err(err) = out.flush() {
+            warn!(error = %err, "flushing connection records failed");
+        }
+    }
+    let _ = out.flush();
+}

@@ -1,0 +1,211 @@
+//! `mtls-auditor run`: the live pipeline.
+//!
+//! One thread owns the ring buffer and the flow table: it drains the ring in
+//! batches (woken by the kernel past a fill watermark, otherwise every
+//! `poll_ms`), feeds the flow table, emits finished connections to the JSON writer
+//! and hands decided sockets back to the kernel. The async runtime waits for
+//! SIGINT/SIGTERM and stops it.
+
+use std::{
+    os::fd::AsRawFd as _,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::Duration,
+};
+
+use agent_common::stats::Stat;
+use aya::maps::{MapData, RingBuf};
+use thiserror::Error;
+use tracing::{debug, info, warn};
+
+use crate::{
+    capture,
+    cgroups::CgroupResolver,
+    cli::RunArgs,
+    clock::Clock,
+    export::{ConnectionRecord, ExportError, JsonLines, Output},
+    flows::{FlowConfig, FlowTable},
+    probes::{ProbeConfig, ProbeError, Probes},
+};
+
+#[derive(Debug, Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Probes(#[from] ProbeError),
+    #[error(transparent)]
+    Export(#[from] ExportError),
+    #[error("starting the async runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("installing the {signal} handler: {source}")]
+    Signal { signal: &'static str, source: std::io::Error },
+    #[error("starting the pipeline thread: {0}")]
+    Thread(std::io::Error),
+    #[error("the pipeline thread panicked")]
+    Panicked,
+}
+
+/// Runs until SIGINT/SIGTERM. Returns after everything is detached.
+pub fn run(args: &RunArgs) -> Result<(), RunError> {
+    let cfg = ProbeConfig {
+        capture_budget: args.capture_budget,
+        ring_bytes: args.ring_bytes,
+        ..ProbeConfig::default()
+    };
+    let mut probes = Probes::load(&cfg)?;
+    let ring = probes.take_events()?;
+    let output = match args.output_path() {
+        Some(path) => Output::File(path),
+        None => Output::Stdout,
+    };
+    let json = JsonLines::start(&output, 65_536)?;
+    let resolver = CgroupResolver::new(probes.cgroup_root().to_path_buf());
+    let table = FlowTable::new(
+        FlowConfig { budget: args.capture_budget, linger_ns: args.linger_ms * 1_000_000 },
+        Some(resolver),
+    );
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let pipeline = Pipeline {
+        probes,
+        ring,
+        table,
+        json,
+        clock: Clock::new(),
+        poll: Duration::from_millis(args.poll_ms.max(1)),
+        stats_interval_ns: args.stats_interval_s.saturating_mul(1_000_000_000),
+        shutdown: Arc::clone(&shutdown),
+    };
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let worker = thread::Builder::new()
+        .name("pipeline".into())
+        .spawn(move || {
+            pipeline.run();
+            let _ = done_tx.send(());
+        })
+        .map_err(RunError::Thread)?;
+    info!("ready: reporting connections; SIGINT or SIGTERM stops");
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(RunError::Runtime)?;
+    rt.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut int = signal(SignalKind::interrupt())
+            .map_err(|source| RunError::Signal { signal: "SIGINT", source })?;
+        let mut term = signal(SignalKind::terminate())
+            .map_err(|source| RunError::Signal { signal: "SIGTERM", source })?;
+        tokio::select! {
+            _ = int.recv() => info!(signal = "SIGINT", "stopping"),
+            _ = term.recv() => info!(signal = "SIGTERM", "stopping"),
+            _ = done_rx => warn!("pipeline stopped on its own"),
+        }
+        Ok::<(), RunError>(())
+    })?;
+    shutdown.store(true, Ordering::Relaxed);
+    worker.join().map_err(|_| RunError::Panicked)?;
+    info!("stopped; probes detached");
+    Ok(())
+}
+
+struct Pipeline {
+    probes: Probes,
+    ring: RingBuf<MapData>,
+    table: FlowTable,
+    json: JsonLines,
+    clock: Clock,
+    poll: Duration,
+    stats_interval_ns: u64,
+    shutdown: Arc<AtomicBool>,
+}
+
+const TICK_NS: u64 = 100_000_000;
+
+impl Pipeline {
+    fn run(mut self) {
+        let mut logger = self.probes.take_logger();
+        let mut pfd = libc::pollfd { fd: self.ring.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let timeout = i32::try_from(self.poll.as_millis()).unwrap_or(i32::MAX);
+        let mut last_tick = 0u64;
+        let mut last_stats = Clock::now_mono_ns();
+        let mut decode_errors = 0u64;
+        let mut events = 0u64;
+        let mut last_kernel = Vec::new();
+        loop {
+            let stopping = self.shutdown.load(Ordering::Relaxed);
+            if !stopping {
+                // SAFETY: poll on one valid pollfd.
+                unsafe { libc::poll(&mut pfd, 1, timeout) };
+            }
+            while let Some(item) = self.ring.next() {
+                events += 1;
+                match capture::decode(&item) {
+                    Ok(event) => self.table.on_event(event),
+                    Err(err) => {
+                        decode_errors += 1;
+                        if decode_errors.is_power_of_two() {
+                            warn!(error = %err, total = decode_errors, "undecodable ring buffer record");
+                        }
+                    }
+                }
+            }
+            for cookie in self.table.take_decided() {
+                if let Err(err) = self.probes.mark_decided(cookie) {
+                    debug!(cookie, error = %err, "marking a socket decided failed");
+                }
+            }
+            if let Some(l) = logger.as_mut() {
+                l.flush();
+            }
+            let now = Clock::now_mono_ns();
+            if now.saturating_sub(last_tick) >= TICK_NS || stopping {
+                last_tick = now;
+                let (json, clock) = (&self.json, &self.clock);
+                self.table.tick(now, &mut |conn| json.send(ConnectionRecord::new(&conn, clock)));
+            }
+            if stopping {
+                let (json, clock) = (&self.json, &self.clock);
+                self.table.flush(&mut |conn| json.send(ConnectionRecord::new(&conn, clock)));
+                self.log_stats(&mut last_kernel, events, decode_errors, true);
+                break;
+            }
+            if self.stats_interval_ns > 0 && now.saturating_sub(last_stats) >= self.stats_interval_ns {
+                last_stats = now;
+                self.log_stats(&mut last_kernel, events, decode_errors, false);
+            }
+        }
+        let Pipeline { probes, json, .. } = self;
+        // Detach before the last records are flushed: nothing of ours stays attached
+        // once `run` returns.
+        drop(probes);
+        json.finish();
+    }
+
+    fn log_stats(&self, last: &mut Vec<(Stat, u64)>, events: u64, decode_errors: u64, final_: bool) {
+        let kernel = self.probes.stats();
+        let get = |s: Stat| kernel.iter().find(|(k, _)| *k == s).map_or(0, |(_, v)| *v);
+        let flows = self.table.stats();
+        let lost = get(Stat::RingbufFull);
+        let before = last.iter().find(|(k, _)| *k == Stat::RingbufFull).map_or(0, |(_, v)| *v);
+        if lost > before {
+            warn!(lost_events = lost, new = lost - before, "ring buffer was full: kernel events lost");
+        }
+        let kernel_fields: Vec<String> =
+            kernel.iter().map(|(s, v)| format!("{}={v}", s.name())).collect();
+        info!(
+            final_ = final_,
+            events_received = events,
+            decode_errors,
+            connections_tracked = self.table.len(),
+            connections_reported = flows.connections_emitted,
+            orphan_events = flows.orphan_events,
+            records_written = self.json.written(),
+            records_dropped = self.json.dropped(),
+            kernel = %kernel_fields.join(" "),
+            "stats"
+        );
+        *last = kernel;
+    }
+}
