@@ -26,7 +26,8 @@ fn main() -> anyhow::Result<()> {
         .next()
         .ok_or_else(|| anyhow!("{}: no `channel = \"...\"` line", toolchain_file.display()))?;
 
-    let skip = std::env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+    let skip =
+        std::env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
     if skip {
         // Leave an empty object so `include_bytes!` compiles; loading it fails
         // with a clear error at run time.

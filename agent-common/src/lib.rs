@@ -123,6 +123,10 @@ pub mod sock_flags {
     /// This socket received a FIN (entered CLOSE_WAIT, CLOSING or TIME_WAIT, or
     /// closed from FIN_WAIT2).
     pub const FIN_RECEIVED: u32 = 1 << 12;
+    /// `cookie` is set.
+    pub const COOKIE: u32 = 1 << 13;
+    /// `cgroup_id` is set.
+    pub const CGROUP: u32 = 1 << 14;
     /// Egress was captured from the middle of the stream.
     pub const EGRESS_MIDSTREAM: u32 = 1 << 9;
     /// Ingress was captured from the middle of the stream.
@@ -159,10 +163,13 @@ pub struct SockState {
     pub pid: u32,
     pub tgid: u32,
     pub _pad0: u32,
+    /// `bpf_get_socket_cookie`, cached so the per-packet path needs no helper call.
+    pub cookie: u64,
+    /// cgroup v2 id of the socket (`bpf_skb_cgroup_id`) or of the connecting task.
     pub cgroup_id: u64,
     pub comm: [u8; 16],
 }
-const _: () = assert!(core::mem::size_of::<SockState>() == 56);
+const _: () = assert!(core::mem::size_of::<SockState>() == 64);
 
 /// Common first fields of every event.
 #[repr(C)]
@@ -218,6 +225,10 @@ pub struct ConnEvent {
 const _: () = assert!(core::mem::size_of::<ConnEvent>() == 136);
 
 /// Header of a data event; `len` payload bytes follow it in the same record.
+///
+/// `pid`/`tgid`/`comm` are filled only in the first egress event sent from the
+/// socket owner's system call ([`data_flags::PROCESS`]); `cgroup_id` once known.
+/// A RST without payload is sent as an event with `len == 0`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct DataHeader {

@@ -1,14 +1,17 @@
 //! cgroup_skb ingress/egress: the capture budget.
 //!
 //! Fast path: a packet of a socket whose budget is used up (or that userspace has
-//! decided) costs `bpf_sk_fullsock` and one socket-storage lookup. Only inside the
-//! budget are the IP and TCP headers read to find the payload, whose in-budget part
-//! is copied to a per-CPU scratch event and output with its stream offset.
+//! decided) costs `bpf_sk_fullsock` and one socket-storage lookup. Inside the
+//! budget the IP and TCP headers are read in place (direct packet access) to find
+//! the payload, whose in-budget part is copied to a per-CPU scratch event and
+//! output with its stream offset. Packets without payload cost nothing more unless
+//! they carry a RST. On loopback the receiving side skips the copy: the sender's
+//! egress already carried the same bytes.
 
 use core::{ffi::c_void, mem::size_of, ptr};
 
 use agent_common::{
-    ConnEvent, DataHeader, MAX_CHUNK, data_flags, direction, kind, role, sock_flags,
+    ConnEvent, DataHeader, MAX_CHUNK, SockState, data_flags, direction, kind, role, sock_flags,
     stats::Stat, tcp_flags,
 };
 use aya_ebpf::{
@@ -17,8 +20,8 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid,
         generated::{
-            bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_ns,
-            bpf_ringbuf_output, bpf_sk_fullsock, bpf_skb_cgroup_id, bpf_skb_load_bytes,
+            bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_ringbuf_output,
+            bpf_sk_fullsock, bpf_skb_cgroup_id, bpf_skb_load_bytes,
         },
     },
     macros::cgroup_skb,
@@ -33,6 +36,7 @@ use crate::maps::{
 const IPPROTO_TCP: u32 = 6;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
+const LOOPBACK_IFINDEX: u32 = 1;
 const DATA_HEADER_LEN: u32 = size_of::<DataHeader>() as u32;
 
 // TCP states (include/net/tcp_states.h) in which a socket without our storage must
@@ -59,6 +63,97 @@ pub fn mtls_capture_ingress(ctx: SkBuffContext) -> i32 {
         bump(stat, 1);
     }
     1
+}
+
+/// Where the payload starts and what the TCP header says.
+struct Segment {
+    hdr_len: u32,
+    seq: u32,
+    flags: u8,
+}
+
+/// Reads the IP and TCP headers, in place when they are in the linear area (always
+/// for locally built packets), through `bpf_skb_load_bytes` otherwise.
+#[inline(always)]
+fn parse_headers(ctx: &SkBuffContext, skb: *mut __sk_buff) -> Result<Option<Segment>, Stat> {
+    // SAFETY: context field reads.
+    let (data, data_end, proto) = unsafe {
+        (
+            (*skb).data as usize,
+            (*skb).data_end as usize,
+            u16::from_be((*skb).protocol as u16),
+        )
+    };
+    let ip_len: usize = if proto == ETH_P_IP {
+        // An IPv4 header has at least 20 bytes. (A one-byte check would be folded into
+        // `data >= data_end`, which the verifier cannot use.)
+        if data + 20 > data_end {
+            return parse_headers_slow(ctx, 0, proto);
+        }
+        // SAFETY: bounds checked against data_end just above.
+        usize::from(unsafe { *(data as *const u8) } & 0x0f) * 4
+    } else if proto == ETH_P_IPV6 {
+        if data + 40 > data_end {
+            return parse_headers_slow(ctx, 40, proto);
+        }
+        // SAFETY: bounds checked above.
+        if unsafe { *((data + 6) as *const u8) } != 6 {
+            return Err(Stat::HeaderUnparsed);
+        }
+        40
+    } else {
+        return Ok(None);
+    };
+    if ip_len < 20 {
+        return Err(Stat::HeaderUnparsed);
+    }
+    let tcp = data + ip_len;
+    if tcp + 20 > data_end {
+        return parse_headers_slow(ctx, ip_len as u32, proto);
+    }
+    // SAFETY: the 20-byte TCP header is inside [data, data_end), checked above.
+    let (seq, doff, flags) = unsafe {
+        (
+            u32::from_be(ptr::read_unaligned((tcp + 4) as *const u32)),
+            *((tcp + 12) as *const u8),
+            *((tcp + 13) as *const u8),
+        )
+    };
+    Ok(Some(Segment {
+        hdr_len: ip_len as u32 + u32::from(doff >> 4) * 4,
+        seq,
+        flags,
+    }))
+}
+
+#[inline(never)]
+fn parse_headers_slow(
+    ctx: &SkBuffContext,
+    ip_len: u32,
+    proto: u16,
+) -> Result<Option<Segment>, Stat> {
+    let ip_len = if proto == ETH_P_IP {
+        let vihl: u8 = ctx.load(0).map_err(|_| Stat::HeaderUnparsed)?;
+        u32::from(vihl & 0x0f) * 4
+    } else {
+        let next: u8 = ctx.load(6).map_err(|_| Stat::HeaderUnparsed)?;
+        if next != 6 {
+            return Err(Stat::HeaderUnparsed);
+        }
+        ip_len
+    };
+    if !(20..=60).contains(&ip_len) {
+        return Err(Stat::HeaderUnparsed);
+    }
+    let off = ip_len as usize;
+    let seq: u32 = ctx.load(off + 4).map_err(|_| Stat::HeaderUnparsed)?;
+    let doff: u8 = ctx.load(off + 12).map_err(|_| Stat::HeaderUnparsed)?;
+    let flags: u8 = ctx.load(off + 13).map_err(|_| Stat::HeaderUnparsed)?;
+    Ok(Some(Segment {
+        hdr_len: ip_len + u32::from(doff >> 4) * 4,
+        seq: u32::from_be(seq),
+        flags,
+    }))
 }
 
 #[inline(always)]
@@ -89,85 +184,98 @@ fn try_capture(ctx: &SkBuffContext, dir: u8) -> Result<(), Stat> {
     }
     // SAFETY: non-null storage pointer from bpf_sk_storage_get.
     let state = unsafe { &mut *st };
-    let flags = state.flags;
     let (done_bit, base_bit, midstream_bit) = if dir == direction::EGRESS {
-        (sock_flags::EGRESS_DONE, sock_flags::EGRESS_BASE, sock_flags::EGRESS_MIDSTREAM)
+        (
+            sock_flags::EGRESS_DONE,
+            sock_flags::EGRESS_BASE,
+            sock_flags::EGRESS_MIDSTREAM,
+        )
     } else {
-        (sock_flags::INGRESS_DONE, sock_flags::INGRESS_BASE, sock_flags::INGRESS_MIDSTREAM)
+        (
+            sock_flags::INGRESS_DONE,
+            sock_flags::INGRESS_BASE,
+            sock_flags::INGRESS_MIDSTREAM,
+        )
     };
-    if flags & (done_bit | sock_flags::DECIDED) != 0 {
+    if state.flags & (done_bit | sock_flags::DECIDED) != 0 {
         return Ok(());
+    }
+    if state.flags & sock_flags::CGROUP == 0 {
+        // SAFETY: skb is the context.
+        state.cgroup_id = unsafe { bpf_skb_cgroup_id(skb) };
+        state.flags |= sock_flags::CGROUP;
     }
 
     // Inside the budget: find the payload.
-    // SAFETY: context field reads.
-    let (skb_len, proto) = unsafe { ((*skb).len, u16::from_be((*skb).protocol as u16)) };
-    let ip_len: u32 = if proto == ETH_P_IP {
-        let vihl: u8 = ctx.load(0).map_err(|_| Stat::HeaderUnparsed)?;
-        u32::from(vihl & 0x0f) * 4
-    } else if proto == ETH_P_IPV6 {
-        let next: u8 = ctx.load(6).map_err(|_| Stat::HeaderUnparsed)?;
-        if next != 6 {
-            return Err(Stat::HeaderUnparsed);
-        }
-        40
-    } else {
+    let Some(seg) = parse_headers(ctx, skb)? else {
         return Ok(());
     };
-    if ip_len < 20 || ip_len > 60 {
+    // SAFETY: context field read.
+    let skb_len = unsafe { (*skb).len };
+    if skb_len < seg.hdr_len {
         return Err(Stat::HeaderUnparsed);
     }
-    let seq: u32 = ctx.load(ip_len as usize + 4).map_err(|_| Stat::HeaderUnparsed)?;
-    let seq = u32::from_be(seq);
-    let doff: u8 = ctx.load(ip_len as usize + 12).map_err(|_| Stat::HeaderUnparsed)?;
-    let tflags: u8 = ctx.load(ip_len as usize + 13).map_err(|_| Stat::HeaderUnparsed)?;
-    let hdr_len = ip_len + u32::from(doff >> 4) * 4;
-    if skb_len < hdr_len {
-        return Err(Stat::HeaderUnparsed);
+    let seg_len = skb_len - seg.hdr_len;
+    if seg_len == 0 && seg.flags & tcp_flags::RST == 0 {
+        // ACKs and FINs: the close event says which side sent a FIN.
+        return Ok(());
     }
-    let seg_len = skb_len - hdr_len;
-    let fin_rst = tflags & (tcp_flags::FIN | tcp_flags::RST) != 0;
-    if seg_len == 0 && !fin_rst {
+    // SAFETY: context field read.
+    if dir == direction::INGRESS && unsafe { (*skb).ingress_ifindex } == LOOPBACK_IFINDEX {
+        // The sending socket is on this host and its egress carried these bytes.
         return Ok(());
     }
 
     let mut data_flags = 0u8;
-    let base = if flags & base_bit != 0 {
-        if dir == direction::EGRESS { state.egress_base } else { state.ingress_base }
+    let base = if state.flags & base_bit != 0 {
+        if dir == direction::EGRESS {
+            state.egress_base
+        } else {
+            state.ingress_base
+        }
     } else {
         if seg_len == 0 {
-            // A bare FIN/RST of a stream we never saw data of: nothing to anchor.
+            // A bare RST of a stream we never saw data of: nothing to anchor.
             return Err(Stat::NoBase);
         }
         // First bytes of a stream we did not see start (older than the probes, or
         // data before establishment such as TCP Fast Open): anchor here.
         if dir == direction::EGRESS {
-            state.egress_base = seq;
+            state.egress_base = seg.seq;
         } else {
-            state.ingress_base = seq;
+            state.ingress_base = seg.seq;
         }
         state.flags |= base_bit | midstream_bit;
-        seq
+        seg.seq
     };
     if state.flags & midstream_bit != 0 {
         data_flags |= data_flags::MIDSTREAM;
     }
-    let offset = seq.wrapping_sub(base);
+    let offset = seg.seq.wrapping_sub(base);
     let budget = capture_budget();
     if offset >= budget {
         state.flags |= done_bit;
         bump(Stat::BudgetExhausted, 1);
         return Ok(());
     }
-    let hw = if dir == direction::EGRESS { state.egress_hw } else { state.ingress_hw };
+    let hw = if dir == direction::EGRESS {
+        state.egress_hw
+    } else {
+        state.ingress_hw
+    };
     if seg_len > 0 && offset + seg_len <= hw {
         bump(Stat::Retransmits, 1);
         return Ok(());
     }
 
-    // SAFETY: cookie of the skb's socket.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    if seg_len > 0 && MTLS_DECIDED.get_ptr(&cookie).is_some() {
+    if state.flags & sock_flags::COOKIE == 0 {
+        // SAFETY: cookie of the skb's socket.
+        state.cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+        state.flags |= sock_flags::COOKIE;
+    }
+    let cookie = state.cookie;
+    // Userspace decides after seeing the start of a stream, never before.
+    if offset > 0 && MTLS_DECIDED.get_ptr(&cookie).is_some() {
         state.flags |= sock_flags::DECIDED;
         let _ = MTLS_DECIDED.remove(&cookie);
         bump(Stat::Decided, 1);
@@ -182,8 +290,6 @@ fn try_capture(ctx: &SkBuffContext, dir: u8) -> Result<(), Stat> {
     if len > MAX_CHUNK as u32 {
         len = MAX_CHUNK as u32;
         data_flags |= data_flags::TRUNCATED;
-    }
-    if data_flags & data_flags::TRUNCATED != 0 && len < budget - offset {
         bump(Stat::TruncatedPackets, 1);
     }
 
@@ -193,28 +299,31 @@ fn try_capture(ctx: &SkBuffContext, dir: u8) -> Result<(), Stat> {
     let h = &mut event.header;
     h.hdr.kind = kind::DATA;
     h.hdr.cookie = cookie;
-    // SAFETY: plain helper calls.
+    // SAFETY: plain helper call.
     h.hdr.ts_ns = unsafe { bpf_ktime_get_ns() };
-    // SAFETY: skb is the context.
-    h.cgroup_id = unsafe { bpf_skb_cgroup_id(skb) };
+    h.cgroup_id = state.cgroup_id;
     h.offset = offset;
     h.len = len;
     h.seg_len = seg_len;
     h.direction = dir;
-    h.tcp_flags = tflags;
+    h.tcp_flags = seg.flags;
     h.pid = 0;
     h.tgid = 0;
     h.comm = [0; 16];
-    if dir == direction::EGRESS {
+    if dir == direction::EGRESS && state.flags & sock_flags::PROCESS == 0 && seg_len > 0 {
         // Egress segments are usually sent from the owner's system call. Trust the
         // current task only when its cgroup is the socket's.
         let pid_tgid = bpf_get_current_pid_tgid();
         // SAFETY: plain helper call.
-        if pid_tgid != 0 && unsafe { bpf_get_current_cgroup_id() } == h.cgroup_id {
+        if pid_tgid != 0 && unsafe { bpf_get_current_cgroup_id() } == state.cgroup_id {
             h.pid = pid_tgid as u32;
             h.tgid = (pid_tgid >> 32) as u32;
             h.comm = bpf_get_current_comm().unwrap_or([0; 16]);
             data_flags |= data_flags::PROCESS;
+            state.pid = h.pid;
+            state.tgid = h.tgid;
+            state.comm = h.comm;
+            state.flags |= sock_flags::PROCESS;
         }
     }
     h.flags = data_flags;
@@ -230,7 +339,7 @@ fn try_capture(ctx: &SkBuffContext, dir: u8) -> Result<(), Stat> {
         let ret = unsafe {
             bpf_skb_load_bytes(
                 ctx.as_ptr(),
-                hdr_len,
+                seg.hdr_len,
                 event.payload.as_mut_ptr().cast::<c_void>(),
                 n,
             )
@@ -274,15 +383,17 @@ fn try_capture(ctx: &SkBuffContext, dir: u8) -> Result<(), Stat> {
 /// A TCP socket in an established-or-later state without our storage was set up
 /// before the probes attached: give it storage and tell userspace once.
 #[inline(always)]
-fn adopt_preexisting(
-    ctx: &SkBuffContext,
-    sk: *mut bpf_sock,
-) -> Result<*mut agent_common::SockState, Stat> {
+fn adopt_preexisting(ctx: &SkBuffContext, sk: *mut bpf_sock) -> Result<*mut SockState, Stat> {
     // SAFETY: full socket.
     let tcp_state = unsafe { (*sk).state };
     if !matches!(
         tcp_state,
-        TCP_ESTABLISHED | TCP_FIN_WAIT1 | TCP_FIN_WAIT2 | TCP_CLOSE_WAIT | TCP_LAST_ACK | TCP_CLOSING
+        TCP_ESTABLISHED
+            | TCP_FIN_WAIT1
+            | TCP_FIN_WAIT2
+            | TCP_CLOSE_WAIT
+            | TCP_LAST_ACK
+            | TCP_CLOSING
     ) {
         return Ok(ptr::null_mut());
     }
@@ -291,8 +402,14 @@ fn adopt_preexisting(
     if st.is_null() {
         return Err(Stat::StorageFailed);
     }
-    // SAFETY: non-null storage.
-    unsafe { (*st).flags |= sock_flags::PREEXISTING };
+    // SAFETY: non-null storage; context reads.
+    let state = unsafe { &mut *st };
+    state.flags |= sock_flags::PREEXISTING | sock_flags::COOKIE | sock_flags::CGROUP;
+    // SAFETY: helpers on the context.
+    unsafe {
+        state.cookie = bpf_get_socket_cookie(ctx.as_ptr());
+        state.cgroup_id = bpf_skb_cgroup_id(ctx.as_ptr().cast());
+    }
     bump(Stat::Preexisting, 1);
 
     let Some(mut entry) = MTLS_EVENTS.reserve_untyped::<ConnEvent>(0) else {
@@ -304,9 +421,9 @@ fn adopt_preexisting(
         ptr::write_bytes(ev, 0, 1);
         let e = &mut *ev;
         e.hdr.kind = kind::PREEXISTING;
-        e.hdr.cookie = bpf_get_socket_cookie(ctx.as_ptr());
+        e.hdr.cookie = state.cookie;
         e.hdr.ts_ns = bpf_ktime_get_ns();
-        e.cgroup_id = bpf_skb_cgroup_id(ctx.as_ptr().cast());
+        e.cgroup_id = state.cgroup_id;
         let s = &*sk;
         e.family = s.family as u16;
         e.role = role::UNKNOWN;
@@ -319,7 +436,7 @@ fn adopt_preexisting(
             copy_ip6(&mut e.local_addr, &s.src_ip6);
             copy_ip6(&mut e.remote_addr, &s.dst_ip6);
         }
-        e.sock_flags = (*st).flags;
+        e.sock_flags = state.flags;
     }
     entry.submit(wakeup_flags());
     bump(Stat::ConnEvents, 1);

@@ -3,11 +3,13 @@
 use core::{ffi::c_void, ptr};
 
 use agent_common::{
-    DataEvent, DECIDED_ENTRIES, DEFAULT_CAPTURE_BUDGET, DEFAULT_RING_BYTES, SockState,
+    DECIDED_ENTRIES, DEFAULT_CAPTURE_BUDGET, DEFAULT_RING_BYTES, DataEvent, SockState,
     stats::{self, Stat},
 };
 use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_SK_STORAGE_GET_F_CREATE},
+    bindings::{
+        BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_SK_STORAGE_GET_F_CREATE,
+    },
     btf_maps::{LruHashMap, PerCpuArray, RingBuf, SkStorage},
     helpers::generated::{bpf_ringbuf_query, bpf_sk_storage_get},
     macros::btf_map,
@@ -83,7 +85,11 @@ pub fn wakeup_flags() -> u64 {
 /// (a full socket from `bpf_sk_fullsock`, `bpf_sock_ops.sk`, or a BTF `struct sock *`).
 #[inline(always)]
 pub unsafe fn sock_state(sk: *mut c_void, create: bool) -> *mut SockState {
-    let flags = if create { BPF_SK_STORAGE_GET_F_CREATE as u64 } else { 0 };
+    let flags = if create {
+        BPF_SK_STORAGE_GET_F_CREATE as u64
+    } else {
+        0
+    };
     let map = ptr::from_ref(&MTLS_SOCKS).cast_mut().cast();
     // SAFETY: see the function contract; the map is ours.
     unsafe { bpf_sk_storage_get(map, sk, ptr::null_mut(), flags) }.cast()

@@ -73,7 +73,12 @@ fn established(ctx: &SockOpsContext, active: bool) -> Result<(), Stat> {
     }
     state.egress_hw = 0;
     state.ingress_hw = 0;
-    state.flags |= sock_flags::EGRESS_BASE | sock_flags::INGRESS_BASE | sock_flags::ESTABLISHED;
+    // SAFETY: helper on the sock_ops context.
+    state.cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    state.flags |= sock_flags::EGRESS_BASE
+        | sock_flags::INGRESS_BASE
+        | sock_flags::ESTABLISHED
+        | sock_flags::COOKIE;
 
     if let Err(err) = ctx.set_cb_flags(ctx.cb_flags() as i32 | BPF_SOCK_OPS_STATE_CB_FLAG as i32) {
         // Rare (the flag is supported since 4.16): the close of this connection
@@ -82,7 +87,12 @@ fn established(ctx: &SockOpsContext, active: bool) -> Result<(), Stat> {
         bump(Stat::CbFlagsFailed, 1);
     }
 
-    emit(ctx, kind::ESTABLISHED, if active { role::CLIENT } else { role::SERVER }, state)
+    emit(
+        ctx,
+        kind::ESTABLISHED,
+        if active { role::CLIENT } else { role::SERVER },
+        state,
+    )
 }
 
 /// Tracks FINs (their sequence numbers are not payload) and reports the close.
@@ -135,7 +145,7 @@ fn emit(
         ptr::write_bytes(ev, 0, 1);
         let e = &mut *ev;
         e.hdr.kind = event_kind;
-        e.hdr.cookie = bpf_get_socket_cookie(ctx.as_ptr());
+        e.hdr.cookie = state.cookie;
         e.hdr.ts_ns = bpf_ktime_get_ns();
         e.netns_cookie = bpf_get_netns_cookie(ctx.as_ptr());
         e.family = (*ops).family as u16;
@@ -173,6 +183,8 @@ fn emit(
             e.pid = state.pid;
             e.tgid = state.tgid;
             e.comm = state.comm;
+        }
+        if state.flags & sock_flags::CGROUP != 0 {
             e.cgroup_id = state.cgroup_id;
         }
     }

@@ -15,8 +15,7 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid,
         generated::{
-            bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_ns,
-            bpf_skc_to_tcp_sock,
+            bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_skc_to_tcp_sock,
         },
     },
     macros::btf_tracepoint,
@@ -44,9 +43,13 @@ pub fn mtls_sock_state(ctx: BtfTracePointContext) -> i32 {
 
 #[inline(always)]
 fn try_sock_state(ctx: &BtfTracePointContext) -> Result<(), Stat> {
-    let sk: *mut c_void = ctx.arg(0);
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
+    // Most transitions are of no interest: decide on the states before any helper.
+    if new != TCP_SYN_SENT && new != TCP_LISTEN && new != TCP_CLOSE {
+        return Ok(());
+    }
+    let sk: *mut c_void = ctx.arg(0);
     // SAFETY: sk is the tracepoint's trusted `struct sock *`.
     if unsafe { bpf_skc_to_tcp_sock(sk) }.is_null() {
         return Ok(());
@@ -63,9 +66,12 @@ fn try_sock_state(ctx: &BtfTracePointContext) -> Result<(), Stat> {
         state.pid = pid_tgid as u32;
         state.tgid = (pid_tgid >> 32) as u32;
         state.comm = bpf_get_current_comm().unwrap_or([0; 16]);
-        // SAFETY: plain helper call.
-        state.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-        state.flags |= sock_flags::PROCESS;
+        // SAFETY: plain helper calls on the trusted socket.
+        unsafe {
+            state.cgroup_id = bpf_get_current_cgroup_id();
+            state.cookie = bpf_get_socket_cookie(sk);
+        }
+        state.flags |= sock_flags::PROCESS | sock_flags::CGROUP | sock_flags::COOKIE;
         return Ok(());
     }
     if new == TCP_LISTEN {

@@ -54,7 +54,11 @@ pub enum DecodeError {
     #[error("unknown event kind {0}")]
     UnknownKind(u32),
     #[error("{kind:?} record of {got} bytes, expected {want}")]
-    Size { kind: EventKind, got: usize, want: usize },
+    Size {
+        kind: EventKind,
+        got: usize,
+        want: usize,
+    },
 }
 
 fn read<T: Copy>(buf: &[u8]) -> T {
@@ -76,19 +80,31 @@ pub fn decode(buf: &[u8]) -> Result<Event<'_>, DecodeError> {
         EventKind::Conn(k) => {
             let want = size_of::<ConnEvent>();
             if buf.len() < want {
-                return Err(DecodeError::Size { kind: event_kind, got: buf.len(), want });
+                return Err(DecodeError::Size {
+                    kind: event_kind,
+                    got: buf.len(),
+                    want,
+                });
             }
             Ok(Event::Conn(k, read(buf)))
         }
         EventKind::Data => {
             let hlen = size_of::<DataHeader>();
             if buf.len() < hlen {
-                return Err(DecodeError::Size { kind: event_kind, got: buf.len(), want: hlen });
+                return Err(DecodeError::Size {
+                    kind: event_kind,
+                    got: buf.len(),
+                    want: hlen,
+                });
             }
             let h: DataHeader = read(buf);
             let want = hlen + h.len as usize;
             if buf.len() < want {
-                return Err(DecodeError::Size { kind: event_kind, got: buf.len(), want });
+                return Err(DecodeError::Size {
+                    kind: event_kind,
+                    got: buf.len(),
+                    want,
+                });
             }
             Ok(Event::Data(h, &buf[hlen..want]))
         }
@@ -109,15 +125,26 @@ mod tests {
         assert_eq!(decode(&[0; 4]).unwrap_err(), DecodeError::Short(4));
         let mut h = EventHeader::default();
         h.kind = 99;
-        assert_eq!(decode(&bytes_of(&h)).unwrap_err(), DecodeError::UnknownKind(99));
+        assert_eq!(
+            decode(&bytes_of(&h)).unwrap_err(),
+            DecodeError::UnknownKind(99)
+        );
         h.kind = kind::CLOSED;
-        assert!(matches!(decode(&bytes_of(&h)), Err(DecodeError::Size { .. })));
+        assert!(matches!(
+            decode(&bytes_of(&h)),
+            Err(DecodeError::Size { .. })
+        ));
     }
 
     #[test]
     fn data_length_must_fit_the_record() {
         let h = DataHeader {
-            hdr: EventHeader { kind: kind::DATA, _pad0: 0, cookie: 7, ts_ns: 1 },
+            hdr: EventHeader {
+                kind: kind::DATA,
+                _pad0: 0,
+                cookie: 7,
+                ts_ns: 1,
+            },
             cgroup_id: 0,
             offset: 0,
             len: 5,

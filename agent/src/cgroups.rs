@@ -8,8 +8,7 @@
 use std::{
     collections::HashMap,
     ffi::CString,
-    fs,
-    io,
+    fs, io,
     os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
     path::{Path, PathBuf},
 };
@@ -24,12 +23,16 @@ pub fn cgroup2_root() -> Option<PathBuf> {
 pub fn parse_cgroup2_root(mountinfo: &str) -> Option<PathBuf> {
     let mut fallback = None;
     for line in mountinfo.lines() {
-        let Some((left, right)) = line.split_once(" - ") else { continue };
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
         if right.split_whitespace().next() != Some("cgroup2") {
             continue;
         }
         let fields: Vec<&str> = left.split_whitespace().collect();
-        let (Some(root), Some(mount_point)) = (fields.get(3), fields.get(4)) else { continue };
+        let (Some(root), Some(mount_point)) = (fields.get(3), fields.get(4)) else {
+            continue;
+        };
         let path = PathBuf::from(unescape_mountinfo(mount_point));
         if *root == "/" {
             return Some(path);
@@ -47,7 +50,9 @@ fn unescape_mountinfo(s: &str) -> String {
     while i < bytes.len() {
         if bytes[i] == b'\\'
             && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b))
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
         {
             let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
             out.push(v);
@@ -81,7 +86,12 @@ struct KernfsHandle {
 impl CgroupResolver {
     pub fn new(root: PathBuf) -> Self {
         let root_dir = fs::File::open(&root).ok();
-        Self { root, root_dir, cache: HashMap::new(), handles_work: true }
+        Self {
+            root,
+            root_dir,
+            cache: HashMap::new(),
+            handles_work: true,
+        }
     }
 
     /// The path of cgroup `id` below the root, e.g. `/kubepods.slice/...`; `None` if
@@ -109,7 +119,11 @@ impl CgroupResolver {
             return None;
         }
         let dir = self.root_dir.as_ref()?;
-        let mut handle = KernfsHandle { handle_bytes: 8, handle_type: FILEID_KERNFS, id };
+        let mut handle = KernfsHandle {
+            handle_bytes: 8,
+            handle_type: FILEID_KERNFS,
+            id,
+        };
         // SAFETY: `handle` is a valid `struct file_handle` with 8 bytes of payload;
         // the returned fd is owned and closed below.
         let fd = unsafe {
@@ -122,7 +136,10 @@ impl CgroupResolver {
         };
         if fd < 0 {
             let err = io::Error::last_os_error();
-            if matches!(err.raw_os_error(), Some(libc::EPERM) | Some(libc::EOPNOTSUPP) | Some(libc::EINVAL)) {
+            if matches!(
+                err.raw_os_error(),
+                Some(libc::EPERM) | Some(libc::EOPNOTSUPP) | Some(libc::EINVAL)
+            ) {
                 self.handles_work = false;
             }
             return None;
@@ -138,11 +155,15 @@ impl CgroupResolver {
     fn by_walk(&self, id: u64) -> Option<String> {
         let mut stack = vec![self.root.clone()];
         while let Some(dir) = stack.pop() {
-            let Ok(meta) = fs::metadata(&dir) else { continue };
+            let Ok(meta) = fs::metadata(&dir) else {
+                continue;
+            };
             if meta.ino() == id {
                 return Some(self.relative(&dir));
             }
-            let Ok(entries) = fs::read_dir(&dir) else { continue };
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
             for entry in entries.flatten() {
                 if entry.file_type().is_ok_and(|t| t.is_dir()) {
                     stack.push(entry.path());
@@ -181,18 +202,34 @@ mod tests {
         let hybrid = "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n\
             40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd\n\
             41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
-        assert_eq!(parse_cgroup2_root(hybrid), Some(PathBuf::from("/sys/fs/cgroup/unified")));
-        let unified = "29 23 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
-        assert_eq!(parse_cgroup2_root(unified), Some(PathBuf::from("/sys/fs/cgroup")));
+        assert_eq!(
+            parse_cgroup2_root(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        let unified =
+            "29 23 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert_eq!(
+            parse_cgroup2_root(unified),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
         let escaped = "29 23 0:26 / /mnt/cg\\040two rw - cgroup2 cgroup2 rw\n";
-        assert_eq!(parse_cgroup2_root(escaped), Some(PathBuf::from("/mnt/cg two")));
-        assert_eq!(parse_cgroup2_root("22 1 0:5 / /proc rw - proc proc rw\n"), None);
+        assert_eq!(
+            parse_cgroup2_root(escaped),
+            Some(PathBuf::from("/mnt/cg two"))
+        );
+        assert_eq!(
+            parse_cgroup2_root("22 1 0:5 / /proc rw - proc proc rw\n"),
+            None
+        );
     }
 
     #[test]
     fn prefers_the_mount_of_the_hierarchy_root() {
         let text = "50 40 0:26 /kubepods/pod1 /sys/fs/cgroup ro - cgroup2 cgroup2 rw\n\
             51 40 0:26 / /host/sys/fs/cgroup ro - cgroup2 cgroup2 rw\n";
-        assert_eq!(parse_cgroup2_root(text), Some(PathBuf::from("/host/sys/fs/cgroup")));
+        assert_eq!(
+            parse_cgroup2_root(text),
+            Some(PathBuf::from("/host/sys/fs/cgroup"))
+        );
     }
 }

@@ -58,7 +58,10 @@ mod tests {
 
     #[test]
     fn http_is_plaintext() {
-        assert_eq!(first_bytes(b"GET / HTTP/1.1\r\n", b"HTTP/1.1 200"), FirstBytes::Plaintext);
+        assert_eq!(
+            first_bytes(b"GET / HTTP/1.1\r\n", b"HTTP/1.1 200"),
+            FirstBytes::Plaintext
+        );
     }
 
     #[test]
@@ -69,6 +72,9 @@ mod tests {
 
     #[test]
     fn server_first_banner_is_plaintext() {
-        assert_eq!(first_bytes(&[], b"220 mail ESMTP\r\n"), FirstBytes::Plaintext);
+        assert_eq!(
+            first_bytes(&[], b"220 mail ESMTP\r\n"),
+            FirstBytes::Plaintext
+        );
     }
 }

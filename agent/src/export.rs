@@ -152,7 +152,9 @@ impl ConnectionRecord {
             capture: CaptureSummary {
                 client_to_server: c2s.map_or(0, |s| s.captured()),
                 server_to_client: s2c.map_or(0, |s| s.captured()),
-                truncated: conn.ends().any(|e| e.egress.truncated || e.ingress.truncated),
+                truncated: conn
+                    .ends()
+                    .any(|e| e.egress.truncated || e.ingress.truncated),
                 lost: conn.ends().any(|e| e.lost),
                 gaps: c2s.is_some_and(|s| s.has_gap()) || s2c.is_some_and(|s| s.has_gap()),
             },
@@ -192,7 +194,10 @@ impl JsonLines {
                     .create(true)
                     .append(true)
                     .open(path)
-                    .map_err(|source| ExportError::Open { path: path.clone(), source })?,
+                    .map_err(|source| ExportError::Open {
+                        path: path.clone(),
+                        source,
+                    })?,
             ),
         };
         let (tx, rx) = mpsc::sync_channel(capacity);
@@ -202,7 +207,12 @@ impl JsonLines {
             .name("json-lines".into())
             .spawn(move || write_loop(rx, sink, &w))
             .map_err(ExportError::Thread)?;
-        Ok(Self { tx: Some(tx), dropped: Arc::new(AtomicU64::new(0)), written, thread: Some(thread) })
+        Ok(Self {
+            tx: Some(tx),
+            dropped: Arc::new(AtomicU64::new(0)),
+            written,
+            thread: Some(thread),
+        })
     }
 
     /// Queues a record; never blocks.
@@ -213,7 +223,10 @@ impl JsonLines {
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                 if n.is_power_of_two() {
-                    warn!(dropped = n, "JSON output cannot keep up; connection records dropped");
+                    warn!(
+                        dropped = n,
+                        "JSON output cannot keep up; connection records dropped"
+                    );
                 }
             }
         }
@@ -242,7 +255,8 @@ fn write_loop(rx: Receiver<ConnectionRecord>, sink: Box<dyn Write + Send>, writt
         let mut batch = vec![first];
         batch.extend(rx.try_iter());
         for record in &batch {
-            let ok = serde_json::to_writer(&mut out, record).is_ok() && out.write_all(b"\n").is_ok();
+            let ok =
+                serde_json::to_writer(&mut out, record).is_ok() && out.write_all(b"\n").is_ok();
             if !ok {
                 warn!("writing a connection record failed");
                 continue;

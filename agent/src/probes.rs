@@ -33,7 +33,10 @@ pub enum ProbeError {
     #[error(
         "missing capability {name}: {why}; run as root or add it to the container's capabilities"
     )]
-    MissingCapability { name: &'static str, why: &'static str },
+    MissingCapability {
+        name: &'static str,
+        why: &'static str,
+    },
     #[error("cgroup v2 is not mounted: no cgroup2 line in /proc/self/mountinfo")]
     NoCgroup2,
     #[error("opening the cgroup v2 root {path}: {source}")]
@@ -41,7 +44,10 @@ pub enum ProbeError {
     #[error(
         "kernel BTF is missing ({path}): the kernel must be built with CONFIG_DEBUG_INFO_BTF: {source}"
     )]
-    NoBtf { path: &'static str, source: aya::BtfError },
+    NoBtf {
+        path: &'static str,
+        source: aya::BtfError,
+    },
     #[error("this binary was built with AYA_BUILD_SKIP=1 and carries no eBPF programs")]
     EmptyObject,
     #[error("loading the eBPF object failed: {0}")]
@@ -51,11 +57,21 @@ pub enum ProbeError {
     #[error("map {map} is missing from the eBPF object")]
     MissingMap { map: &'static str },
     #[error("map {map}: {source}")]
-    Map { map: &'static str, source: aya::maps::MapError },
+    Map {
+        map: &'static str,
+        source: aya::maps::MapError,
+    },
     #[error("loading program {program} into the kernel failed: {source}")]
-    ProgramLoad { program: &'static str, source: ProgramError },
+    ProgramLoad {
+        program: &'static str,
+        source: ProgramError,
+    },
     #[error("attaching {program} to {target} failed: {source}")]
-    Attach { program: &'static str, target: String, source: ProgramError },
+    Attach {
+        program: &'static str,
+        target: String,
+        source: ProgramError,
+    },
     #[error("capture budget {0} is out of range 1..={max}", max = agent_common::MAX_CAPTURE_BUDGET)]
     Budget(u32),
     #[error("ring buffer size {0} must be a power of two of at least 4096 bytes")]
@@ -95,9 +111,21 @@ pub struct Probes {
 /// Capabilities the agent needs, checked before anything is loaded so the error
 /// names the missing one instead of an `EPERM` from deep inside a syscall.
 const REQUIRED_CAPS: &[(u32, &str, &str)] = &[
-    (39, "CAP_BPF", "needed to create maps and load eBPF programs"),
-    (38, "CAP_PERFMON", "needed to load the tracepoint program and read kernel pointers"),
-    (12, "CAP_NET_ADMIN", "needed to attach cgroup_skb and sock_ops programs"),
+    (
+        39,
+        "CAP_BPF",
+        "needed to create maps and load eBPF programs",
+    ),
+    (
+        38,
+        "CAP_PERFMON",
+        "needed to load the tracepoint program and read kernel pointers",
+    ),
+    (
+        12,
+        "CAP_NET_ADMIN",
+        "needed to attach cgroup_skb and sock_ops programs",
+    ),
 ];
 const CAP_SYS_ADMIN: u32 = 21;
 
@@ -127,7 +155,10 @@ pub fn check_privileges() -> Result<(), ProbeError> {
 }
 
 fn raise_memlock() {
-    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: setrlimit with a valid pointer to a stack value.
     let ret = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
     if ret != 0 {
@@ -150,8 +181,10 @@ impl Probes {
         }
         check_privileges()?;
         let cgroup_root = cgroups::cgroup2_root().ok_or(ProbeError::NoCgroup2)?;
-        let btf = Btf::from_sys_fs()
-            .map_err(|source| ProbeError::NoBtf { path: "/sys/kernel/btf/vmlinux", source })?;
+        let btf = Btf::from_sys_fs().map_err(|source| ProbeError::NoBtf {
+            path: "/sys/kernel/btf/vmlinux",
+            source,
+        })?;
         raise_memlock();
 
         let mut ebpf = EbpfLoader::new()
@@ -162,8 +195,10 @@ impl Probes {
             .load(EBPF_OBJECT)
             .map_err(ProbeError::Load)?;
 
-        let cgroup = File::open(&cgroup_root)
-            .map_err(|source| ProbeError::CgroupOpen { path: cgroup_root.clone(), source })?;
+        let cgroup = File::open(&cgroup_root).map_err(|source| ProbeError::CgroupOpen {
+            path: cgroup_root.clone(),
+            source,
+        })?;
         let mut attached = Vec::new();
 
         // 1. The tracepoint: process context of connect() and listen().
@@ -171,7 +206,10 @@ impl Probes {
             let name = programs::SOCK_STATE;
             let prog: &mut BtfTracePoint = program(&mut ebpf, name)?;
             prog.load(programs::SOCK_STATE_TRACEPOINT, &btf)
-                .map_err(|source| ProbeError::ProgramLoad { program: name, source })?;
+                .map_err(|source| ProbeError::ProgramLoad {
+                    program: name,
+                    source,
+                })?;
             prog.attach().map_err(|source| ProbeError::Attach {
                 program: name,
                 target: format!("tracepoint sock/{}", programs::SOCK_STATE_TRACEPOINT),
@@ -183,26 +221,42 @@ impl Probes {
         {
             let name = programs::SOCK_OPS;
             let prog: &mut SockOps = program(&mut ebpf, name)?;
-            prog.load().map_err(|source| ProbeError::ProgramLoad { program: name, source })?;
-            prog.attach(cgroup.as_fd(), cgroup_mode()).map_err(|source| {
-                ProbeError::Attach { program: name, target: cgroup_root.display().to_string(), source }
+            prog.load().map_err(|source| ProbeError::ProgramLoad {
+                program: name,
+                source,
             })?;
+            prog.attach(cgroup.as_fd(), cgroup_mode())
+                .map_err(|source| ProbeError::Attach {
+                    program: name,
+                    target: cgroup_root.display().to_string(),
+                    source,
+                })?;
             attached.push(format!("sock_ops@{}", cgroup_root.display()));
         }
         // 3. The capture programs.
         for (name, attach_type, label) in [
-            (programs::CAPTURE_EGRESS, CgroupSkbAttachType::Egress, "cgroup_skb/egress"),
-            (programs::CAPTURE_INGRESS, CgroupSkbAttachType::Ingress, "cgroup_skb/ingress"),
+            (
+                programs::CAPTURE_EGRESS,
+                CgroupSkbAttachType::Egress,
+                "cgroup_skb/egress",
+            ),
+            (
+                programs::CAPTURE_INGRESS,
+                CgroupSkbAttachType::Ingress,
+                "cgroup_skb/ingress",
+            ),
         ] {
             let prog: &mut CgroupSkb = program(&mut ebpf, name)?;
-            prog.load().map_err(|source| ProbeError::ProgramLoad { program: name, source })?;
-            prog.attach(cgroup.as_fd(), attach_type, cgroup_mode()).map_err(
-                |source| ProbeError::Attach {
+            prog.load().map_err(|source| ProbeError::ProgramLoad {
+                program: name,
+                source,
+            })?;
+            prog.attach(cgroup.as_fd(), attach_type, cgroup_mode())
+                .map_err(|source| ProbeError::Attach {
                     program: name,
                     target: cgroup_root.display().to_string(),
                     source,
-                },
-            )?;
+                })?;
             attached.push(format!("{label}@{}", cgroup_root.display()));
         }
 
@@ -210,16 +264,28 @@ impl Probes {
             .take_map(maps::STATS)
             .ok_or(ProbeError::MissingMap { map: maps::STATS })
             .and_then(|m| {
-                PerCpuArray::try_from(m).map_err(|source| ProbeError::Map { map: maps::STATS, source })
+                PerCpuArray::try_from(m).map_err(|source| ProbeError::Map {
+                    map: maps::STATS,
+                    source,
+                })
             })?;
         let decided = ebpf
             .take_map(maps::DECIDED)
             .ok_or(ProbeError::MissingMap { map: maps::DECIDED })
             .and_then(|m| {
-                HashMap::try_from(m).map_err(|source| ProbeError::Map { map: maps::DECIDED, source })
+                HashMap::try_from(m).map_err(|source| ProbeError::Map {
+                    map: maps::DECIDED,
+                    source,
+                })
             })?;
         info!(programs = ?attached, cgroup = %cgroup_root.display(), budget = cfg.capture_budget, "probes attached");
-        Ok(Self { ebpf, stats, decided, attached, cgroup_root })
+        Ok(Self {
+            ebpf,
+            stats,
+            decided,
+            attached,
+            cgroup_root,
+        })
     }
 
     /// The event ring buffer; can be taken once.
@@ -228,7 +294,10 @@ impl Probes {
             .ebpf
             .take_map(maps::EVENTS)
             .ok_or(ProbeError::MissingMap { map: maps::EVENTS })?;
-        RingBuf::try_from(map).map_err(|source| ProbeError::Map { map: maps::EVENTS, source })
+        RingBuf::try_from(map).map_err(|source| ProbeError::Map {
+            map: maps::EVENTS,
+            source,
+        })
     }
 
     /// The aya-log reader for messages from the kernel programs, if they log.
@@ -294,6 +363,11 @@ fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, P
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
 {
-    let prog = ebpf.program_mut(name).ok_or(ProbeError::MissingProgram { program: name })?;
-    prog.try_into().map_err(|source| ProbeError::ProgramLoad { program: name, source })
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or(ProbeError::MissingProgram { program: name })?;
+    prog.try_into().map_err(|source| ProbeError::ProgramLoad {
+        program: name,
+        source,
+    })
 }

@@ -40,7 +40,10 @@ pub enum RunError {
     #[error("starting the async runtime: {0}")]
     Runtime(std::io::Error),
     #[error("installing the {signal} handler: {source}")]
-    Signal { signal: &'static str, source: std::io::Error },
+    Signal {
+        signal: &'static str,
+        source: std::io::Error,
+    },
     #[error("starting the pipeline thread: {0}")]
     Thread(std::io::Error),
     #[error("the pipeline thread panicked")]
@@ -60,10 +63,13 @@ pub fn run(args: &RunArgs) -> Result<(), RunError> {
         Some(path) => Output::File(path),
         None => Output::Stdout,
     };
-    let json = JsonLines::start(&output, 65_536)?;
+    let json = JsonLines::start(&output, 8_192)?;
     let resolver = CgroupResolver::new(probes.cgroup_root().to_path_buf());
     let table = FlowTable::new(
-        FlowConfig { budget: args.capture_budget, linger_ns: args.linger_ms * 1_000_000 },
+        FlowConfig {
+            budget: args.capture_budget,
+            linger_ns: args.linger_ms * 1_000_000,
+        },
         Some(resolver),
     );
     let shutdown = Arc::new(AtomicBool::new(false));
@@ -93,10 +99,14 @@ pub fn run(args: &RunArgs) -> Result<(), RunError> {
         .map_err(RunError::Runtime)?;
     rt.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
-        let mut int = signal(SignalKind::interrupt())
-            .map_err(|source| RunError::Signal { signal: "SIGINT", source })?;
-        let mut term = signal(SignalKind::terminate())
-            .map_err(|source| RunError::Signal { signal: "SIGTERM", source })?;
+        let mut int = signal(SignalKind::interrupt()).map_err(|source| RunError::Signal {
+            signal: "SIGINT",
+            source,
+        })?;
+        let mut term = signal(SignalKind::terminate()).map_err(|source| RunError::Signal {
+            signal: "SIGTERM",
+            source,
+        })?;
         tokio::select! {
             _ = int.recv() => info!(signal = "SIGINT", "stopping"),
             _ = term.recv() => info!(signal = "SIGTERM", "stopping"),
@@ -126,7 +136,11 @@ const TICK_NS: u64 = 100_000_000;
 impl Pipeline {
     fn run(mut self) {
         let mut logger = self.probes.take_logger();
-        let mut pfd = libc::pollfd { fd: self.ring.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd: self.ring.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
         let timeout = i32::try_from(self.poll.as_millis()).unwrap_or(i32::MAX);
         let mut last_tick = 0u64;
         let mut last_stats = Clock::now_mono_ns();
@@ -163,15 +177,20 @@ impl Pipeline {
             if now.saturating_sub(last_tick) >= TICK_NS || stopping {
                 last_tick = now;
                 let (json, clock) = (&self.json, &self.clock);
-                self.table.tick(now, &mut |conn| json.send(ConnectionRecord::new(&conn, clock)));
+                self.table.tick(now, &mut |conn| {
+                    json.send(ConnectionRecord::new(&conn, clock))
+                });
             }
             if stopping {
                 let (json, clock) = (&self.json, &self.clock);
-                self.table.flush(&mut |conn| json.send(ConnectionRecord::new(&conn, clock)));
+                self.table
+                    .flush(&mut |conn| json.send(ConnectionRecord::new(&conn, clock)));
                 self.log_stats(&mut last_kernel, events, decode_errors, true);
                 break;
             }
-            if self.stats_interval_ns > 0 && now.saturating_sub(last_stats) >= self.stats_interval_ns {
+            if self.stats_interval_ns > 0
+                && now.saturating_sub(last_stats) >= self.stats_interval_ns
+            {
                 last_stats = now;
                 self.log_stats(&mut last_kernel, events, decode_errors, false);
             }
@@ -183,17 +202,32 @@ impl Pipeline {
         json.finish();
     }
 
-    fn log_stats(&self, last: &mut Vec<(Stat, u64)>, events: u64, decode_errors: u64, final_: bool) {
+    fn log_stats(
+        &self,
+        last: &mut Vec<(Stat, u64)>,
+        events: u64,
+        decode_errors: u64,
+        final_: bool,
+    ) {
         let kernel = self.probes.stats();
         let get = |s: Stat| kernel.iter().find(|(k, _)| *k == s).map_or(0, |(_, v)| *v);
         let flows = self.table.stats();
         let lost = get(Stat::RingbufFull);
-        let before = last.iter().find(|(k, _)| *k == Stat::RingbufFull).map_or(0, |(_, v)| *v);
+        let before = last
+            .iter()
+            .find(|(k, _)| *k == Stat::RingbufFull)
+            .map_or(0, |(_, v)| *v);
         if lost > before {
-            warn!(lost_events = lost, new = lost - before, "ring buffer was full: kernel events lost");
+            warn!(
+                lost_events = lost,
+                new = lost - before,
+                "ring buffer was full: kernel events lost"
+            );
         }
-        let kernel_fields: Vec<String> =
-            kernel.iter().map(|(s, v)| format!("{}={v}", s.name())).collect();
+        let kernel_fields: Vec<String> = kernel
+            .iter()
+            .map(|(s, v)| format!("{}={v}", s.name()))
+            .collect();
         info!(
             final_ = final_,
             events_received = events,

@@ -1,1 +1,160 @@
-fn main(){}
+//! Everything a developer or CI runs: `cargo xtask <setup|build|run|test|bench>`.
+//! `./x` installs the pinned Rust toolchain and then calls this.
+
+mod bench;
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "xtask",
+    about = "Set-up, build, run, test and bench for mtls-auditor"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what is missing: eBPF nightly, Debian packages, bpf-linker.
+    Setup,
+    /// Build the agent (release) with its eBPF programs.
+    Build,
+    /// Set up, build and run the agent on this host (needs root).
+    Run {
+        /// Arguments passed to `mtls-auditor run`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, build and run the whole test suite (needs root for the probes).
+    Test,
+    /// Measure the agent's cost side by side: connection rate, throughput, CPU, RSS.
+    Bench {
+        /// Alternating rounds without/with the agent.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
+}
+
+pub fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask has a parent")
+        .to_path_buf()
+}
+
+/// The `channel = "..."` of a rust-toolchain.toml.
+pub fn toolchain_channel(path: &Path) -> Result<String> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("channel"))
+        .filter_map(|r| r.trim().strip_prefix('='))
+        .map(|v| v.trim().trim_matches('"').to_owned())
+        .next()
+        .ok_or_else(|| anyhow!("{}: no channel line", path.display()))
+}
+
+pub fn cmd(program: &str, args: &[&str]) -> Result<()> {
+    cmd_env(program, args, &[])
+}
+
+pub fn cmd_env(program: &str, args: &[&str], env: &[(&str, &str)]) -> Result<()> {
+    let status = Command::new(program)
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(project_root())
+        .status()
+        .with_context(|| format!("running {program}"))?;
+    if !status.success() {
+        bail!("`{program} {}` failed: {status}", args.join(" "));
+    }
+    Ok(())
+}
+
+fn agent_binary() -> PathBuf {
+    project_root().join("target/release/mtls-auditor")
+}
+
+fn build() -> Result<()> {
+    cmd(
+        "cargo",
+        &["build", "--release", "--package", "mtls-auditor"],
+    )
+}
+
+fn test() -> Result<()> {
+    setup::setup(&[])?;
+    build()?;
+    eprintln!("xtask: unit tests");
+    cmd(
+        "cargo",
+        &[
+            "test",
+            "--workspace",
+            "--exclude",
+            "agent-ebpf",
+            "--exclude",
+            "integration-tests",
+        ],
+    )?;
+    eprintln!("xtask: integration tests (real probes, one at a time)");
+    let bin = agent_binary();
+    let bin = bin.to_str().ok_or_else(|| anyhow!("non-UTF-8 path"))?;
+    cmd_env(
+        "cargo",
+        &[
+            "test",
+            "--release",
+            "--package",
+            "integration-tests",
+            "--",
+            "--test-threads=1",
+        ],
+        &[("MTLS_AUDITOR_BIN", bin)],
+    )?;
+    Ok(())
+}
+
+fn run(args: &[String]) -> Result<()> {
+    setup::setup(&[])?;
+    build()?;
+    let status = Command::new(agent_binary())
+        .arg("run")
+        .args(args)
+        .status()
+        .context("starting mtls-auditor")?;
+    if !status.success() {
+        bail!("mtls-auditor exited with {status}");
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Setup => setup::setup(&[]),
+        Cmd::Build => {
+            setup::setup(&[])?;
+            build()
+        }
+        Cmd::Run { args } => run(&args),
+        Cmd::Test => test(),
+        Cmd::Bench { rounds, seconds } => {
+            setup::setup(&[])?;
+            build()?;
+            bench::bench(&bench::BenchOptions { rounds, seconds })
+        }
+    }
+}

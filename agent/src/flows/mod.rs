@@ -9,12 +9,14 @@
 
 pub mod stream;
 
-use std::{
-    collections::HashMap,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use agent_common::{ConnEvent, DataHeader, data_flags, direction, family, role, sock_flags, tcp_flags};
+use foldhash::{HashMap, HashMapExt as _};
+use slab::Slab;
+
+use agent_common::{
+    ConnEvent, DataHeader, data_flags, direction, family, role, sock_flags, tcp_flags,
+};
 
 use crate::{
     capture::{ConnKind, Event},
@@ -44,7 +46,10 @@ impl Process {
             return None;
         }
         let len = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-        Some(Self { pid: tgid, comm: String::from_utf8_lossy(&comm[..len]).into_owned() })
+        Some(Self {
+            pid: tgid,
+            comm: String::from_utf8_lossy(&comm[..len]).into_owned(),
+        })
     }
 }
 
@@ -67,6 +72,9 @@ pub struct End {
     pub closed_ns: Option<u64>,
     pub bytes_sent: Option<u64>,
     pub bytes_received: Option<u64>,
+    /// This end sent a FIN / received one (from the close event).
+    pub fin_sent: bool,
+    pub fin_received: bool,
     pub egress: Stream,
     pub ingress: Stream,
 }
@@ -94,7 +102,11 @@ impl Connection {
     fn pick<'a>(a: Option<&'a Stream>, b: Option<&'a Stream>) -> Option<&'a Stream> {
         match (a, b) {
             (Some(x), Some(y)) => {
-                if y.contiguous().len() > x.contiguous().len() { Some(y) } else { Some(x) }
+                if y.contiguous().len() > x.contiguous().len() {
+                    Some(y)
+                } else {
+                    Some(x)
+                }
             }
             (x, None) => x,
             (None, y) => y,
@@ -166,11 +178,14 @@ pub struct FlowConfig {
 
 impl Default for FlowConfig {
     fn default() -> Self {
-        Self { budget: agent_common::DEFAULT_CAPTURE_BUDGET, linger_ns: 1_000_000_000 }
+        Self {
+            budget: agent_common::DEFAULT_CAPTURE_BUDGET,
+            linger_ns: 1_000_000_000,
+        }
     }
 }
 
-type ConnId = u64;
+type ConnId = usize;
 
 /// (client, server, namespace for loopback pairs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -188,13 +203,12 @@ struct Listener {
 
 pub struct FlowTable {
     cfg: FlowConfig,
-    conns: HashMap<ConnId, Connection>,
+    conns: Slab<Connection>,
     /// cookie -> connection
     ends: HashMap<u64, ConnId>,
     joins: HashMap<JoinKey, ConnId>,
     /// (port) -> who listens on it, most recent first.
     listeners: HashMap<u16, Vec<Listener>>,
-    next_id: ConnId,
     cgroups: Option<CgroupResolver>,
     decided: Vec<u64>,
     stats: FlowStats,
@@ -214,19 +228,26 @@ fn addr(fam: u16, raw: &[u8; 16]) -> IpAddr {
 }
 
 fn join_key(client: SocketAddr, server: SocketAddr, netns: u64) -> JoinKey {
-    let netns = if client.ip().is_loopback() || server.ip().is_loopback() { netns } else { 0 };
-    JoinKey { client, server, netns }
+    let netns = if client.ip().is_loopback() || server.ip().is_loopback() {
+        netns
+    } else {
+        0
+    };
+    JoinKey {
+        client,
+        server,
+        netns,
+    }
 }
 
 impl FlowTable {
     pub fn new(cfg: FlowConfig, cgroups: Option<CgroupResolver>) -> Self {
         Self {
             cfg,
-            conns: HashMap::new(),
+            conns: Slab::new(),
             ends: HashMap::new(),
             joins: HashMap::new(),
             listeners: HashMap::new(),
-            next_id: 1,
             cgroups,
             decided: Vec::new(),
             stats: FlowStats::default(),
@@ -234,7 +255,10 @@ impl FlowTable {
     }
 
     pub fn stats(&self) -> FlowStats {
-        FlowStats { listeners: self.listeners.len() as u64, ..self.stats }
+        FlowStats {
+            listeners: self.listeners.len() as u64,
+            ..self.stats
+        }
     }
 
     /// Connections currently tracked.
@@ -267,10 +291,18 @@ impl FlowTable {
     }
 
     fn listen(&mut self, ev: &ConnEvent) {
-        let Some(process) = Process::from_raw(ev.tgid, &ev.comm) else { return };
+        let Some(process) = Process::from_raw(ev.tgid, &ev.comm) else {
+            return;
+        };
         let list = self.listeners.entry(ev.local_port).or_default();
         list.retain(|l| l.process.pid != process.pid || l.cgroup_id != ev.cgroup_id);
-        list.insert(0, Listener { process, cgroup_id: ev.cgroup_id });
+        list.insert(
+            0,
+            Listener {
+                process,
+                cgroup_id: ev.cgroup_id,
+            },
+        );
         list.truncate(8);
     }
 
@@ -289,7 +321,11 @@ impl FlowTable {
             return Role::Client;
         }
         // Ephemeral ports (Linux default 32768-60999) are the client's.
-        if ev.local_port >= 32768 && ev.remote_port < 32768 { Role::Client } else { Role::Server }
+        if ev.local_port >= 32768 && ev.remote_port < 32768 {
+            Role::Client
+        } else {
+            Role::Server
+        }
     }
 
     fn open_end(&mut self, ev: &ConnEvent, preexisting: bool) {
@@ -328,6 +364,8 @@ impl FlowTable {
             closed_ns: None,
             bytes_sent: None,
             bytes_received: None,
+            fin_sent: false,
+            fin_received: false,
             egress: Stream::default(),
             ingress: Stream::default(),
         };
@@ -342,7 +380,7 @@ impl FlowTable {
 
         // Join the connection its peer opened, if that one still lacks this side.
         if let Some(&id) = self.joins.get(&key)
-            && let Some(conn) = self.conns.get_mut(&id)
+            && let Some(conn) = self.conns.get_mut(id)
         {
             let slot = match role {
                 Role::Client => &mut conn.client_end,
@@ -357,8 +395,6 @@ impl FlowTable {
                 return;
             }
         }
-        let id = self.next_id;
-        self.next_id += 1;
         let mut conn = Connection {
             client,
             server,
@@ -372,14 +408,14 @@ impl FlowTable {
             Role::Client => conn.client_end = Some(end),
             Role::Server => conn.server_end = Some(end),
         }
-        self.conns.insert(id, conn);
+        let id = self.conns.insert(conn);
         self.ends.insert(cookie, id);
         self.joins.insert(key, id);
     }
 
     fn end_mut(&mut self, cookie: u64) -> Option<(&mut Connection, bool)> {
         let id = *self.ends.get(&cookie)?;
-        let conn = self.conns.get_mut(&id)?;
+        let conn = self.conns.get_mut(id)?;
         let is_client = conn.client_end.as_ref().is_some_and(|e| e.cookie == cookie);
         Some((conn, is_client))
     }
@@ -390,80 +426,104 @@ impl FlowTable {
             return;
         };
         conn.last_ns = conn.last_ns.max(ev.hdr.ts_ns);
-        let end = if is_client { conn.client_end.as_mut() } else { conn.server_end.as_mut() };
+        let end = if is_client {
+            conn.client_end.as_mut()
+        } else {
+            conn.server_end.as_mut()
+        };
         let Some(end) = end else { return };
         end.closed_ns = Some(ev.hdr.ts_ns);
         if ev.sock_flags & sock_flags::LOST != 0 {
             end.lost = true;
         }
+        end.fin_sent = ev.sock_flags & sock_flags::FIN_SENT != 0;
+        end.fin_received = ev.sock_flags & sock_flags::FIN_RECEIVED != 0;
         // sock_ops reports counts; a close seen by the tracepoint (pre-existing
         // socket) carries none.
         if !end.preexisting {
             end.bytes_sent = Some(ev.bytes_sent);
             end.bytes_received = Some(ev.bytes_received);
         }
+        if end.process.is_none() {
+            end.process = Process::from_raw(ev.tgid, &ev.comm);
+        }
+        let new_cgroup = (end.cgroup_id == 0 && ev.cgroup_id != 0).then_some(ev.cgroup_id);
+        let cookie = ev.hdr.cookie;
+        if let Some(id) = new_cgroup {
+            self.learn_cgroup(cookie, id);
+        }
     }
 
-    fn data(&mut self, h: &DataHeader, payload: &[u8]) {
-        let budget = self.cfg.budget;
-        let cookie = h.hdr.cookie;
-        let resolve = {
-            let Some((conn, is_client)) = self.end_mut(cookie) else {
-                self.stats.orphan_events += 1;
-                return;
+    /// Records the cgroup of an end and what follows from it: its path and, for a
+    /// server end without a process, the listener in that cgroup.
+    fn learn_cgroup(&mut self, cookie: u64, cgroup_id: u64) {
+        let path = self.resolve_cgroup(cgroup_id);
+        let listener = self.listener_process(cookie, cgroup_id);
+        if let Some((conn, is_client)) = self.end_mut(cookie) {
+            let end = if is_client {
+                conn.client_end.as_mut()
+            } else {
+                conn.server_end.as_mut()
             };
-            conn.last_ns = conn.last_ns.max(h.hdr.ts_ns);
-            let end = if is_client { conn.client_end.as_mut() } else { conn.server_end.as_mut() };
-            let Some(end) = end else { return };
-            let stream = if h.direction == direction::EGRESS { &mut end.egress } else { &mut end.ingress };
-            stream.insert(h.offset, payload, budget);
-            stream.seen_bytes += u64::from(h.seg_len);
-            if h.flags & data_flags::TRUNCATED != 0 {
-                stream.truncated = true;
-            }
-            if h.flags & data_flags::MIDSTREAM != 0 {
-                stream.midstream = true;
-            }
-            if h.tcp_flags & tcp_flags::FIN != 0 {
-                stream.fin = true;
-            }
-            if h.tcp_flags & tcp_flags::RST != 0 {
-                stream.rst = true;
-            }
-            if h.seg_len > 0 {
-                stream.first_ns.get_or_insert(h.hdr.ts_ns);
-            }
-            stream.last_ns = Some(h.hdr.ts_ns);
-            let mut resolve = None;
-            if end.process.is_none() && h.flags & data_flags::PROCESS != 0 {
-                end.process = Process::from_raw(h.tgid, &h.comm);
-            }
-            if end.cgroup_id == 0 && h.cgroup_id != 0 {
-                end.cgroup_id = h.cgroup_id;
-                resolve = Some(h.cgroup_id);
-            }
-            resolve
-        };
-        if let Some(id) = resolve {
-            let path = self.resolve_cgroup(id);
-            let listener = self.listener_process(cookie, id);
-            if let Some((conn, is_client)) = self.end_mut(cookie) {
-                let end = if is_client { conn.client_end.as_mut() } else { conn.server_end.as_mut() };
-                if let Some(end) = end {
-                    end.cgroup = path;
-                    if end.process.is_none() {
-                        end.process = listener;
-                    }
+            if let Some(end) = end {
+                end.cgroup_id = cgroup_id;
+                end.cgroup = path;
+                if end.process.is_none() {
+                    end.process = listener;
                 }
             }
         }
     }
 
+    fn data(&mut self, h: &DataHeader, payload: &[u8]) {
+        let budget = self.cfg.budget;
+        let cookie = h.hdr.cookie;
+        let Some((conn, is_client)) = self.end_mut(cookie) else {
+            self.stats.orphan_events += 1;
+            return;
+        };
+        conn.last_ns = conn.last_ns.max(h.hdr.ts_ns);
+        let end = if is_client {
+            conn.client_end.as_mut()
+        } else {
+            conn.server_end.as_mut()
+        };
+        let Some(end) = end else { return };
+        let stream = if h.direction == direction::EGRESS {
+            &mut end.egress
+        } else {
+            &mut end.ingress
+        };
+        stream.insert(h.offset, payload, budget);
+        stream.seen_bytes += u64::from(h.seg_len);
+        if h.flags & data_flags::TRUNCATED != 0 {
+            stream.truncated = true;
+        }
+        if h.flags & data_flags::MIDSTREAM != 0 {
+            stream.midstream = true;
+        }
+        if h.tcp_flags & tcp_flags::RST != 0 {
+            stream.rst = true;
+        }
+        if h.seg_len > 0 {
+            stream.first_ns.get_or_insert(h.hdr.ts_ns);
+        }
+        stream.last_ns = Some(h.hdr.ts_ns);
+        if end.process.is_none() && h.flags & data_flags::PROCESS != 0 {
+            end.process = Process::from_raw(h.tgid, &h.comm);
+        }
+        if end.cgroup_id == 0 && h.cgroup_id != 0 {
+            let id = h.cgroup_id;
+            self.learn_cgroup(cookie, id);
+        }
+    }
+
     fn listener_process(&self, cookie: u64, cgroup_id: u64) -> Option<Process> {
         let id = self.ends.get(&cookie)?;
-        let conn = self.conns.get(id)?;
+        let conn = self.conns.get(*id)?;
         let end = conn.server_end.as_ref().filter(|e| e.cookie == cookie)?;
-        self.listener_for(end.local.port(), cgroup_id).map(|l| l.process.clone())
+        self.listener_for(end.local.port(), cgroup_id)
+            .map(|l| l.process.clone())
     }
 
     /// Emits connections that are finished at monotonic time `now_ns`.
@@ -475,7 +535,7 @@ impl FlowTable {
             .filter(|(_, c)| {
                 c.all_closed() && (c.both_ends() || now_ns.saturating_sub(c.last_ns) >= linger)
             })
-            .map(|(&id, _)| id)
+            .map(|(id, _)| id)
             .collect();
         for id in done {
             self.emit(id, false, out);
@@ -484,18 +544,24 @@ impl FlowTable {
 
     /// Emits everything still tracked (agent exit); open connections are marked so.
     pub fn flush(&mut self, out: &mut impl FnMut(Connection)) {
-        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        let ids: Vec<ConnId> = self.conns.iter().map(|(id, _)| id).collect();
         for id in ids {
             self.emit(id, true, out);
         }
     }
 
     fn emit(&mut self, id: ConnId, flushing: bool, out: &mut impl FnMut(Connection)) {
-        let Some(mut conn) = self.conns.remove(&id) else { return };
+        let Some(mut conn) = self.conns.try_remove(id) else {
+            return;
+        };
         for end in conn.client_end.iter().chain(conn.server_end.iter()) {
             self.ends.remove(&end.cookie);
         }
-        let ns = conn.client_end.as_ref().or(conn.server_end.as_ref()).map_or(0, |e| e.netns_cookie);
+        let ns = conn
+            .client_end
+            .as_ref()
+            .or(conn.server_end.as_ref())
+            .map_or(0, |e| e.netns_cookie);
         let key = join_key(conn.client, conn.server, ns);
         if self.joins.get(&key) == Some(&id) {
             self.joins.remove(&key);
@@ -508,7 +574,7 @@ impl FlowTable {
     /// Marks every end of the connection of `cookie` as decided (no more bytes).
     pub fn decide(&mut self, cookie: u64) {
         if let Some(id) = self.ends.get(&cookie)
-            && let Some(conn) = self.conns.get(id)
+            && let Some(conn) = self.conns.get(*id)
         {
             for end in conn.ends() {
                 if end.closed_ns.is_none() {
@@ -525,13 +591,24 @@ mod tests {
 
     use super::*;
 
-    fn conn_event(k: u32, cookie: u64, r: u16, local: ([u8; 4], u16), remote: ([u8; 4], u16)) -> ConnEvent {
+    fn conn_event(
+        k: u32,
+        cookie: u64,
+        r: u16,
+        local: ([u8; 4], u16),
+        remote: ([u8; 4], u16),
+    ) -> ConnEvent {
         let mut la = [0u8; 16];
         la[..4].copy_from_slice(&local.0);
         let mut ra = [0u8; 16];
         ra[..4].copy_from_slice(&remote.0);
         ConnEvent {
-            hdr: EventHeader { kind: k, _pad0: 0, cookie, ts_ns: 1_000 },
+            hdr: EventHeader {
+                kind: k,
+                _pad0: 0,
+                cookie,
+                ts_ns: 1_000,
+            },
             netns_cookie: 1,
             cgroup_id: 0,
             bytes_sent: 10,
@@ -554,7 +631,12 @@ mod tests {
 
     fn data(cookie: u64, dir: u8, offset: u32, bytes: &[u8]) -> DataHeader {
         DataHeader {
-            hdr: EventHeader { kind: kind::DATA, _pad0: 0, cookie, ts_ns: 2_000 },
+            hdr: EventHeader {
+                kind: kind::DATA,
+                _pad0: 0,
+                cookie,
+                ts_ns: 2_000,
+            },
             cgroup_id: 0,
             offset,
             len: bytes.len() as u32,
@@ -574,17 +656,29 @@ mod tests {
         let mut t = FlowTable::new(FlowConfig::default(), None);
         let c = ([127, 0, 0, 1], 40000);
         let s = ([127, 0, 0, 1], 8080);
-        t.on_event(Event::Conn(ConnKind::Established, conn_event(kind::ESTABLISHED, 1, role::CLIENT, c, s)));
-        t.on_event(Event::Conn(ConnKind::Established, conn_event(kind::ESTABLISHED, 2, role::SERVER, s, c)));
+        t.on_event(Event::Conn(
+            ConnKind::Established,
+            conn_event(kind::ESTABLISHED, 1, role::CLIENT, c, s),
+        ));
+        t.on_event(Event::Conn(
+            ConnKind::Established,
+            conn_event(kind::ESTABLISHED, 2, role::SERVER, s, c),
+        ));
         assert_eq!(t.len(), 1);
         let req = b"GET / HTTP/1.1\r\n\r\n";
         t.on_event(Event::Data(data(1, direction::EGRESS, 0, req), req));
         t.on_event(Event::Data(data(2, direction::INGRESS, 0, req), req));
-        t.on_event(Event::Conn(ConnKind::Closed, conn_event(kind::CLOSED, 1, role::UNKNOWN, c, s)));
+        t.on_event(Event::Conn(
+            ConnKind::Closed,
+            conn_event(kind::CLOSED, 1, role::UNKNOWN, c, s),
+        ));
         let mut out = Vec::new();
         t.tick(1_500, &mut |c| out.push(c));
         assert!(out.is_empty(), "server end still open");
-        t.on_event(Event::Conn(ConnKind::Closed, conn_event(kind::CLOSED, 2, role::UNKNOWN, s, c)));
+        t.on_event(Event::Conn(
+            ConnKind::Closed,
+            conn_event(kind::CLOSED, 2, role::UNKNOWN, s, c),
+        ));
         t.tick(1_500, &mut |c| out.push(c));
         assert_eq!(out.len(), 1);
         let conn = &out[0];
@@ -610,11 +704,23 @@ mod tests {
 
     #[test]
     fn single_end_waits_for_the_linger() {
-        let mut t = FlowTable::new(FlowConfig { linger_ns: 100, ..FlowConfig::default() }, None);
+        let mut t = FlowTable::new(
+            FlowConfig {
+                linger_ns: 100,
+                ..FlowConfig::default()
+            },
+            None,
+        );
         let c = ([10, 213, 0, 2], 40000);
         let s = ([10, 213, 0, 1], 443);
-        t.on_event(Event::Conn(ConnKind::Established, conn_event(kind::ESTABLISHED, 1, role::CLIENT, c, s)));
-        t.on_event(Event::Conn(ConnKind::Closed, conn_event(kind::CLOSED, 1, role::UNKNOWN, c, s)));
+        t.on_event(Event::Conn(
+            ConnKind::Established,
+            conn_event(kind::ESTABLISHED, 1, role::CLIENT, c, s),
+        ));
+        t.on_event(Event::Conn(
+            ConnKind::Closed,
+            conn_event(kind::CLOSED, 1, role::UNKNOWN, c, s),
+        ));
         let mut out = Vec::new();
         t.tick(1_050, &mut |c| out.push(c));
         assert!(out.is_empty());

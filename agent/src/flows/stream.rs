@@ -16,7 +16,7 @@ pub struct Stream {
     pub midstream: bool,
     /// Some segment carried more than was captured (chunk size or budget).
     pub truncated: bool,
-    pub fin: bool,
+    /// A RST travelled in this direction while it was being captured.
     pub rst: bool,
     /// Monotonic time of the first payload byte.
     pub first_ns: Option<u64>,
@@ -32,11 +32,19 @@ impl Stream {
         if data.is_empty() || offset >= limit {
             return;
         }
-        let end = offset.saturating_add(u32::try_from(data.len()).unwrap_or(u32::MAX)).min(limit);
+        let end = offset
+            .saturating_add(u32::try_from(data.len()).unwrap_or(u32::MAX))
+            .min(limit);
         let n = (end - offset) as usize;
         if self.buf.len() < end as usize {
-            if self.buf.capacity() == 0 {
-                self.buf.reserve_exact(limit as usize);
+            // Grow to what was captured, never past the budget; short connections
+            // stay small.
+            let want = (end as usize)
+                .next_power_of_two()
+                .min(limit as usize)
+                .max(end as usize);
+            if self.buf.capacity() < want {
+                self.buf.reserve_exact(want - self.buf.len());
             }
             self.buf.resize(end as usize, 0);
         }
