@@ -125,6 +125,13 @@ pub mod sock_flags {
     pub const FIN_RECEIVED: u32 = 1 << 12;
     /// `cookie` is set.
     pub const COOKIE: u32 = 1 << 13;
+    /// This socket closed first (went ESTABLISHED -> FIN_WAIT1).
+    pub const CLOSED_FIRST: u32 = 1 << 15;
+    /// The peer closed first (this socket went ESTABLISHED -> CLOSE_WAIT).
+    pub const PEER_CLOSED_FIRST: u32 = 1 << 16;
+    /// The connection was reset or aborted (CLOSE straight from ESTABLISHED,
+    /// CLOSE_WAIT or FIN_WAIT1).
+    pub const RESET: u32 = 1 << 17;
     /// `cgroup_id` is set.
     pub const CGROUP: u32 = 1 << 14;
     /// Egress was captured from the middle of the stream.

@@ -24,6 +24,7 @@ use crate::{
     maps::{MTLS_EVENTS, bump, sock_state, wakeup_flags},
 };
 
+const TCP_ESTABLISHED: u32 = 1;
 const TCP_FIN_WAIT1: u32 = 4;
 const TCP_FIN_WAIT2: u32 = 5;
 const TCP_TIME_WAIT: u32 = 6;
@@ -113,6 +114,16 @@ fn state_change(ctx: &SockOpsContext, old: u32, new: u32) -> Result<(), Stat> {
     let state = unsafe { &mut *st };
     if new == TCP_FIN_WAIT1 || new == TCP_LAST_ACK {
         state.flags |= sock_flags::FIN_SENT;
+    }
+    if new == TCP_FIN_WAIT1 && state.flags & sock_flags::PEER_CLOSED_FIRST == 0 {
+        state.flags |= sock_flags::CLOSED_FIRST;
+    }
+    if new == TCP_CLOSE_WAIT && state.flags & sock_flags::CLOSED_FIRST == 0 {
+        state.flags |= sock_flags::PEER_CLOSED_FIRST;
+    }
+    if new == TCP_CLOSE && (old == TCP_ESTABLISHED || old == TCP_CLOSE_WAIT || old == TCP_FIN_WAIT1)
+    {
+        state.flags |= sock_flags::RESET;
     }
     if new == TCP_CLOSE_WAIT
         || new == TCP_CLOSING

@@ -24,6 +24,23 @@ pub enum Command {
     /// Load the probes and report every TCP connection on this host as a JSON line
     /// when it finishes. Runs until SIGINT or SIGTERM, then detaches everything.
     Run(RunArgs),
+    /// Classify every TCP connection of a pcap or pcapng capture with the same
+    /// classifier the agent runs, one line per connection.
+    Classify(ClassifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ClassifyArgs {
+    /// The capture to read (pcap or pcapng; Ethernet, Linux cooked, raw IP, loopback).
+    #[arg(long, value_name = "FILE")]
+    pub pcap: PathBuf,
+    /// JSON lines instead of a table. Field names follow the metric labels
+    /// (`connection_security_policy`, `destination_port`, ...).
+    #[arg(long)]
+    pub json: bool,
+    /// Bytes kept from the start of each direction.
+    #[arg(long, default_value_t = 65_536)]
+    pub budget: u32,
 }
 
 #[derive(Debug, Args)]

@@ -21,7 +21,7 @@ use thiserror::Error;
 use tracing::warn;
 
 use crate::{
-    classify::{self, FirstBytes},
+    classify::{self, Classification},
     clock::Clock,
     flows::{Connection, End, Role},
 };
@@ -47,7 +47,9 @@ pub struct ConnectionRecord {
     /// connection predates the agent).
     pub bytes_client_to_server: Option<u64>,
     pub bytes_server_to_client: Option<u64>,
-    pub class: FirstBytes,
+    /// What the bytes say: `connection_security_policy`, evidence, TLS facts, ...
+    #[serde(flatten)]
+    pub classification: Classification,
     /// The connection was established before the agent attached its probes.
     pub predates_agent: bool,
     /// The connection was still open when the agent stopped.
@@ -108,17 +110,18 @@ fn local_end(e: &End) -> LocalEnd {
 }
 
 impl ConnectionRecord {
+    /// Classifies `conn` and builds its record.
     pub fn new(conn: &Connection, clock: &Clock) -> Self {
+        Self::with_classification(conn, clock, classify::classify(&conn.classify_input()))
+    }
+
+    pub fn with_classification(
+        conn: &Connection,
+        clock: &Clock,
+        classification: Classification,
+    ) -> Self {
         let c2s = conn.client_to_server();
         let s2c = conn.server_to_client();
-        let c2s_bytes = c2s.map(|s| s.contiguous()).unwrap_or(&[]);
-        let s2c_bytes = s2c.map(|s| s.contiguous()).unwrap_or(&[]);
-        let midstream = c2s.is_some_and(|s| s.midstream) || s2c.is_some_and(|s| s.midstream);
-        let class = if midstream || conn.preexisting() {
-            FirstBytes::Unknown
-        } else {
-            classify::first_bytes(c2s_bytes, s2c_bytes)
-        };
         let (bytes_c2s, bytes_s2c) = conn.byte_counts();
         let end_ns = conn
             .ends()
@@ -146,7 +149,7 @@ impl ConnectionRecord {
             server: endpoint(conn.server, Role::Server),
             bytes_client_to_server: bytes_c2s,
             bytes_server_to_client: bytes_s2c,
-            class,
+            classification,
             predates_agent: conn.preexisting(),
             open: conn.open,
             capture: CaptureSummary {

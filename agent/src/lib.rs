@@ -10,5 +10,6 @@ pub mod cli;
 pub mod clock;
 pub mod export;
 pub mod flows;
+pub mod pcap;
 pub mod probes;
 pub mod run;

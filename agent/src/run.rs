@@ -24,9 +24,11 @@ use tracing::{debug, info, warn};
 use crate::{
     capture,
     cgroups::CgroupResolver,
+    classify::{self, Resumptions},
     cli::RunArgs,
     clock::Clock,
     export::{ConnectionRecord, ExportError, JsonLines, Output},
+    flows::Connection,
     flows::{FlowConfig, FlowTable},
     probes::{ProbeConfig, ProbeError, Probes},
 };
@@ -74,6 +76,7 @@ pub fn run(args: &RunArgs) -> Result<(), RunError> {
     );
     let shutdown = Arc::new(AtomicBool::new(false));
     let pipeline = Pipeline {
+        resumptions: Resumptions::default(),
         probes,
         ring,
         table,
@@ -120,7 +123,19 @@ pub fn run(args: &RunArgs) -> Result<(), RunError> {
     Ok(())
 }
 
+/// Classifies a finished connection, letting resumed TLS sessions inherit the class
+/// of the full handshake they resume.
+fn record(conn: &Connection, clock: &Clock, resumptions: &mut Resumptions) -> ConnectionRecord {
+    let mut cls = classify::classify(&conn.classify_input());
+    resumptions.apply(
+        (conn.client.ip(), conn.server.ip(), conn.server.port()),
+        &mut cls,
+    );
+    ConnectionRecord::with_classification(conn, clock, cls)
+}
+
 struct Pipeline {
+    resumptions: Resumptions,
     probes: Probes,
     ring: RingBuf<MapData>,
     table: FlowTable,
@@ -176,15 +191,14 @@ impl Pipeline {
             let now = Clock::now_mono_ns();
             if now.saturating_sub(last_tick) >= TICK_NS || stopping {
                 last_tick = now;
-                let (json, clock) = (&self.json, &self.clock);
-                self.table.tick(now, &mut |conn| {
-                    json.send(ConnectionRecord::new(&conn, clock))
-                });
+                let (json, clock, res) = (&self.json, &self.clock, &mut self.resumptions);
+                self.table
+                    .tick(now, &mut |conn| json.send(record(&conn, clock, res)));
             }
             if stopping {
-                let (json, clock) = (&self.json, &self.clock);
+                let (json, clock, res) = (&self.json, &self.clock, &mut self.resumptions);
                 self.table
-                    .flush(&mut |conn| json.send(ConnectionRecord::new(&conn, clock)));
+                    .flush(&mut |conn| json.send(record(&conn, clock, res)));
                 self.log_stats(&mut last_kernel, events, decode_errors, true);
                 break;
             }

@@ -12,6 +12,7 @@ pub mod agent;
 pub mod net;
 pub mod peers;
 pub mod proc;
+pub mod scenarios;
 
 pub use agent::{Agent, AgentOptions, Record};
 pub use net::{Cgroup, Netns, NetnsPair, TempDir};

@@ -85,23 +85,28 @@ pub fn curl(ns: Option<&Netns>, cg: Option<&Cgroup>, url: &str, extra: &[&str]) 
 /// a SPIFFE URI SAN, made with the openssl command line.
 pub struct Pki {
     pub dir: PathBuf,
+    ca: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
 }
 
 impl Pki {
-    pub fn ca(&self) -> PathBuf {
-        self.dir.join("ca.pem")
+    pub fn ca(&self) -> &Path {
+        &self.ca
     }
-    pub fn server_cert(&self) -> PathBuf {
-        self.dir.join("server.pem")
+    pub fn server_cert(&self) -> &Path {
+        &self.server_cert
     }
-    pub fn server_key(&self) -> PathBuf {
-        self.dir.join("server.key")
+    pub fn server_key(&self) -> &Path {
+        &self.server_key
     }
-    pub fn client_cert(&self) -> PathBuf {
-        self.dir.join("client.pem")
+    pub fn client_cert(&self) -> &Path {
+        &self.client_cert
     }
-    pub fn client_key(&self) -> PathBuf {
-        self.dir.join("client.key")
+    pub fn client_key(&self) -> &Path {
+        &self.client_key
     }
 
     /// Generates the material (EC P-256 keys) into `dir`.
@@ -134,12 +139,15 @@ impl Pki {
             "-out",
             "ca.pem",
         ]);
+        // The server certificate names every test address (10.213.N.1, fd13:213::N:1)
+        // so that clients verify it for real.
+        let mut server_sans = String::from("subjectAltName=DNS:server.test,IP:127.0.0.1,IP:::1");
+        for n in 1..=64u16 {
+            server_sans.push_str(&format!(",IP:10.213.{n}.1,IP:fd13:213::{n:x}:1"));
+        }
+        server_sans.push_str(",URI:spiffe://cluster.local/ns/default/sa/server");
         for (name, subj, ext) in [
-            (
-                "server",
-                "/CN=server.test",
-                "subjectAltName=DNS:server.test,IP:127.0.0.1,IP:::1,IP:10.213.0.0,URI:spiffe://cluster.local/ns/default/sa/server",
-            ),
+            ("server", "/CN=server.test", server_sans.as_str()),
             (
                 "client",
                 "/CN=client.test",
@@ -186,6 +194,11 @@ impl Pki {
         }
         Self {
             dir: dir.to_path_buf(),
+            ca: dir.join("ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.pem"),
+            client_key: dir.join("client.key"),
         }
     }
 }

@@ -244,11 +244,24 @@ impl Child {
 
 impl Drop for Child {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take()
-            && matches!(c.try_wait(), Ok(None))
-        {
-            let _ = c.kill();
-            let _ = c.wait();
+        let Some(mut c) = self.child.take() else {
+            return;
+        };
+        if !matches!(c.try_wait(), Ok(None)) {
+            return;
         }
+        // SIGTERM first so servers stop their own workers (nginx, postgres); SIGKILL
+        // if it is still there after two seconds.
+        // SAFETY: signalling our own unreaped child by PID.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            if !matches!(c.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
     }
 }

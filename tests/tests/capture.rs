@@ -81,7 +81,7 @@ fn plaintext_http_between_namespaces_has_tuple_bytes_and_processes() {
         port_of(r, "client") >= 1024,
         "client port is ephemeral: {r}"
     );
-    assert_eq!(r["class"], "plaintext", "{r}");
+    assert_eq!(r["connection_security_policy"], "none", "{r}");
     assert_eq!(r["predates_agent"], false);
 
     let client = &r["client"]["local"];
@@ -140,7 +140,8 @@ fn tls_connection_is_reported_as_tls() {
     );
     let recs = agent.wait_records(1, WAIT, to_server(pair.a_v4(), 8443));
     let r = &recs[0];
-    assert_eq!(r["class"], "tls_handshake", "{r}");
+    assert_eq!(r["connection_security_policy"], "tls", "{r}");
+    assert_eq!(r["protocol"], "tls", "{r}");
     assert!(
         r["bytes_client_to_server"].as_u64().unwrap_or(0) > 200,
         "{r}"
@@ -177,7 +178,7 @@ fn loopback_connection_is_one_record_with_both_ends() {
         r["server"]["local"]["pid"].as_u64(),
         Some(u64::from(server.pid()))
     );
-    assert_eq!(r["class"], "plaintext");
+    assert_eq!(r["connection_security_policy"], "none");
     agent.stop();
 }
 
@@ -195,7 +196,7 @@ fn ipv6_connection_is_reported() {
     let recs = agent.wait_records(1, WAIT, to_server(pair.a_v6(), 8082));
     let r = &recs[0];
     assert_eq!(addr_of(r, "client"), pair.b_v6().to_string(), "{r}");
-    assert_eq!(r["class"], "plaintext");
+    assert_eq!(r["connection_security_policy"], "none");
     assert!(r["bytes_server_to_client"].as_u64().unwrap_or(0) > 3);
     agent.stop();
 }
@@ -268,9 +269,10 @@ fn connection_older_than_the_agent_is_reported_as_predating_it() {
     let r = &recs[0];
     assert_eq!(r["predates_agent"], true, "{r}");
     assert_eq!(
-        r["class"], "unknown",
+        r["connection_security_policy"], "unknown",
         "mid-stream bytes are not classified: {r}"
     );
+    assert_eq!(r["outcome"], "incomplete", "{r}");
     assert_eq!(r["direction"], "local", "{r}");
     assert_eq!(
         addr_of(r, "client"),
@@ -360,7 +362,7 @@ fn burst_of_1000_connections_is_fully_accounted_for() {
     );
     for r in &recs {
         assert_eq!(r["direction"], "local", "{r}");
-        assert_eq!(r["class"], "plaintext", "{r}");
+        assert_eq!(r["connection_security_policy"], "none", "{r}");
         assert_eq!(r["bytes_client_to_server"].as_u64(), Some(11), "{r}");
         assert_eq!(r["bytes_server_to_client"].as_u64(), Some(16), "{r}");
         assert_eq!(r["open"], false);

@@ -21,6 +21,7 @@ use agent_common::{
 use crate::{
     capture::{ConnKind, Event},
     cgroups::CgroupResolver,
+    classify::{Closing, ConnInput, Party, Side},
 };
 pub use stream::Stream;
 
@@ -75,6 +76,10 @@ pub struct End {
     /// This end sent a FIN / received one (from the close event).
     pub fin_sent: bool,
     pub fin_received: bool,
+    /// This end closed first / its peer did / the connection was reset.
+    pub closed_first: bool,
+    pub peer_closed_first: bool,
+    pub reset: bool,
     pub egress: Stream,
     pub ingress: Stream,
 }
@@ -142,6 +147,68 @@ impl Connection {
             return (s.bytes_received, s.bytes_sent);
         }
         (None, None)
+    }
+
+    /// How the connection ended, from the ends' close flags and captured RSTs.
+    pub fn closing(&self) -> Closing {
+        let closed = self.all_closed();
+        let mut first = None;
+        let mut reset_by = None;
+        for (end, me, peer) in [
+            (&self.client_end, Party::Client, Party::Server),
+            (&self.server_end, Party::Server, Party::Client),
+        ] {
+            let Some(e) = end else { continue };
+            if first.is_none() {
+                if e.closed_first {
+                    first = Some(me);
+                } else if e.peer_closed_first {
+                    first = Some(peer);
+                }
+            }
+            if reset_by.is_none() {
+                if e.egress.rst {
+                    reset_by = Some(me);
+                } else if e.ingress.rst {
+                    reset_by = Some(peer);
+                }
+            }
+        }
+        if first.is_none() {
+            first = reset_by;
+        }
+        Closing {
+            closed,
+            first,
+            reset_by,
+        }
+    }
+
+    /// What the classifier needs, borrowed from this connection.
+    pub fn classify_input(&self) -> ConnInput<'_> {
+        fn side(s: Option<&Stream>) -> Side<'_> {
+            match s {
+                Some(s) => Side {
+                    bytes: s.contiguous(),
+                    chunks: &s.chunks,
+                    base: 0,
+                    truncated: s.truncated,
+                    midstream: s.midstream,
+                },
+                None => Side::default(),
+            }
+        }
+        let preexisting = self.preexisting();
+        let mut client = side(self.client_to_server());
+        let mut server = side(self.server_to_client());
+        client.midstream |= preexisting;
+        server.midstream |= preexisting;
+        ConnInput {
+            client,
+            server,
+            server_port: self.server.port(),
+            closing: self.closing(),
+        }
     }
 
     pub fn preexisting(&self) -> bool {
@@ -366,6 +433,9 @@ impl FlowTable {
             bytes_received: None,
             fin_sent: false,
             fin_received: false,
+            closed_first: false,
+            peer_closed_first: false,
+            reset: false,
             egress: Stream::default(),
             ingress: Stream::default(),
         };
@@ -438,6 +508,9 @@ impl FlowTable {
         }
         end.fin_sent = ev.sock_flags & sock_flags::FIN_SENT != 0;
         end.fin_received = ev.sock_flags & sock_flags::FIN_RECEIVED != 0;
+        end.closed_first = ev.sock_flags & sock_flags::CLOSED_FIRST != 0;
+        end.peer_closed_first = ev.sock_flags & sock_flags::PEER_CLOSED_FIRST != 0;
+        end.reset = ev.sock_flags & sock_flags::RESET != 0;
         // sock_ops reports counts; a close seen by the tracepoint (pre-existing
         // socket) carries none.
         if !end.preexisting {
@@ -494,7 +567,7 @@ impl FlowTable {
         } else {
             &mut end.ingress
         };
-        stream.insert(h.offset, payload, budget);
+        stream.insert(h.offset, payload, budget, h.hdr.ts_ns);
         stream.seen_bytes += u64::from(h.seg_len);
         if h.flags & data_flags::TRUNCATED != 0 {
             stream.truncated = true;

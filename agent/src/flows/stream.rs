@@ -24,13 +24,24 @@ pub struct Stream {
     pub last_ns: Option<u64>,
     /// Payload bytes seen in segments (captured or not).
     pub seen_bytes: u64,
+    /// (stream offset, monotonic ns) of the first segments, ascending by offset:
+    /// what orders the two directions for the classifier.
+    pub chunks: Vec<(u32, u64)>,
 }
 
+/// Segment starts remembered per stream.
+const MAX_CHUNKS: usize = 64;
+
 impl Stream {
-    /// Adds `data` at stream `offset`; nothing at or beyond `limit` is kept.
-    pub fn insert(&mut self, offset: u32, data: &[u8], limit: u32) {
+    /// Adds `data` seen at `ts_ns` at stream `offset`; nothing at or beyond `limit`
+    /// is kept.
+    pub fn insert(&mut self, offset: u32, data: &[u8], limit: u32, ts_ns: u64) {
         if data.is_empty() || offset >= limit {
             return;
+        }
+        if self.chunks.len() < MAX_CHUNKS && !self.chunks.iter().any(|&(o, _)| o == offset) {
+            let at = self.chunks.partition_point(|&(o, _)| o < offset);
+            self.chunks.insert(at, (offset, ts_ns));
         }
         let end = offset
             .saturating_add(u32::try_from(data.len()).unwrap_or(u32::MAX))
@@ -107,6 +118,7 @@ impl Stream {
     pub fn release(&mut self) {
         self.buf = Vec::new();
         self.ranges = Vec::new();
+        self.chunks = Vec::new();
     }
 }
 
@@ -117,8 +129,8 @@ mod tests {
     #[test]
     fn in_order_chunks_are_contiguous() {
         let mut s = Stream::default();
-        s.insert(0, b"GET / ", 4096);
-        s.insert(6, b"HTTP/1.1\r\n", 4096);
+        s.insert(0, b"GET / ", 4096, 0);
+        s.insert(6, b"HTTP/1.1\r\n", 4096, 0);
         assert_eq!(s.contiguous(), b"GET / HTTP/1.1\r\n");
         assert!(!s.has_gap());
     }
@@ -126,10 +138,10 @@ mod tests {
     #[test]
     fn out_of_order_chunks_fill_the_hole() {
         let mut s = Stream::default();
-        s.insert(6, b"HTTP", 4096);
+        s.insert(6, b"HTTP", 4096, 0);
         assert_eq!(s.contiguous(), b"");
         assert!(s.has_gap());
-        s.insert(0, b"GET / ", 4096);
+        s.insert(0, b"GET / ", 4096, 0);
         assert_eq!(s.contiguous(), b"GET / HTTP");
         assert!(!s.has_gap());
     }
@@ -137,9 +149,9 @@ mod tests {
     #[test]
     fn retransmissions_and_overlaps_are_idempotent() {
         let mut s = Stream::default();
-        s.insert(0, b"abcdef", 4096);
-        s.insert(2, b"cdefgh", 4096);
-        s.insert(0, b"abc", 4096);
+        s.insert(0, b"abcdef", 4096, 0);
+        s.insert(2, b"cdefgh", 4096, 0);
+        s.insert(0, b"abc", 4096, 0);
         assert_eq!(s.contiguous(), b"abcdefgh");
         assert_eq!(s.captured(), 8);
     }
@@ -147,19 +159,19 @@ mod tests {
     #[test]
     fn nothing_is_kept_past_the_limit() {
         let mut s = Stream::default();
-        s.insert(0, b"0123456789", 4);
+        s.insert(0, b"0123456789", 4, 0);
         assert_eq!(s.contiguous(), b"0123");
-        s.insert(8, b"zz", 4);
+        s.insert(8, b"zz", 4, 0);
         assert_eq!(s.captured(), 4);
     }
 
     #[test]
     fn three_ranges_merge_into_one() {
         let mut s = Stream::default();
-        s.insert(10, b"k", 64);
-        s.insert(4, b"e", 64);
-        s.insert(0, b"abcd", 64);
-        s.insert(5, b"fghij", 64);
+        s.insert(10, b"k", 64, 0);
+        s.insert(4, b"e", 64, 0);
+        s.insert(0, b"abcd", 64, 0);
+        s.insert(5, b"fghij", 64, 0);
         assert_eq!(s.contiguous(), b"abcdefghijk");
     }
 }

@@ -1,0 +1,468 @@
+//! Classification of a connection from its captured byte streams: plaintext,
+//! one-way TLS or mutual TLS, with the evidence that decided it.
+//!
+//! A pure function of bytes: no I/O, no clock. The same code runs in the live
+//! agent, on pcap files (`mtls-auditor classify --pcap`) and under the fuzzers.
+//! The TLS 1.3 size arithmetic is documented in [`tls`].
+
+pub mod ja4;
+pub mod plaintext;
+pub mod tls;
+pub mod wire;
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+pub use plaintext::HttpInfo;
+pub use tls::{CertInfo, ClientAuth, TlsInfo};
+
+/// The observed security of a connection (the `connection_security_policy` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecurityClass {
+    MutualTls,
+    Tls,
+    None,
+    Unknown,
+}
+
+impl SecurityClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MutualTls => "mutual_tls",
+            Self::Tls => "tls",
+            Self::None => "none",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Confidence {
+    Low,
+    Medium,
+    High,
+}
+
+/// The application protocol recognised on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    Tls,
+    Http1,
+    H2c,
+    Postgres,
+    Mysql,
+    Redis,
+    Smtp,
+    Ssh,
+    /// Printable bytes of no protocol we know.
+    Text,
+    /// Binary bytes of no protocol we know.
+    Binary,
+    Unknown,
+}
+
+/// How the connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Data flowed both ways.
+    Completed,
+    /// The server closed or reset the connection (or sent only an alert) before
+    /// answering: the policy rejected it.
+    ServerRefused,
+    /// The client closed before the exchange completed.
+    ClientGaveUp,
+    /// Data flowed one way only, then the connection closed.
+    OneWay,
+    /// Still open.
+    Open,
+    /// The capture does not show the start of the connection.
+    Incomplete,
+}
+
+/// Service-mesh markers seen in the handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MeshMarker {
+    /// Istio sidecar ALPN (`istio`, `istio-peer-exchange`, `istio-http/1.0`,
+    /// `istio-http/1.1`, `istio-h2`) or an Istio `outbound_.` SNI.
+    IstioSidecar,
+    /// Istio ambient HBONE (TLS to port 15008).
+    IstioHbone,
+    /// Linkerd identity SNI or ALPN.
+    Linkerd,
+}
+
+/// Which end of the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Party {
+    Client,
+    Server,
+}
+
+/// One direction as captured: the bytes from stream offset `base` on.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Side<'a> {
+    /// Contiguous bytes from offset `base` (0 for a whole stream).
+    pub bytes: &'a [u8],
+    /// (stream offset, monotonic ns) of segment starts, ascending by offset.
+    pub chunks: &'a [(u32, u64)],
+    pub base: usize,
+    /// The capture budget cut this direction short.
+    pub truncated: bool,
+    /// The capture started after the beginning of the stream.
+    pub midstream: bool,
+}
+
+impl<'a> Side<'a> {
+    pub fn new(bytes: &'a [u8]) -> Self {
+        Self {
+            bytes,
+            ..Self::default()
+        }
+    }
+
+    /// When the byte at `offset` (relative to this side) was seen.
+    pub fn ts_at(&self, offset: usize) -> Option<u64> {
+        let abs = self.base + offset;
+        self.chunks
+            .iter()
+            .rev()
+            .find(|(o, _)| *o as usize <= abs)
+            .map(|&(_, ts)| ts)
+    }
+
+    /// This side from `offset` on.
+    fn from(&self, offset: usize) -> Side<'a> {
+        Side {
+            bytes: self.bytes.get(offset..).unwrap_or(&[]),
+            base: self.base + offset,
+            ..*self
+        }
+    }
+}
+
+/// How the connection ended, as far as it is known.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Closing {
+    pub closed: bool,
+    /// Which end closed (FIN) or reset first.
+    pub first: Option<Party>,
+    /// Which end sent a RST, if one was seen.
+    pub reset_by: Option<Party>,
+}
+
+/// Everything the classifier looks at.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ConnInput<'a> {
+    pub client: Side<'a>,
+    pub server: Side<'a>,
+    pub server_port: u16,
+    pub closing: Closing,
+}
+
+/// The verdict of the bytes.
+#[derive(Debug, Clone, Serialize)]
+pub struct Classification {
+    /// `mutual_tls`, `tls`, `none` or `unknown`.
+    pub connection_security_policy: SecurityClass,
+    pub confidence: Confidence,
+    /// Why, in one sentence.
+    pub evidence: String,
+    pub protocol: Protocol,
+    pub outcome: Outcome,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsInfo>,
+    /// The cleartext protocol that upgraded to TLS (PostgreSQL, SMTP, MySQL).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub starttls: Option<Protocol>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<MeshMarker>,
+}
+
+const ISTIO_ALPN: [&str; 5] = [
+    "istio",
+    "istio-peer-exchange",
+    "istio-http/1.0",
+    "istio-http/1.1",
+    "istio-h2",
+];
+const ISTIO_HBONE_PORT: u16 = 15008;
+
+fn mesh_marker(info: &TlsInfo, server_port: u16) -> Option<MeshMarker> {
+    let alpn = |p: &str| info.alpn_offered.iter().any(|a| a == p);
+    let sni = info.sni.as_deref().unwrap_or("");
+    if ISTIO_ALPN.iter().any(|p| alpn(p)) || sni.starts_with("outbound_.") {
+        return Some(MeshMarker::IstioSidecar);
+    }
+    if alpn("transport.l5d.io/v1") || sni.contains(".serviceaccount.identity.linkerd.") {
+        return Some(MeshMarker::Linkerd);
+    }
+    if server_port == ISTIO_HBONE_PORT {
+        return Some(MeshMarker::IstioHbone);
+    }
+    None
+}
+
+/// Whether `b` is one or more complete TLS alert records and nothing else: what a
+/// TLS server answers to a cleartext request.
+fn only_tls_alerts(b: &[u8]) -> bool {
+    let (records, garbage) = tls::split_records(b);
+    !garbage && !records.is_empty() && records.iter().all(|r| r.content_type == tls::CT_ALERT)
+}
+
+/// Classifies one connection.
+pub fn classify(input: &ConnInput<'_>) -> Classification {
+    let (client, server) = (&input.client, &input.server);
+    if client.midstream || server.midstream {
+        return Classification {
+            connection_security_policy: SecurityClass::Unknown,
+            confidence: Confidence::High,
+            evidence:
+                "the capture started in the middle of the connection (it predates the agent): \
+                       the handshake was not seen"
+                    .into(),
+            protocol: Protocol::Unknown,
+            outcome: Outcome::Incomplete,
+            tls: None,
+            starttls: None,
+            http: None,
+            mesh: None,
+        };
+    }
+
+    if tls::starts_with_handshake(client.bytes) {
+        return from_tls(input, client, server, None);
+    }
+
+    let d = plaintext::detect(client.bytes, server.bytes);
+    if let Some((c_off, s_off)) = d.tls_after {
+        let mut cls = from_tls(
+            input,
+            &client.from(c_off),
+            &server.from(s_off),
+            Some(d.protocol),
+        );
+        cls.evidence = format!("{}; {}", d.note, cls.evidence);
+        return cls;
+    }
+    let (class, confidence) = if d.encrypted {
+        (SecurityClass::Unknown, Confidence::High)
+    } else if d.protocol == Protocol::Unknown {
+        (SecurityClass::Unknown, Confidence::Low)
+    } else if d.recognised {
+        (SecurityClass::None, Confidence::High)
+    } else {
+        (SecurityClass::None, Confidence::Medium)
+    };
+    let outcome = plaintext_outcome(input);
+    let mut evidence = d.note.clone();
+    if outcome == Outcome::ServerRefused {
+        evidence.push_str(if only_tls_alerts(server.bytes) {
+            "; the server answered with a TLS alert and closed (refused)"
+        } else {
+            "; the server closed without answering (refused)"
+        });
+    }
+    Classification {
+        connection_security_policy: class,
+        confidence,
+        evidence,
+        protocol: d.protocol,
+        outcome,
+        tls: None,
+        starttls: None,
+        http: d.http,
+        mesh: None,
+    }
+}
+
+fn from_tls(
+    input: &ConnInput<'_>,
+    client: &Side<'_>,
+    server: &Side<'_>,
+    starttls: Option<Protocol>,
+) -> Classification {
+    let a = tls::analyze(client, server);
+    let closing = input.closing;
+    let outcome = if a.client_alert {
+        Outcome::ClientGaveUp
+    } else if a.server_answered == Some(true) && a.client_data_after_handshake {
+        Outcome::Completed
+    } else if a.server_alert {
+        Outcome::ServerRefused
+    } else if !closing.closed {
+        Outcome::Open
+    } else if a.server_answered != Some(true) {
+        // The server never answered and the connection is gone: refused, unless the
+        // client reset it itself.
+        if closing.reset_by == Some(Party::Client) {
+            Outcome::ClientGaveUp
+        } else {
+            Outcome::ServerRefused
+        }
+    } else {
+        Outcome::OneWay
+    };
+    let mut evidence = a.evidence;
+    if outcome == Outcome::ServerRefused {
+        evidence.push_str(if a.server_alert {
+            "; the server sent an alert and closed (refused)"
+        } else {
+            "; the server closed before answering (refused)"
+        });
+    }
+    let mesh = mesh_marker(&a.info, input.server_port);
+    let mut confidence = a.confidence;
+    if a.class == SecurityClass::MutualTls && mesh.is_some() {
+        confidence = Confidence::High;
+    }
+    Classification {
+        connection_security_policy: a.class,
+        confidence,
+        evidence,
+        protocol: Protocol::Tls,
+        outcome,
+        tls: Some(a.info),
+        starttls,
+        http: None,
+        mesh,
+    }
+}
+
+fn plaintext_outcome(input: &ConnInput<'_>) -> Outcome {
+    let (c, s) = (input.client.bytes, input.server.bytes);
+    let closing = input.closing;
+    let server_silent = s.is_empty() || only_tls_alerts(s);
+    if !c.is_empty() && !server_silent {
+        return Outcome::Completed;
+    }
+    if !closing.closed {
+        return Outcome::Open;
+    }
+    if !c.is_empty() {
+        // The client asked and the server closed without an answer (a client
+        // half-close while waiting does not count as giving up; a client RST does).
+        return if closing.reset_by == Some(Party::Client) {
+            Outcome::ClientGaveUp
+        } else {
+            Outcome::ServerRefused
+        };
+    }
+    if s.is_empty() {
+        return if closing.first == Some(Party::Server) {
+            Outcome::ServerRefused
+        } else {
+            Outcome::ClientGaveUp
+        };
+    }
+    Outcome::OneWay
+}
+
+/// Remembers the class of full handshakes so that resumed sessions, which carry no
+/// certificate flight, inherit it: (client address, server address, server port)
+/// -> class. Stateful, so kept outside the pure classifier.
+#[derive(Debug, Default)]
+pub struct Resumptions {
+    full: HashMap<(std::net::IpAddr, std::net::IpAddr, u16), SecurityClass>,
+}
+
+const RESUMPTION_MEMORY: usize = 65_536;
+
+impl Resumptions {
+    /// Records a full handshake, or rewrites a resumed one from the record.
+    pub fn apply(
+        &mut self,
+        key: (std::net::IpAddr, std::net::IpAddr, u16),
+        cls: &mut Classification,
+    ) {
+        let Some(info) = &cls.tls else { return };
+        if info.resumed {
+            if let Some(prev) = self.full.get(&key) {
+                cls.connection_security_policy = *prev;
+                cls.confidence = Confidence::Medium;
+                cls.evidence.push_str(&format!(
+                    "; class {} inherited from the full handshake this client made to this server",
+                    prev.as_str()
+                ));
+            }
+        } else if matches!(
+            cls.connection_security_policy,
+            SecurityClass::MutualTls | SecurityClass::Tls
+        ) {
+            if self.full.len() >= RESUMPTION_MEMORY {
+                self.full.clear();
+            }
+            self.full.insert(key, cls.connection_security_policy);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn midstream_is_unknown_and_incomplete() {
+        let input = ConnInput {
+            client: Side {
+                bytes: b"GET / HTTP/1.1\r\n\r\n",
+                midstream: true,
+                ..Side::default()
+            },
+            ..ConnInput::default()
+        };
+        let c = classify(&input);
+        assert_eq!(c.connection_security_policy, SecurityClass::Unknown);
+        assert_eq!(c.outcome, Outcome::Incomplete);
+    }
+
+    #[test]
+    fn plaintext_refused_by_a_tls_server() {
+        // What OpenSSL answers to "GET /": a fatal alert record.
+        let alert = [0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x46];
+        let input = ConnInput {
+            client: Side::new(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"),
+            server: Side::new(&alert),
+            server_port: 8443,
+            closing: Closing {
+                closed: true,
+                first: Some(Party::Server),
+                reset_by: None,
+            },
+        };
+        let c = classify(&input);
+        assert_eq!(c.connection_security_policy, SecurityClass::None);
+        assert_eq!(c.outcome, Outcome::ServerRefused);
+    }
+
+    #[test]
+    fn plaintext_both_ways_is_completed() {
+        let input = ConnInput {
+            client: Side::new(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"),
+            server: Side::new(b"HTTP/1.1 200 OK\r\n\r\n"),
+            closing: Closing {
+                closed: true,
+                first: Some(Party::Server),
+                reset_by: None,
+            },
+            ..ConnInput::default()
+        };
+        let c = classify(&input);
+        assert_eq!(c.outcome, Outcome::Completed);
+        assert_eq!(c.http.unwrap().host.as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn empty_connection_is_unknown() {
+        let c = classify(&ConnInput::default());
+        assert_eq!(c.connection_security_policy, SecurityClass::Unknown);
+    }
+}
