@@ -15,8 +15,9 @@ use std::{
 };
 
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+/// Link types, re-exported for callers of [`Tracker::frame`].
+pub use pcap_file::DataLink;
 use pcap_file::{
-    DataLink,
     pcap::PcapReader,
     pcapng::{Block, PcapNgReader},
 };

@@ -36,6 +36,16 @@ enum Cmd {
     },
     /// Set up, build and run the whole test suite (needs root for the probes).
     Test,
+    /// Run every fuzz target (cargo fuzz, nightly) for a while; fails on any crash.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Targets to run (default: all of fuzz/fuzz_targets).
+        targets: Vec<String>,
+    },
+    /// Run the classifier's scenario matrix and rewrite docs/accuracy.md (root).
+    Accuracy,
     /// Measure the agent's cost side by side: connection rate, throughput, CPU, RSS.
     Bench {
         /// Alternating rounds without/with the agent.
@@ -94,6 +104,75 @@ fn build() -> Result<()> {
     )
 }
 
+/// Fuzz targets, from fuzz/Cargo.toml's `[[bin]]` entries.
+fn fuzz_targets() -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(project_root().join("fuzz/Cargo.toml"))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("name = \""))
+        .map(|n| n.trim_end_matches('"').to_owned())
+        .filter(|n| n != "mtls-auditor-fuzz")
+        .collect())
+}
+
+fn fuzz(seconds: u64, targets: &[String]) -> Result<()> {
+    let nightly = toolchain_channel(&project_root().join("agent-ebpf/rust-toolchain.toml"))?;
+    let all = fuzz_targets()?;
+    let targets = if targets.is_empty() {
+        all
+    } else {
+        targets.to_vec()
+    };
+    let toolchain = format!("+{nightly}");
+    // The fuzzers link the agent as a library; its eBPF object is not needed.
+    let env = [("AYA_BUILD_SKIP", "1")];
+    cmd_env("cargo", &[&toolchain, "fuzz", "build", "-O"], &env)?;
+    for t in &targets {
+        eprintln!("xtask: fuzzing {t} for {seconds} s");
+        let max = format!("-max_total_time={seconds}");
+        cmd_env(
+            "cargo",
+            &[
+                &toolchain,
+                "fuzz",
+                "run",
+                "-O",
+                t,
+                "--",
+                &max,
+                "-print_final_stats=0",
+            ],
+            &env,
+        )?;
+    }
+    Ok(())
+}
+
+fn accuracy() -> Result<()> {
+    setup::setup(&[])?;
+    build()?;
+    let bin = agent_binary();
+    let bin = bin.to_str().ok_or_else(|| anyhow!("non-UTF-8 path"))?;
+    let out = project_root().join("docs/accuracy.md");
+    let out = out.to_str().ok_or_else(|| anyhow!("non-UTF-8 path"))?;
+    cmd_env(
+        "cargo",
+        &[
+            "test",
+            "--release",
+            "--package",
+            "integration-tests",
+            "--test",
+            "classifier",
+            "--",
+            "--test-threads=1",
+        ],
+        &[("MTLS_AUDITOR_BIN", bin), ("MTLS_WRITE_ACCURACY", out)],
+    )?;
+    eprintln!("xtask: wrote {out}");
+    Ok(())
+}
+
 fn test() -> Result<()> {
     setup::setup(&[])?;
     build()?;
@@ -124,6 +203,8 @@ fn test() -> Result<()> {
         ],
         &[("MTLS_AUDITOR_BIN", bin)],
     )?;
+    eprintln!("xtask: fuzz smoke run (every parser of untrusted bytes)");
+    fuzz(10, &[])?;
     Ok(())
 }
 
@@ -154,7 +235,17 @@ fn main() -> Result<()> {
         Cmd::Bench { rounds, seconds } => {
             setup::setup(&[])?;
             build()?;
-            bench::bench(&bench::BenchOptions { rounds, seconds })
+            bench::bench(&bench::BenchOptions { rounds, seconds })?;
+            eprintln!("xtask: classification time per connection (criterion)");
+            cmd(
+                "cargo",
+                &["bench", "--package", "mtls-auditor", "--bench", "classify"],
+            )
         }
+        Cmd::Fuzz { seconds, targets } => {
+            setup::setup(&[])?;
+            fuzz(seconds, &targets)
+        }
+        Cmd::Accuracy => accuracy(),
     }
 }

@@ -26,8 +26,29 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
     ("python3", "tests: HTTP servers and scripted peers"),
     ("wrk", "bench: loopback connection rate"),
     ("iperf3", "bench: bulk throughput"),
-    ("nginx-light", "bench: HTTP server under load"),
+    (
+        "nginx-light",
+        "bench and tests: HTTP/1.1, HTTP/2 and h2c server",
+    ),
+    (
+        "tshark",
+        "tests: capture (dumpcap) and the SNI/ALPN/version oracle",
+    ),
+    (
+        "postgresql",
+        "tests: PostgreSQL with and without SSLRequest",
+    ),
+    ("redis-server", "tests: Redis RESP peer"),
+    ("redis-tools", "tests: redis-cli"),
+    ("openssh-server", "tests: SSH peer (sshd)"),
+    ("openssh-client", "tests: SSH client"),
 ];
+
+/// Installed from bookworm-backports on Debian 12 (Suricata 7 with JA4).
+const BACKPORTS_PACKAGES: &[(&str, &str)] = &[("suricata", "tests: the JA4 oracle (Suricata 7)")];
+const BACKPORTS_SOURCE: &str = "/etc/apt/sources.list.d/mtls-auditor-backports.sources";
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
+pub const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
@@ -61,8 +82,10 @@ fn manual_steps(root: &Path) -> String {
          \x20 rustup toolchain install {stable} --profile minimal --component clippy,rustfmt\n\
          \x20 rustup toolchain install {nightly} --profile minimal --component rust-src\n\
          \x20 apt-get install -y {}   # or your distribution's equivalents; LLVM 22 is required\n\
+         \x20 apt-get install -y suricata   # Suricata 7 (bookworm-backports on Debian 12)\n\
          \x20 PATH={LLVM_BIN}:$PATH cargo install bpf-linker --version {BPF_LINKER_VERSION} \\\n\
-         \x20     --no-default-features --features llvm-22 --locked\n",
+         \x20     --no-default-features --features llvm-22 --locked\n\
+         \x20 cargo install cargo-fuzz --version {CARGO_FUZZ_VERSION} --locked\n",
         pkgs.join(" ")
     )
 }
@@ -98,6 +121,51 @@ fn missing_packages() -> Vec<&'static str> {
         .collect()
 }
 
+fn package_installed(p: &str) -> bool {
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", p])
+        .output();
+    out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+fn codename() -> Option<String> {
+    os_release()
+        .lines()
+        .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
+        .map(|v| v.trim_matches('"').to_owned())
+}
+
+fn cargo_fuzz_ok() -> bool {
+    Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(CARGO_FUZZ_VERSION))
+}
+
+/// Installs packages without starting their services (policy-rc.d), so a test
+/// machine does not end up running sshd, redis or postgres on its own.
+fn apt_install(packages: &[&str], target_release: Option<&str>) -> Result<()> {
+    let env = [("DEBIAN_FRONTEND", "noninteractive")];
+    let own_policy = !Path::new(POLICY_RC_D).exists();
+    if own_policy {
+        std::fs::write(
+            POLICY_RC_D,
+            "#!/bin/sh\n# mtls-auditor setup: do not start services\nexit 101\n",
+        )?;
+        crate::cmd("chmod", &["755", POLICY_RC_D])?;
+    }
+    let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+    if let Some(t) = target_release {
+        args.extend(["-t", t]);
+    }
+    args.extend(packages.iter().copied());
+    let result = crate::cmd_env("apt-get", &args, &env);
+    if own_policy {
+        let _ = std::fs::remove_file(POLICY_RC_D);
+    }
+    result
+}
+
 fn bpf_linker_ok() -> bool {
     Command::new("bpf-linker")
         .arg("--version")
@@ -105,7 +173,7 @@ fn bpf_linker_ok() -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION))
 }
 
-/// Extra apt packages other tasks need (e.g. Prometheus for the metrics tests).
+/// Installs what is missing. `extra_packages` are further apt packages a task needs.
 pub fn setup(extra_packages: &[&str]) -> Result<()> {
     let root = project_root();
     let nightly = toolchain_channel(&root.join("agent-ebpf/rust-toolchain.toml"))?;
@@ -114,27 +182,35 @@ pub fn setup(extra_packages: &[&str]) -> Result<()> {
         todo.push("nightly");
     }
     let mut missing = missing_packages();
-    for p in extra_packages {
-        let out = Command::new("dpkg-query")
-            .args(["-W", "-f=${Status}", p])
-            .output();
-        if !out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed")) {
-            missing.push(p);
-        }
-    }
+    missing.extend(
+        extra_packages
+            .iter()
+            .copied()
+            .filter(|p| !package_installed(p)),
+    );
+    let backports: Vec<&str> = BACKPORTS_PACKAGES
+        .iter()
+        .map(|(p, _)| *p)
+        .filter(|p| !package_installed(p))
+        .collect();
     let linker = bpf_linker_ok();
-    if todo.is_empty() && missing.is_empty() && linker {
+    let fuzz = cargo_fuzz_ok();
+    if todo.is_empty() && missing.is_empty() && backports.is_empty() && linker && fuzz {
         return Ok(());
     }
     if !is_root() || !is_debian_like() {
         eprint!("{}", manual_steps(&root));
+        let mut all = missing.clone();
+        all.extend(backports.iter().copied());
         bail!(
             "set-up incomplete: missing {}",
-            describe(&todo, &missing, linker)
+            describe(&todo, &all, linker)
         );
     }
     if !todo.is_empty() {
-        eprintln!("setup: installing Rust {nightly} with rust-src (builds the eBPF programs)");
+        eprintln!(
+            "setup: installing Rust {nightly} with rust-src (builds the eBPF programs, runs the fuzzers)"
+        );
         cmd(
             "rustup",
             &[
@@ -148,13 +224,32 @@ pub fn setup(extra_packages: &[&str]) -> Result<()> {
             ],
         )?;
     }
-    if !missing.is_empty() {
-        eprintln!("setup: installing Debian packages: {}", missing.join(" "));
-        let env = [("DEBIAN_FRONTEND", "noninteractive")];
-        crate::cmd_env("apt-get", &["update", "-q"], &env)?;
-        let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
-        args.extend(missing.iter().copied());
-        crate::cmd_env("apt-get", &args, &env)?;
+    if !missing.is_empty() || !backports.is_empty() {
+        let bookworm = codename().as_deref() == Some("bookworm");
+        if !backports.is_empty() && bookworm && !Path::new(BACKPORTS_SOURCE).exists() {
+            eprintln!("setup: adding Debian bookworm-backports (Suricata 7) as {BACKPORTS_SOURCE}");
+            std::fs::write(
+                BACKPORTS_SOURCE,
+                "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\n\
+                 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n",
+            )?;
+        }
+        crate::cmd_env(
+            "apt-get",
+            &["update", "-q"],
+            &[("DEBIAN_FRONTEND", "noninteractive")],
+        )?;
+        if !missing.is_empty() {
+            eprintln!("setup: installing Debian packages: {}", missing.join(" "));
+            apt_install(&missing, None)?;
+        }
+        if !backports.is_empty() {
+            eprintln!(
+                "setup: installing {} (bookworm-backports on Debian 12)",
+                backports.join(" ")
+            );
+            apt_install(&backports, bookworm.then_some("bookworm-backports"))?;
+        }
     }
     if !linker {
         eprintln!(
@@ -176,6 +271,19 @@ pub fn setup(extra_packages: &[&str]) -> Result<()> {
             &[("PATH", path.as_str())],
         )
         .context("building bpf-linker")?;
+    }
+    if !fuzz {
+        eprintln!("setup: installing cargo-fuzz {CARGO_FUZZ_VERSION} (about a minute)");
+        cmd(
+            "cargo",
+            &[
+                "install",
+                "cargo-fuzz",
+                "--version",
+                CARGO_FUZZ_VERSION,
+                "--locked",
+            ],
+        )?;
     }
     Ok(())
 }

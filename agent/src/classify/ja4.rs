@@ -26,9 +26,38 @@ fn version_code(v: u16) -> &'static str {
     }
 }
 
-fn hash12(input: &str) -> String {
-    let digest = Sha256::digest(input.as_bytes());
-    digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
+/// First 12 hex digits of SHA-256 over a comma-separated list of 4-digit lower-case
+/// hex values, optionally followed by `_` and a second list. Hashes incrementally:
+/// no string is built.
+fn hash12(first: &[u16], second: &[u16]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    fn put(h: &mut Sha256, list: &[u16]) {
+        for (i, v) in list.iter().enumerate() {
+            if i > 0 {
+                h.update(b",");
+            }
+            let b = v.to_be_bytes();
+            h.update([
+                HEX[usize::from(b[0] >> 4)],
+                HEX[usize::from(b[0] & 15)],
+                HEX[usize::from(b[1] >> 4)],
+                HEX[usize::from(b[1] & 15)],
+            ]);
+        }
+    }
+    let mut h = Sha256::new();
+    put(&mut h, first);
+    if !second.is_empty() {
+        h.update(b"_");
+        put(&mut h, second);
+    }
+    let digest = h.finalize();
+    let mut out = String::with_capacity(12);
+    for b in digest.iter().take(6) {
+        out.push(HEX[usize::from(b >> 4)] as char);
+        out.push(HEX[usize::from(b & 15)] as char);
+    }
+    out
 }
 
 fn alpn_code(first: Option<&[u8]>) -> String {
@@ -79,18 +108,12 @@ pub fn ja4(ch: &ClientHello) -> String {
         alpn_code(ch.alpn.first().map(Vec::as_slice))
     );
 
-    let mut sorted = ciphers.clone();
+    let mut sorted = ciphers;
     sorted.sort_unstable();
     let b = if sorted.is_empty() {
         "000000000000".to_owned()
     } else {
-        hash12(
-            &sorted
-                .iter()
-                .map(|c| format!("{c:04x}"))
-                .collect::<Vec<_>>()
-                .join(","),
-        )
+        hash12(&sorted, &[])
     };
 
     let mut ext_sorted: Vec<u16> = exts
@@ -99,25 +122,16 @@ pub fn ja4(ch: &ClientHello) -> String {
         .filter(|e| *e != EXT_SERVER_NAME && *e != EXT_ALPN)
         .collect();
     ext_sorted.sort_unstable();
+    let sigs: Vec<u16> = ch
+        .signature_algorithms
+        .iter()
+        .copied()
+        .filter(|s| !is_grease(*s))
+        .collect();
     let c = if ext_sorted.is_empty() {
         "000000000000".to_owned()
     } else {
-        let mut s = ext_sorted
-            .iter()
-            .map(|e| format!("{e:04x}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        let sigs: Vec<String> = ch
-            .signature_algorithms
-            .iter()
-            .filter(|s| !is_grease(**s))
-            .map(|s| format!("{s:04x}"))
-            .collect();
-        if !sigs.is_empty() {
-            s.push('_');
-            s.push_str(&sigs.join(","));
-        }
-        hash12(&s)
+        hash12(&ext_sorted, &sigs)
     };
     format!("{a}_{b}_{c}")
 }
