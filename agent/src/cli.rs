@@ -27,6 +27,41 @@ pub enum Command {
     /// Classify every TCP connection of a pcap or pcapng capture with the same
     /// classifier the agent runs, one line per connection.
     Classify(ClassifyArgs),
+    /// Check policy files, or explain what a connection requires.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate policy files (Istio PeerAuthentication and DestinationRule, our
+    /// TransportPolicy and Inventory). Errors name file, line and column; exits
+    /// non-zero on any error. Conflicts are warnings.
+    Check {
+        /// Files or directories (their *.yaml / *.yml).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// What does a connection from one workload (or address) to another require,
+    /// and which policy objects decide it?
+    Explain {
+        /// Policy files or directories.
+        #[arg(long = "policy", required = true, value_delimiter = ',')]
+        paths: Vec<PathBuf>,
+        /// Source: `namespace/workload` from the inventory, or an IP address.
+        #[arg(long)]
+        from: String,
+        /// Destination and port: `namespace/workload:PORT`, `service:PORT`, or `IP:PORT`.
+        #[arg(long)]
+        to: String,
+        /// Istio's root namespace (mesh-wide policies).
+        #[arg(
+            long,
+            env = "MTLS_AUDITOR_ROOT_NAMESPACE",
+            default_value = "istio-system"
+        )]
+        root_namespace: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -80,6 +115,27 @@ pub struct RunArgs {
     /// How often kernel counters are logged (0: only at exit).
     #[arg(long, env = "MTLS_AUDITOR_STATS_INTERVAL_S", default_value_t = 60)]
     pub stats_interval_s: u64,
+    /// Policy files or directories (Istio PeerAuthentication/DestinationRule, our
+    /// TransportPolicy and Inventory). Reloaded when they change and on SIGHUP.
+    /// Without policy, connections are classified but not judged.
+    #[arg(long = "policy", env = "MTLS_AUDITOR_POLICY", value_delimiter = ',')]
+    pub policy: Vec<PathBuf>,
+    /// Istio's root namespace (mesh-wide policies).
+    #[arg(
+        long,
+        env = "MTLS_AUDITOR_ROOT_NAMESPACE",
+        default_value = "istio-system"
+    )]
+    pub root_namespace: String,
+    /// `json`: one JSON object per connection; `table`: a table for people.
+    #[arg(long, env = "MTLS_AUDITOR_FORMAT", value_enum, default_value_t = OutputFormat::Json)]
+    pub format: OutputFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Json,
+    Table,
 }
 
 impl RunArgs {

@@ -24,6 +24,7 @@ use crate::{
     classify::{self, Classification},
     clock::Clock,
     flows::{Connection, End, Role},
+    verdict::Assessment,
 };
 
 /// Version of the connection record schema.
@@ -50,6 +51,9 @@ pub struct ConnectionRecord {
     /// What the bytes say: `connection_security_policy`, evidence, TLS facts, ...
     #[serde(flatten)]
     pub classification: Classification,
+    /// Who the ends are and what policy says: workloads, expected, verdict.
+    #[serde(flatten)]
+    pub assessment: Option<Assessment>,
     /// The connection was established before the agent attached its probes.
     pub predates_agent: bool,
     /// The connection was still open when the agent stopped.
@@ -110,15 +114,21 @@ fn local_end(e: &End) -> LocalEnd {
 }
 
 impl ConnectionRecord {
-    /// Classifies `conn` and builds its record.
+    /// Classifies `conn` and builds its record (without policy).
     pub fn new(conn: &Connection, clock: &Clock) -> Self {
-        Self::with_classification(conn, clock, classify::classify(&conn.classify_input()))
+        Self::with_classification(
+            conn,
+            clock,
+            classify::classify(&conn.classify_input()),
+            None,
+        )
     }
 
     pub fn with_classification(
         conn: &Connection,
         clock: &Clock,
         classification: Classification,
+        assessment: Option<Assessment>,
     ) -> Self {
         let c2s = conn.client_to_server();
         let s2c = conn.server_to_client();
@@ -150,6 +160,7 @@ impl ConnectionRecord {
             bytes_client_to_server: bytes_c2s,
             bytes_server_to_client: bytes_s2c,
             classification,
+            assessment,
             predates_agent: conn.preexisting(),
             open: conn.open,
             capture: CaptureSummary {
@@ -173,11 +184,64 @@ pub enum ExportError {
     Thread(io::Error),
 }
 
-/// Where JSON lines go.
+/// Where records go.
 #[derive(Debug, Clone)]
 pub enum Output {
     Stdout,
     File(PathBuf),
+}
+
+/// How records are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// One JSON object per line (the versioned schema).
+    Json,
+    /// A table for people: one row per connection, header first.
+    Table,
+}
+
+const TABLE_HEADER: &str = "TIME          SOURCE                         DESTINATION                            OBSERVED    EXPECTED    VERDICT     REASON";
+
+fn endpoint_label(workload: Option<(&str, &str)>, addr: IpAddr) -> String {
+    match workload {
+        Some((ns, name)) if name != "unknown" => format!("{ns}/{name}"),
+        _ => addr.to_string(),
+    }
+}
+
+/// One table row.
+pub fn table_row(r: &ConnectionRecord) -> String {
+    let time = r.end.get(11..23).unwrap_or(&r.end);
+    let (src, dst, expected, verdict, reason) = match &r.assessment {
+        Some(a) => (
+            endpoint_label(
+                Some((&a.source_workload_namespace, &a.source_workload)),
+                r.client.addr,
+            ),
+            format!(
+                "{}:{}",
+                endpoint_label(
+                    Some((&a.destination_workload_namespace, &a.destination_workload)),
+                    r.server.addr
+                ),
+                r.server.port
+            ),
+            a.expected_security_policy,
+            a.verdict.as_str(),
+            a.verdict_reason.as_str(),
+        ),
+        None => (
+            r.client.addr.to_string(),
+            format!("{}:{}", r.server.addr, r.server.port),
+            "-",
+            "-",
+            r.classification.evidence.as_str(),
+        ),
+    };
+    format!(
+        "{time:<13} {src:<30} {dst:<38} {:<11} {expected:<11} {verdict:<11} {reason}",
+        r.classification.connection_security_policy.as_str()
+    )
 }
 
 /// Handle to the writer thread.
@@ -189,7 +253,7 @@ pub struct JsonLines {
 }
 
 impl JsonLines {
-    pub fn start(output: &Output, capacity: usize) -> Result<Self, ExportError> {
+    pub fn start(output: &Output, format: Format, capacity: usize) -> Result<Self, ExportError> {
         let sink: Box<dyn Write + Send> = match output {
             Output::Stdout => Box::new(io::stdout()),
             Output::File(path) => Box::new(
@@ -208,7 +272,7 @@ impl JsonLines {
         let w = Arc::clone(&written);
         let thread = thread::Builder::new()
             .name("json-lines".into())
-            .spawn(move || write_loop(rx, sink, &w))
+            .spawn(move || write_loop(rx, sink, format, &w))
             .map_err(ExportError::Thread)?;
         Ok(Self {
             tx: Some(tx),
@@ -252,14 +316,27 @@ impl JsonLines {
     }
 }
 
-fn write_loop(rx: Receiver<ConnectionRecord>, sink: Box<dyn Write + Send>, written: &AtomicU64) {
+fn write_loop(
+    rx: Receiver<ConnectionRecord>,
+    sink: Box<dyn Write + Send>,
+    format: Format,
+    written: &AtomicU64,
+) {
     let mut out = io::BufWriter::new(sink);
+    if format == Format::Table {
+        let _ = writeln!(out, "{TABLE_HEADER}");
+        let _ = out.flush();
+    }
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         batch.extend(rx.try_iter());
         for record in &batch {
-            let ok =
-                serde_json::to_writer(&mut out, record).is_ok() && out.write_all(b"\n").is_ok();
+            let ok = match format {
+                Format::Json => {
+                    serde_json::to_writer(&mut out, record).is_ok() && out.write_all(b"\n").is_ok()
+                }
+                Format::Table => writeln!(out, "{}", table_row(record)).is_ok(),
+            };
             if !ok {
                 warn!("writing a connection record failed");
                 continue;

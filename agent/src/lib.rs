@@ -1,7 +1,8 @@
 //! mtls-auditor: the userspace agent.
 //!
 //! Modules follow the pipeline: `probes` (kernel programs) -> `capture` (ring
-//! buffer records) -> `flows` (connections, reassembly) -> `classify` -> `export`.
+//! buffer records) -> `flows` (connections, reassembly) -> `classify` -> `verdict`
+//! (with `policy` and `inventory`) -> `export`.
 
 pub mod capture;
 pub mod cgroups;
@@ -10,6 +11,9 @@ pub mod cli;
 pub mod clock;
 pub mod export;
 pub mod flows;
+pub mod inventory;
 pub mod pcap;
+pub mod policy;
 pub mod probes;
 pub mod run;
+pub mod verdict;

@@ -5,9 +5,12 @@ use std::{io::IsTerminal as _, process::ExitCode};
 use clap::Parser as _;
 use std::io::Write as _;
 
+use anyhow::{Context as _, anyhow, bail};
 use mtls_auditor::{
-    cli::{ClassifyArgs, Cli, Command, LogFormat},
-    pcap, run,
+    cli::{ClassifyArgs, Cli, Command, LogFormat, PolicyCommand},
+    pcap,
+    policy::{self, Query, Severity, model::Direction, watch},
+    run,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -65,6 +68,145 @@ fn classify_pcap(args: &ClassifyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn policy_check(paths: &[std::path::PathBuf]) -> anyhow::Result<()> {
+    let (files, diags) = policy::load(paths);
+    let mut out = std::io::stdout().lock();
+    for d in &diags {
+        writeln!(out, "{d}")?;
+    }
+    let errors = diags
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .count();
+    let warnings = diags.len() - errors;
+    writeln!(
+        out,
+        "{} PeerAuthentication, {} DestinationRule, {} TransportPolicy, {} Inventory; {errors} error(s), {warnings} warning(s)",
+        files.peer_authentications.len(),
+        files.destination_rules.len(),
+        files.transport_policies.len(),
+        files.inventories.len()
+    )?;
+    if errors > 0 {
+        bail!("policy check failed: {errors} error(s)");
+    }
+    Ok(())
+}
+
+/// `host:port`, with IPv6 hosts in brackets.
+fn split_port(s: &str) -> anyhow::Result<(&str, u16)> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow!("--to `{s}`: expected HOST:PORT"))?;
+    let port = port
+        .parse::<u16>()
+        .with_context(|| format!("--to `{s}`: `{port}` is not a port"))?;
+    Ok((host.trim_start_matches('[').trim_end_matches(']'), port))
+}
+
+fn policy_explain(
+    paths: &[std::path::PathBuf],
+    from: &str,
+    to: &str,
+    root_namespace: &str,
+) -> anyhow::Result<()> {
+    let set = watch::load_set(paths, root_namespace).map_err(|errs| {
+        anyhow!(
+            "{}",
+            errs.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    })?;
+    let inv = &set.inventory;
+    let lookup = |s: &str| -> anyhow::Result<(
+        Option<&mtls_auditor::inventory::Workload>,
+        Option<std::net::IpAddr>,
+    )> {
+        if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+            return Ok((inv.workload_by_addr(ip), Some(ip)));
+        }
+        if let Some((ns, name)) = s.split_once('/') {
+            let w = inv.workload_by_name(ns, name).ok_or_else(|| {
+                anyhow!("`{s}`: no workload {name} in namespace {ns} in the inventory")
+            })?;
+            return Ok((Some(w), inv.workload_address(w)));
+        }
+        Ok((None, None))
+    };
+    let (source, source_addr) = lookup(from)?;
+    let (host, port) = split_port(to)?;
+    let (mut destination, mut dest_addr) = lookup(host)?;
+    let mut services = Vec::new();
+    if destination.is_none() && dest_addr.is_none() {
+        let svc = inv
+            .service_by_host(host, source.map_or("default", |w| w.namespace.as_str()))
+            .ok_or_else(|| anyhow!("--to `{to}`: `{host}` is not an address, a namespace/workload or a known service"))?;
+        services.push(svc);
+        dest_addr = inv.service_address(svc);
+        destination = dest_addr.and_then(|a| inv.workload_by_addr(a));
+    }
+    let dest_ip = dest_addr.unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+    if services.is_empty() {
+        services = inv.services_for(dest_ip, port);
+    }
+    let q = Query {
+        source,
+        destination,
+        source_addr: source_addr.unwrap_or(std::net::IpAddr::from([0, 0, 0, 0])),
+        destination_addr: dest_ip,
+        port,
+        services: services.clone(),
+        client_process: None,
+        server_process: None,
+        direction: Direction::Local,
+    };
+    let e = set.expect(&q);
+    let name = |w: Option<&mtls_auditor::inventory::Workload>, fallback: &str| {
+        w.map_or_else(
+            || fallback.to_owned(),
+            |w| format!("{}/{}", w.namespace, w.name),
+        )
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "connection: {} -> {}{}:{port}",
+        name(source, from),
+        name(destination, host),
+        services
+            .first()
+            .map(|s| format!(" ({})", s.fqdn))
+            .unwrap_or_default()
+    )?;
+    if let Some(ex) = &e.exempt {
+        writeln!(out, "exempt:     {ex}")?;
+    }
+    writeln!(
+        out,
+        "expected:   {}",
+        mtls_auditor::verdict::requirement_str(e.expected)
+    )?;
+    writeln!(out, "decided by: {}", e.reason)?;
+    writeln!(
+        out,
+        "permissive: {}",
+        if e.permissive {
+            "yes (the server accepts plaintext)"
+        } else {
+            "no"
+        }
+    )?;
+    if !e.policies.is_empty() {
+        writeln!(out, "policies:")?;
+        for p in &e.policies {
+            writeln!(out, "  - {p}")?;
+        }
+    }
+    Ok(())
+}
+
 /// The serde name of a unit enum value.
 fn label<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_value(v)
@@ -79,6 +221,13 @@ fn main() -> ExitCode {
     let result: anyhow::Result<()> = match &cli.command {
         Command::Run(args) => run::run(args).map_err(Into::into),
         Command::Classify(args) => classify_pcap(args),
+        Command::Policy(PolicyCommand::Check { paths }) => policy_check(paths),
+        Command::Policy(PolicyCommand::Explain {
+            paths,
+            from,
+            to,
+            root_namespace,
+        }) => policy_explain(paths, from, to, root_namespace),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -27,10 +27,12 @@ use crate::{
     classify::{self, Resumptions},
     cli::RunArgs,
     clock::Clock,
-    export::{ConnectionRecord, ExportError, JsonLines, Output},
+    export::{ConnectionRecord, ExportError, Format, JsonLines, Output},
     flows::Connection,
     flows::{FlowConfig, FlowTable},
+    policy::{PolicySet, watch},
     probes::{ProbeConfig, ProbeError, Probes},
+    verdict,
 };
 
 #[derive(Debug, Error)]
@@ -50,6 +52,8 @@ pub enum RunError {
     Thread(std::io::Error),
     #[error("the pipeline thread panicked")]
     Panicked,
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Policy(Vec<crate::policy::Diagnostic>),
 }
 
 /// Runs until SIGINT/SIGTERM. Returns after everything is detached.
@@ -59,13 +63,39 @@ pub fn run(args: &RunArgs) -> Result<(), RunError> {
         ring_bytes: args.ring_bytes,
         ..ProbeConfig::default()
     };
-    let mut probes = Probes::load(&cfg)?;
-    let ring = probes.take_events()?;
     let output = match args.output_path() {
         Some(path) => Output::File(path),
         None => Output::Stdout,
     };
-    let json = JsonLines::start(&output, 8_192)?;
+    let format = match args.format {
+        crate::cli::OutputFormat::Json => Format::Json,
+        crate::cli::OutputFormat::Table => Format::Table,
+    };
+    // Policy: a bad file at start is fatal; later, the last good policy stays.
+    let (policy_tx, policy_rx) = std::sync::mpsc::channel::<Arc<PolicySet>>();
+    let reload_stats = Arc::new(watch::ReloadStats::default());
+    let (policy, reload) = if args.policy.is_empty() {
+        (None, None)
+    } else {
+        let set = watch::load_set(&args.policy, &args.root_namespace).map_err(RunError::Policy)?;
+        info!(
+            peer_authentications = set.files.peer_authentications.len(),
+            destination_rules = set.files.destination_rules.len(),
+            transport_policies = set.files.transport_policies.len(),
+            inventories = set.files.inventories.len(),
+            "policy loaded"
+        );
+        let reload = watch::spawn(
+            args.policy.clone(),
+            args.root_namespace.clone(),
+            policy_tx,
+            Arc::clone(&reload_stats),
+        );
+        (Some(Arc::new(set)), Some(reload))
+    };
+    let mut probes = Probes::load(&cfg)?;
+    let ring = probes.take_events()?;
+    let json = JsonLines::start(&output, format, 8_192)?;
     let resolver = CgroupResolver::new(probes.cgroup_root().to_path_buf());
     let table = FlowTable::new(
         FlowConfig {
@@ -76,6 +106,8 @@ pub fn run(args: &RunArgs) -> Result<(), RunError> {
     );
     let shutdown = Arc::new(AtomicBool::new(false));
     let pipeline = Pipeline {
+        policy,
+        policy_rx,
         resumptions: Resumptions::default(),
         probes,
         ring,
@@ -110,10 +142,21 @@ pub fn run(args: &RunArgs) -> Result<(), RunError> {
             signal: "SIGTERM",
             source,
         })?;
-        tokio::select! {
-            _ = int.recv() => info!(signal = "SIGINT", "stopping"),
-            _ = term.recv() => info!(signal = "SIGTERM", "stopping"),
-            _ = done_rx => warn!("pipeline stopped on its own"),
+        let mut hup = signal(SignalKind::hangup())
+            .map_err(|source| RunError::Signal { signal: "SIGHUP", source })?;
+        let mut done_rx = done_rx;
+        loop {
+            tokio::select! {
+                _ = int.recv() => { info!(signal = "SIGINT", "stopping"); break; }
+                _ = term.recv() => { info!(signal = "SIGTERM", "stopping"); break; }
+                _ = hup.recv() => {
+                    match &reload {
+                        Some(r) => { info!(signal = "SIGHUP", "reloading policy"); let _ = r.send(watch::Trigger::Signal); }
+                        None => info!(signal = "SIGHUP", "no policy files to reload"),
+                    }
+                }
+                _ = &mut done_rx => { warn!("pipeline stopped on its own"); break; }
+            }
         }
         Ok::<(), RunError>(())
     })?;
@@ -125,16 +168,24 @@ pub fn run(args: &RunArgs) -> Result<(), RunError> {
 
 /// Classifies a finished connection, letting resumed TLS sessions inherit the class
 /// of the full handshake they resume.
-fn record(conn: &Connection, clock: &Clock, resumptions: &mut Resumptions) -> ConnectionRecord {
+fn record(
+    conn: &Connection,
+    clock: &Clock,
+    resumptions: &mut Resumptions,
+    policy: Option<&PolicySet>,
+) -> ConnectionRecord {
     let mut cls = classify::classify(&conn.classify_input());
     resumptions.apply(
         (conn.client.ip(), conn.server.ip(), conn.server.port()),
         &mut cls,
     );
-    ConnectionRecord::with_classification(conn, clock, cls)
+    let assessment = policy.map(|p| verdict::assess(conn, &cls, p));
+    ConnectionRecord::with_classification(conn, clock, cls, assessment)
 }
 
 struct Pipeline {
+    policy: Option<Arc<PolicySet>>,
+    policy_rx: std::sync::mpsc::Receiver<Arc<PolicySet>>,
     resumptions: Resumptions,
     probes: Probes,
     ring: RingBuf<MapData>,
@@ -191,14 +242,20 @@ impl Pipeline {
             let now = Clock::now_mono_ns();
             if now.saturating_sub(last_tick) >= TICK_NS || stopping {
                 last_tick = now;
+                while let Ok(p) = self.policy_rx.try_recv() {
+                    self.policy = Some(p);
+                }
                 let (json, clock, res) = (&self.json, &self.clock, &mut self.resumptions);
-                self.table
-                    .tick(now, &mut |conn| json.send(record(&conn, clock, res)));
+                let policy = self.policy.as_deref();
+                self.table.tick(now, &mut |conn| {
+                    json.send(record(&conn, clock, res, policy))
+                });
             }
             if stopping {
                 let (json, clock, res) = (&self.json, &self.clock, &mut self.resumptions);
+                let policy = self.policy.as_deref();
                 self.table
-                    .flush(&mut |conn| json.send(record(&conn, clock, res)));
+                    .flush(&mut |conn| json.send(record(&conn, clock, res, policy)));
                 self.log_stats(&mut last_kernel, events, decode_errors, true);
                 break;
             }

@@ -28,9 +28,11 @@ enum Cmd {
     Setup,
     /// Build the agent (release) with its eBPF programs.
     Build,
-    /// Set up, build and run the agent on this host (needs root).
+    /// Set up, build and run the agent on this host with the seed example scenario
+    /// (examples/seed): three workloads, their Istio policies, traffic that shows
+    /// every verdict, a live table. Ctrl-C stops and cleans up (needs root).
     Run {
-        /// Arguments passed to `mtls-auditor run`.
+        /// Arguments passed on to `mtls-auditor run`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -211,13 +213,20 @@ fn test() -> Result<()> {
 fn run(args: &[String]) -> Result<()> {
     setup::setup(&[])?;
     build()?;
-    let status = Command::new(agent_binary())
-        .arg("run")
+    let script = project_root().join("examples/seed/run.sh");
+    eprintln!(
+        "xtask: running the seed scenario ({}); Ctrl-C stops",
+        script.display()
+    );
+    let status = Command::new("bash")
+        .arg(&script)
         .args(args)
+        .env("MTLS_AUDITOR_BIN", agent_binary())
         .status()
-        .context("starting mtls-auditor")?;
-    if !status.success() {
-        bail!("mtls-auditor exited with {status}");
+        .context("starting the seed scenario")?;
+    // 130: stopped with Ctrl-C, which is how it is meant to end.
+    if !status.success() && status.code() != Some(130) {
+        bail!("the seed scenario exited with {status}");
     }
     Ok(())
 }

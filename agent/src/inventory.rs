@@ -1,0 +1,267 @@
+//! Who is who, standalone: workloads declared in an `Inventory` and recognised by
+//! cgroup path (glob), network namespace, address or process name, with labels so
+//! that Istio selectors work as in a cluster; services map names to addresses.
+
+use std::{collections::BTreeMap, net::IpAddr, path::Path};
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use ipnet::IpNet;
+use serde::Serialize;
+use tracing::debug;
+
+use crate::policy::{PolicyFiles, parse_net};
+
+/// A workload: what Istio calls `source_workload` / `destination_workload`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Workload {
+    pub name: String,
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A service: name, namespace and its cluster FQDN.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Service {
+    pub name: String,
+    pub namespace: String,
+    pub fqdn: String,
+}
+
+/// What is known about one local end of a connection.
+#[derive(Debug, Clone, Copy)]
+pub struct EndFacts<'a> {
+    pub cgroup: Option<&'a str>,
+    pub netns_cookie: Option<u64>,
+    pub addr: IpAddr,
+    pub comm: Option<&'a str>,
+}
+
+struct CompiledWorkload {
+    workload: Workload,
+    cgroups: Option<GlobSet>,
+    netns_cookies: Vec<u64>,
+    addresses: Vec<IpNet>,
+    processes: Vec<String>,
+}
+
+struct CompiledService {
+    service: Service,
+    addresses: Vec<IpNet>,
+    ports: Vec<u16>,
+}
+
+/// The standalone inventory, compiled for matching.
+#[derive(Default)]
+pub struct Inventory {
+    workloads: Vec<CompiledWorkload>,
+    services: Vec<CompiledService>,
+    pub cluster_domain: String,
+}
+
+/// The network namespace cookie of a namespace file (`/run/netns/NAME`): what the
+/// kernel reports as `netns_cookie`. Enters the namespace in a throw-away thread.
+pub fn netns_cookie(path: &Path) -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd as _;
+    let file = std::fs::File::open(path)?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setns on a valid namespace fd changes only this thread's
+            // network namespace; the thread ends right after.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // SAFETY: plain socket creation; closed below.
+            let fd =
+                unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let mut cookie: u64 = 0;
+            let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+            const SO_NETNS_COOKIE: libc::c_int = 71;
+            // SAFETY: getsockopt into a u64 with its size.
+            let ret = unsafe {
+                libc::getsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    SO_NETNS_COOKIE,
+                    (&mut cookie as *mut u64).cast(),
+                    &mut len,
+                )
+            };
+            let err = std::io::Error::last_os_error();
+            // SAFETY: closing the socket created above.
+            unsafe { libc::close(fd) };
+            if ret != 0 { Err(err) } else { Ok(cookie) }
+        })
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("netns probe thread panicked")))
+    })
+}
+
+fn nets(list: &[String]) -> Vec<IpNet> {
+    list.iter().filter_map(|s| parse_net(s)).collect()
+}
+
+impl Inventory {
+    /// Compiles every `Inventory` object of the policy files.
+    pub fn from_files(files: &PolicyFiles) -> Self {
+        let mut inv = Self {
+            cluster_domain: "cluster.local".into(),
+            ..Self::default()
+        };
+        for located in &files.inventories {
+            let spec = &located.object.spec;
+            if let Some(d) = &spec.cluster_domain {
+                inv.cluster_domain = d.clone();
+            }
+            for w in &spec.workloads {
+                let m = &w.workload_match;
+                let cgroups = if m.cgroups.is_empty() {
+                    None
+                } else {
+                    let mut b = GlobSetBuilder::new();
+                    for g in &m.cgroups {
+                        if let Ok(g) = Glob::new(g) {
+                            b.add(g);
+                        }
+                    }
+                    b.build().ok()
+                };
+                let netns_cookies = m
+                    .network_namespaces
+                    .iter()
+                    .filter_map(|n| {
+                        let path = if n.contains('/') { n.into() } else { Path::new("/run/netns").join(n) };
+                        match netns_cookie(&path) {
+                            Ok(c) => Some(c),
+                            Err(e) => {
+                                debug!(netns = %path.display(), error = %e, "network namespace not resolved");
+                                None
+                            }
+                        }
+                    })
+                    .collect();
+                inv.workloads.push(CompiledWorkload {
+                    workload: Workload {
+                        name: w.name.clone(),
+                        namespace: w.namespace.clone(),
+                        labels: w.labels.clone(),
+                    },
+                    cgroups,
+                    netns_cookies,
+                    addresses: nets(&m.addresses),
+                    processes: m.processes.clone(),
+                });
+            }
+            for s in &spec.services {
+                inv.services.push(CompiledService {
+                    service: Service {
+                        name: s.name.clone(),
+                        namespace: s.namespace.clone(),
+                        fqdn: String::new(),
+                    },
+                    addresses: nets(&s.addresses),
+                    ports: s.ports.clone(),
+                });
+            }
+        }
+        let domain = inv.cluster_domain.clone();
+        for s in &mut inv.services {
+            s.service.fqdn = format!("{}.{}.svc.{domain}", s.service.name, s.service.namespace);
+        }
+        inv
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.workloads.is_empty() && self.services.is_empty()
+    }
+
+    /// The workload a local end belongs to: by cgroup, then network namespace, then
+    /// address, then process name.
+    pub fn workload_of(&self, end: &EndFacts<'_>) -> Option<&Workload> {
+        if let Some(cg) = end.cgroup {
+            if let Some(w) = self
+                .workloads
+                .iter()
+                .find(|w| w.cgroups.as_ref().is_some_and(|g| g.is_match(cg)))
+            {
+                return Some(&w.workload);
+            }
+        }
+        if let Some(cookie) = end.netns_cookie {
+            if let Some(w) = self
+                .workloads
+                .iter()
+                .find(|w| w.netns_cookies.contains(&cookie))
+            {
+                return Some(&w.workload);
+            }
+        }
+        if let Some(w) = self.workload_by_addr(end.addr) {
+            return Some(w);
+        }
+        let comm = end.comm?;
+        self.workloads
+            .iter()
+            .find(|w| w.processes.iter().any(|p| p == comm))
+            .map(|w| &w.workload)
+    }
+
+    /// The workload that owns an address (for ends that are not on this node).
+    pub fn workload_by_addr(&self, addr: IpAddr) -> Option<&Workload> {
+        if addr.is_loopback() {
+            return None;
+        }
+        self.workloads
+            .iter()
+            .find(|w| w.addresses.iter().any(|n| n.contains(&addr)))
+            .map(|w| &w.workload)
+    }
+
+    pub fn workload_by_name(&self, namespace: &str, name: &str) -> Option<&Workload> {
+        self.workloads
+            .iter()
+            .map(|w| &w.workload)
+            .find(|w| w.namespace == namespace && w.name == name)
+    }
+
+    /// Services whose addresses (and ports, when listed) cover `addr:port`.
+    pub fn services_for(&self, addr: IpAddr, port: u16) -> Vec<&Service> {
+        self.services
+            .iter()
+            .filter(|s| {
+                s.addresses.iter().any(|n| n.contains(&addr))
+                    && (s.ports.is_empty() || s.ports.contains(&port))
+            })
+            .map(|s| &s.service)
+            .collect()
+    }
+
+    /// A service by name (`name`, `name.namespace` or its FQDN).
+    pub fn service_by_host(&self, host: &str, default_ns: &str) -> Option<&Service> {
+        self.services.iter().map(|s| &s.service).find(|s| {
+            s.fqdn == host
+                || (host == s.name && s.namespace == default_ns)
+                || host == format!("{}.{}", s.name, s.namespace)
+        })
+    }
+
+    /// The first declared address of a workload.
+    pub fn workload_address(&self, w: &Workload) -> Option<IpAddr> {
+        self.workloads
+            .iter()
+            .find(|c| &c.workload == w)
+            .and_then(|c| c.addresses.first())
+            .map(IpNet::addr)
+    }
+
+    /// An address of a service, for `policy explain --to service:port`.
+    pub fn service_address(&self, svc: &Service) -> Option<IpAddr> {
+        self.services
+            .iter()
+            .find(|s| &s.service == svc)
+            .and_then(|s| s.addresses.first())
+            .map(IpNet::addr)
+    }
+}

@@ -1,0 +1,343 @@
+//! Observed vs. expected: the verdict of a connection.
+//!
+//! | verdict | when |
+//! | --- | --- |
+//! | `exempt` | an exemption covers it (loopback hop inside one workload, configured exemptions) |
+//! | `unknown` | the bytes do not say what it was (no handshake seen, SSH, resumed without history) |
+//! | `compliant` | observed at least as strong as expected |
+//! | `permissive` | plaintext accepted by a PERMISSIVE server that nothing else requires to be encrypted |
+//! | `rejected` | weaker than required, and the server refused it |
+//! | `violation` | weaker than required, and it was not refused |
+
+use serde::Serialize;
+
+use crate::{
+    classify::{Classification, Outcome, SecurityClass},
+    policy::{Expectation, model::Requirement, rank},
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Compliant,
+    Violation,
+    Rejected,
+    Permissive,
+    Exempt,
+    Unknown,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Compliant => "compliant",
+            Self::Violation => "violation",
+            Self::Rejected => "rejected",
+            Self::Permissive => "permissive",
+            Self::Exempt => "exempt",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+fn observed_rank(c: SecurityClass) -> Option<u8> {
+    match c {
+        SecurityClass::MutualTls => Some(2),
+        SecurityClass::Tls => Some(1),
+        SecurityClass::None => Some(0),
+        SecurityClass::Unknown => None,
+    }
+}
+
+pub fn requirement_str(r: Requirement) -> &'static str {
+    match r {
+        Requirement::MutualTls => "mutual_tls",
+        Requirement::Tls => "tls",
+        Requirement::None => "none",
+    }
+}
+
+/// The verdict and a sentence that names the deciding policy.
+pub fn judge(observed: &Classification, expected: &Expectation) -> (Verdict, String) {
+    let class = observed.connection_security_policy;
+    if expected.exempt.is_some() {
+        return (Verdict::Exempt, format!("exempt: {}", expected.reason));
+    }
+    let Some(have) = observed_rank(class) else {
+        return (
+            Verdict::Unknown,
+            format!(
+                "observed unknown ({}); expected {} by {}",
+                observed.evidence,
+                requirement_str(expected.expected),
+                expected.reason
+            ),
+        );
+    };
+    let need = rank(expected.expected);
+    if have >= need {
+        if expected.permissive
+            && class == SecurityClass::None
+            && need == 0
+            && observed.outcome != Outcome::ServerRefused
+        {
+            return (
+                Verdict::Permissive,
+                "plaintext accepted by a PERMISSIVE server: this client must move to mutual TLS before STRICT".to_owned(),
+            );
+        }
+        return (
+            Verdict::Compliant,
+            format!(
+                "observed {} meets {} required by {}",
+                class.as_str(),
+                requirement_str(expected.expected),
+                expected.reason
+            ),
+        );
+    }
+    if observed.outcome == Outcome::ServerRefused {
+        return (
+            Verdict::Rejected,
+            format!(
+                "{} attempt refused by the server; {} required by {}",
+                class.as_str(),
+                requirement_str(expected.expected),
+                expected.reason
+            ),
+        );
+    }
+    (
+        Verdict::Violation,
+        format!(
+            "observed {} but {} required by {}",
+            class.as_str(),
+            requirement_str(expected.expected),
+            expected.reason
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::{Confidence, Protocol};
+
+    fn obs(class: SecurityClass, outcome: Outcome) -> Classification {
+        Classification {
+            connection_security_policy: class,
+            confidence: Confidence::High,
+            evidence: "test".into(),
+            protocol: Protocol::Tls,
+            outcome,
+            tls: None,
+            starttls: None,
+            http: None,
+            mesh: None,
+        }
+    }
+
+    fn exp(req: Requirement, permissive: bool, exempt: bool) -> Expectation {
+        Expectation {
+            expected: req,
+            permissive,
+            exempt: exempt.then(|| "x".to_owned()),
+            reason: "PeerAuthentication default/p spec.mtls.mode=STRICT".into(),
+            policies: vec![],
+        }
+    }
+
+    #[test]
+    fn the_verdict_table() {
+        use Outcome::*;
+        use SecurityClass as C;
+        let cases = [
+            (
+                C::MutualTls,
+                Completed,
+                Requirement::MutualTls,
+                false,
+                false,
+                Verdict::Compliant,
+            ),
+            (
+                C::None,
+                ServerRefused,
+                Requirement::MutualTls,
+                false,
+                false,
+                Verdict::Rejected,
+            ),
+            (
+                C::Tls,
+                ServerRefused,
+                Requirement::MutualTls,
+                false,
+                false,
+                Verdict::Rejected,
+            ),
+            (
+                C::None,
+                Completed,
+                Requirement::MutualTls,
+                false,
+                false,
+                Verdict::Violation,
+            ),
+            (
+                C::Tls,
+                Completed,
+                Requirement::MutualTls,
+                false,
+                false,
+                Verdict::Violation,
+            ),
+            (
+                C::None,
+                Completed,
+                Requirement::None,
+                true,
+                false,
+                Verdict::Permissive,
+            ),
+            (
+                C::MutualTls,
+                Completed,
+                Requirement::None,
+                true,
+                false,
+                Verdict::Compliant,
+            ),
+            (
+                C::None,
+                Completed,
+                Requirement::None,
+                false,
+                true,
+                Verdict::Exempt,
+            ),
+            (
+                C::Unknown,
+                Completed,
+                Requirement::MutualTls,
+                false,
+                false,
+                Verdict::Unknown,
+            ),
+            (
+                C::Tls,
+                Completed,
+                Requirement::Tls,
+                false,
+                false,
+                Verdict::Compliant,
+            ),
+            (
+                C::None,
+                Completed,
+                Requirement::None,
+                false,
+                false,
+                Verdict::Compliant,
+            ),
+        ];
+        for (i, (class, outcome, req, permissive, exempt, want)) in cases.into_iter().enumerate() {
+            let (v, why) = judge(&obs(class, outcome), &exp(req, permissive, exempt));
+            assert_eq!(v, want, "case {i}: {why}");
+        }
+    }
+}
+
+/// Who the two ends are and what policy says about the connection: the fields a
+/// connection record and the metrics carry.
+#[derive(Debug, Clone, Serialize)]
+pub struct Assessment {
+    pub source_workload: String,
+    pub source_workload_namespace: String,
+    pub destination_workload: String,
+    pub destination_workload_namespace: String,
+    /// FQDN of the destination service, when the inventory knows it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destination_service: Option<String>,
+    pub destination_port: u16,
+    /// `mutual_tls`, `tls` or `none`.
+    pub expected_security_policy: &'static str,
+    pub verdict: Verdict,
+    pub verdict_reason: String,
+    /// Every policy object that had a say.
+    pub policies: Vec<String>,
+}
+
+/// Attributes both ends of `conn`, resolves the policy and judges.
+pub fn assess(
+    conn: &crate::flows::Connection,
+    cls: &Classification,
+    policy: &crate::policy::PolicySet,
+) -> Assessment {
+    use crate::{
+        inventory::EndFacts,
+        policy::{Query, model::Direction},
+    };
+    let inv = &policy.inventory;
+    fn facts(e: &crate::flows::End) -> EndFacts<'_> {
+        EndFacts {
+            cgroup: e.cgroup.as_deref(),
+            netns_cookie: (e.netns_cookie != 0).then_some(e.netns_cookie),
+            addr: e.local.ip(),
+            comm: e.process.as_ref().map(|p| p.comm.as_str()),
+        }
+    }
+    let source = match &conn.client_end {
+        Some(e) => inv.workload_of(&facts(e)),
+        None => inv.workload_by_addr(conn.client.ip()),
+    };
+    let destination = match &conn.server_end {
+        Some(e) => inv.workload_of(&facts(e)),
+        None => inv.workload_by_addr(conn.server.ip()),
+    };
+    let services = inv.services_for(conn.server.ip(), conn.server.port());
+    let direction = match (&conn.client_end, &conn.server_end) {
+        (Some(_), Some(_)) => Direction::Local,
+        (Some(_), None) => Direction::Outbound,
+        _ => Direction::Inbound,
+    };
+    let q = Query {
+        source,
+        destination,
+        source_addr: conn.client.ip(),
+        destination_addr: conn.server.ip(),
+        port: conn.server.port(),
+        services: services.clone(),
+        client_process: conn
+            .client_end
+            .as_ref()
+            .and_then(|e| e.process.as_ref())
+            .map(|p| p.comm.as_str()),
+        server_process: conn
+            .server_end
+            .as_ref()
+            .and_then(|e| e.process.as_ref())
+            .map(|p| p.comm.as_str()),
+        direction,
+    };
+    let expectation = policy.expect(&q);
+    let (verdict, verdict_reason) = judge(cls, &expectation);
+    let name = |w: Option<&crate::inventory::Workload>| {
+        w.map_or_else(|| "unknown".to_owned(), |w| w.name.clone())
+    };
+    let ns = |w: Option<&crate::inventory::Workload>| {
+        w.map_or_else(|| "unknown".to_owned(), |w| w.namespace.clone())
+    };
+    Assessment {
+        source_workload: name(source),
+        source_workload_namespace: ns(source),
+        destination_workload: name(destination),
+        destination_workload_namespace: ns(destination),
+        destination_service: services.first().map(|s| s.fqdn.clone()),
+        destination_port: conn.server.port(),
+        expected_security_policy: requirement_str(expectation.expected),
+        verdict,
+        verdict_reason,
+        policies: expectation.policies,
+    }
+}

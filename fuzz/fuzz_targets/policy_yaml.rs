@@ -1,0 +1,22 @@
+//! Policy files: arbitrary text through the multi-document loader, validation and a
+//! lookup. Every problem must be a diagnostic, never a panic.
+#![no_main]
+
+use std::path::Path;
+
+use libfuzzer_sys::fuzz_target;
+use mtls_auditor::policy::{PolicyFiles, PolicySet, load::load_text};
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let mut files = PolicyFiles::default();
+    let mut diags = Vec::new();
+    load_text(Path::new("fuzz.yaml"), text, &mut files, &mut diags);
+    for d in &diags {
+        let _ = d.to_string();
+    }
+    let set = PolicySet::new(files, "istio-system");
+    let _ = set.peer_mode("default", &Default::default(), 8080);
+});
