@@ -30,7 +30,29 @@ pub enum Command {
     /// Check policy files, or explain what a connection requires.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Ask a running agent for its edges: source -> destination:port, observed,
+    /// expected, verdict, connections, last seen.
+    Edges(EdgesArgs),
 }
+
+#[derive(Debug, Args)]
+pub struct EdgesArgs {
+    /// The agent's HTTP listener.
+    #[arg(long, env = "MTLS_AUDITOR_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub agent: String,
+    /// JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Only edges with this namespace on either side.
+    #[arg(long, short)]
+    pub namespace: Option<String>,
+    /// Only edges with this verdict (compliant, violation, rejected, permissive, exempt, unknown).
+    #[arg(long, value_parser = ["compliant", "violation", "rejected", "permissive", "exempt", "unknown"])]
+    pub verdict: Option<String>,
+}
+
+/// Where the agent listens unless told otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9477";
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
@@ -130,6 +152,29 @@ pub struct RunArgs {
     /// `json`: one JSON object per connection; `table`: a table for people.
     #[arg(long, env = "MTLS_AUDITOR_FORMAT", value_enum, default_value_t = OutputFormat::Json)]
     pub format: OutputFormat,
+    /// HTTP listener for /metrics, /healthz, /readyz and /api/v1/edges (`off` to
+    /// disable). Loopback by default.
+    #[arg(long, env = "MTLS_AUDITOR_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: String,
+    /// Distinct values kept per metric label before new ones become `~other`.
+    #[arg(long, env = "MTLS_AUDITOR_MAX_LABEL_VALUES", default_value_t = 1000)]
+    pub max_label_values: usize,
+    /// Edges kept for `mtls-auditor edges`.
+    #[arg(long, env = "MTLS_AUDITOR_MAX_EDGES", default_value_t = 10_000)]
+    pub max_edges: usize,
+    /// Verdict events (JSON lines, schema mtls-auditor.event/v1): `-` for stdout or
+    /// a file. Violations, rejections and permissive connections; see --events-all.
+    #[arg(long, env = "MTLS_AUDITOR_EVENTS")]
+    pub events: Option<String>,
+    /// Make every judged connection an event, not only the findings.
+    #[arg(long, env = "MTLS_AUDITOR_EVENTS_ALL")]
+    pub events_all: bool,
+    /// Events per second per source workload (sustained), beyond the burst.
+    #[arg(long, env = "MTLS_AUDITOR_EVENTS_RATE", default_value_t = 10.0)]
+    pub events_rate: f64,
+    /// Events a source workload may emit at once before the rate applies.
+    #[arg(long, env = "MTLS_AUDITOR_EVENTS_BURST", default_value_t = 100)]
+    pub events_burst: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

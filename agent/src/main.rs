@@ -7,7 +7,7 @@ use std::io::Write as _;
 
 use anyhow::{Context as _, anyhow, bail};
 use mtls_auditor::{
-    cli::{ClassifyArgs, Cli, Command, LogFormat, PolicyCommand},
+    cli::{ClassifyArgs, Cli, Command, EdgesArgs, LogFormat, PolicyCommand},
     pcap,
     policy::{self, Query, Severity, model::Direction, watch},
     run,
@@ -65,6 +65,41 @@ fn classify_pcap(args: &ClassifyArgs) -> anyhow::Result<()> {
         }
     }
     out.flush()?;
+    Ok(())
+}
+
+fn edges(args: &EdgesArgs) -> anyhow::Result<()> {
+    let mut url = format!("http://{}/api/v1/edges", args.agent);
+    let mut query = Vec::new();
+    if let Some(ns) = &args.namespace {
+        query.push(format!("namespace={ns}"));
+    }
+    if let Some(v) = &args.verdict {
+        query.push(format!("verdict={v}"));
+    }
+    if !query.is_empty() {
+        url = format!("{url}?{}", query.join("&"));
+    }
+    let body = ureq::get(&url)
+        .call()
+        .with_context(|| {
+            format!(
+                "asking the agent at {} (is `mtls-auditor run` listening there?)",
+                args.agent
+            )
+        })?
+        .into_body()
+        .read_to_string()
+        .context("reading the agent's answer")?;
+    let edges: Vec<mtls_auditor::export::edges::Edge> =
+        serde_json::from_str(&body).context("the agent's answer is not a list of edges")?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &edges)?;
+        writeln!(out)?;
+    } else {
+        write!(out, "{}", mtls_auditor::export::edges::render_table(&edges))?;
+    }
     Ok(())
 }
 
@@ -228,12 +263,22 @@ fn main() -> ExitCode {
             to,
             root_namespace,
         }) => policy_explain(paths, from, to, root_namespace),
+        Command::Edges(args) => edges(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            // One line that names what is wrong.
-            eprintln!("mtls-auditor: {err:#}");
+            // One line that names what is wrong: the error and those of its causes
+            // its message does not already include.
+            let mut msg = err.to_string();
+            for cause in err.chain().skip(1) {
+                let c = cause.to_string();
+                if !msg.contains(&c) {
+                    msg.push_str(": ");
+                    msg.push_str(&c);
+                }
+            }
+            eprintln!("mtls-auditor: {msg}");
             ExitCode::FAILURE
         }
     }

@@ -2,15 +2,19 @@
 //!
 //! One thread owns the ring buffer and the flow table: it drains the ring in
 //! batches (woken by the kernel past a fill watermark, otherwise every
-//! `poll_ms`), feeds the flow table, emits finished connections to the JSON writer
-//! and hands decided sockets back to the kernel. The async runtime waits for
-//! SIGINT/SIGTERM and stops it.
+//! `poll_ms`), feeds the flow table, classifies and judges finished connections,
+//! counts them in the metrics and the edges view, hands records and verdict events
+//! to their writers (never waiting for them) and gives decided sockets back to the
+//! kernel. The async runtime serves the HTTP listener and waits for signals:
+//! SIGINT/SIGTERM stop, SIGHUP reloads the policy.
 
 use std::{
+    net::SocketAddr,
     os::fd::AsRawFd as _,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
+        mpsc::Receiver,
     },
     thread,
     time::Duration,
@@ -25,11 +29,16 @@ use crate::{
     capture,
     cgroups::CgroupResolver,
     classify::{self, Resumptions},
-    cli::RunArgs,
+    cli::{OutputFormat, RunArgs},
     clock::Clock,
-    export::{ConnectionRecord, ExportError, Format, JsonLines, Output},
-    flows::Connection,
-    flows::{FlowConfig, FlowTable},
+    export::{
+        self, ConnectionRecord, ExportError, Format, JsonLines, Output, Writer,
+        edges::Edges,
+        events::{Decision, EventPolicy, VerdictEvent},
+        http::{self, Shared},
+        metrics::Metrics,
+    },
+    flows::{Connection, FlowConfig, FlowTable},
     policy::{PolicySet, watch},
     probes::{ProbeConfig, ProbeError, Probes},
     verdict,
@@ -54,24 +63,32 @@ pub enum RunError {
     Panicked,
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Policy(Vec<crate::policy::Diagnostic>),
+    #[error("--listen {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+fn output_of(path: Option<std::path::PathBuf>) -> Output {
+    match path {
+        Some(p) => Output::File(p),
+        None => Output::Stdout,
+    }
 }
 
 /// Runs until SIGINT/SIGTERM. Returns after everything is detached.
 pub fn run(args: &RunArgs) -> Result<(), RunError> {
-    let cfg = ProbeConfig {
-        capture_budget: args.capture_budget,
-        ring_bytes: args.ring_bytes,
-        ..ProbeConfig::default()
+    let listen: Option<SocketAddr> = if args.listen.is_empty() || args.listen == "off" {
+        None
+    } else {
+        Some(args.listen.parse().map_err(|e| RunError::Listen {
+            addr: args.listen.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+        })?)
     };
-    let output = match args.output_path() {
-        Some(path) => Output::File(path),
-        None => Output::Stdout,
-    };
-    let format = match args.format {
-        crate::cli::OutputFormat::Json => Format::Json,
-        crate::cli::OutputFormat::Table => Format::Table,
-    };
-    // Policy: a bad file at start is fatal; later, the last good policy stays.
+
+    // Policy first: a bad file is fatal before anything is attached.
     let (policy_tx, policy_rx) = std::sync::mpsc::channel::<Arc<PolicySet>>();
     let reload_stats = Arc::new(watch::ReloadStats::default());
     let (policy, reload) = if args.policy.is_empty() {
@@ -93,9 +110,58 @@ pub fn run(args: &RunArgs) -> Result<(), RunError> {
         );
         (Some(Arc::new(set)), Some(reload))
     };
+
+    let shared = Arc::new(Shared {
+        metrics: Metrics::new(args.max_label_values),
+        edges: Mutex::new(Edges::new(args.max_edges)),
+        ready: AtomicBool::new(false),
+    });
+    shared
+        .metrics
+        .policy_loaded
+        .set(i64::from(policy.is_some()));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(RunError::Runtime)?;
+    // Bind before attaching: a busy address is an error at start.
+    let server = match listen {
+        Some(addr) => Some(rt.block_on(http::bind(addr, Arc::clone(&shared))).map_err(
+            |source| RunError::Listen {
+                addr: addr.to_string(),
+                source,
+            },
+        )?),
+        None => None,
+    };
+
+    let cfg = ProbeConfig {
+        capture_budget: args.capture_budget,
+        ring_bytes: args.ring_bytes,
+        ..ProbeConfig::default()
+    };
     let mut probes = Probes::load(&cfg)?;
     let ring = probes.take_events()?;
-    let json = JsonLines::start(&output, format, 8_192)?;
+    shared
+        .metrics
+        .probes_attached
+        .set(probes.attached().len() as i64);
+    let format = match args.format {
+        OutputFormat::Json => Format::Json,
+        OutputFormat::Table => Format::Table,
+    };
+    let records = export::records_writer(&output_of(args.output_path()), format, 8_192)?;
+    let events = match &args.events {
+        Some(p) => Some(Writer::start(
+            &output_of((p != "-").then(|| p.into())),
+            None,
+            export::write_json::<VerdictEvent>,
+            8_192,
+            "events",
+        )?),
+        None => None,
+    };
     let resolver = CgroupResolver::new(probes.cgroup_root().to_path_buf());
     let table = FlowTable::new(
         FlowConfig {
@@ -108,11 +174,15 @@ pub fn run(args: &RunArgs) -> Result<(), RunError> {
     let pipeline = Pipeline {
         policy,
         policy_rx,
+        reload_stats,
         resumptions: Resumptions::default(),
         probes,
         ring,
         table,
-        json,
+        records,
+        events,
+        event_policy: EventPolicy::new(args.events_all, args.events_rate, args.events_burst),
+        shared: Arc::clone(&shared),
         clock: Clock::new(),
         poll: Duration::from_millis(args.poll_ms.max(1)),
         stats_interval_ns: args.stats_interval_s.saturating_mul(1_000_000_000),
@@ -126,71 +196,62 @@ pub fn run(args: &RunArgs) -> Result<(), RunError> {
             let _ = done_tx.send(());
         })
         .map_err(RunError::Thread)?;
-    info!("ready: reporting connections; SIGINT or SIGTERM stops");
+    shared.ready.store(true, Ordering::Relaxed);
+    shared.metrics.ready.set(1);
+    match listen {
+        Some(addr) => {
+            info!(listen = %addr, "ready: reporting connections; metrics on http://{addr}/metrics; SIGINT or SIGTERM stops")
+        }
+        None => info!("ready: reporting connections; SIGINT or SIGTERM stops"),
+    }
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(RunError::Runtime)?;
     rt.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
-        let mut int = signal(SignalKind::interrupt()).map_err(|source| RunError::Signal {
-            signal: "SIGINT",
-            source,
-        })?;
-        let mut term = signal(SignalKind::terminate()).map_err(|source| RunError::Signal {
-            signal: "SIGTERM",
-            source,
-        })?;
-        let mut hup = signal(SignalKind::hangup())
-            .map_err(|source| RunError::Signal { signal: "SIGHUP", source })?;
+        let sig = |kind, name| signal(kind).map_err(|source| RunError::Signal { signal: name, source });
+        let mut int = sig(SignalKind::interrupt(), "SIGINT")?;
+        let mut term = sig(SignalKind::terminate(), "SIGTERM")?;
+        let mut hup = sig(SignalKind::hangup(), "SIGHUP")?;
+        if let Some(server) = server {
+            tokio::spawn(async move {
+                if let Err(e) = server.await {
+                    warn!(error = %e, "HTTP listener stopped");
+                }
+            });
+        }
         let mut done_rx = done_rx;
         loop {
             tokio::select! {
                 _ = int.recv() => { info!(signal = "SIGINT", "stopping"); break; }
                 _ = term.recv() => { info!(signal = "SIGTERM", "stopping"); break; }
-                _ = hup.recv() => {
-                    match &reload {
-                        Some(r) => { info!(signal = "SIGHUP", "reloading policy"); let _ = r.send(watch::Trigger::Signal); }
-                        None => info!(signal = "SIGHUP", "no policy files to reload"),
-                    }
-                }
+                _ = hup.recv() => match &reload {
+                    Some(r) => { info!(signal = "SIGHUP", "reloading policy"); let _ = r.send(watch::Trigger::Signal); }
+                    None => info!(signal = "SIGHUP", "no policy files to reload"),
+                },
                 _ = &mut done_rx => { warn!("pipeline stopped on its own"); break; }
             }
         }
         Ok::<(), RunError>(())
     })?;
+    shared.ready.store(false, Ordering::Relaxed);
     shutdown.store(true, Ordering::Relaxed);
     worker.join().map_err(|_| RunError::Panicked)?;
+    rt.shutdown_timeout(Duration::from_secs(1));
     info!("stopped; probes detached");
     Ok(())
 }
 
-/// Classifies a finished connection, letting resumed TLS sessions inherit the class
-/// of the full handshake they resume.
-fn record(
-    conn: &Connection,
-    clock: &Clock,
-    resumptions: &mut Resumptions,
-    policy: Option<&PolicySet>,
-) -> ConnectionRecord {
-    let mut cls = classify::classify(&conn.classify_input());
-    resumptions.apply(
-        (conn.client.ip(), conn.server.ip(), conn.server.port()),
-        &mut cls,
-    );
-    let assessment = policy.map(|p| verdict::assess(conn, &cls, p));
-    ConnectionRecord::with_classification(conn, clock, cls, assessment)
-}
-
 struct Pipeline {
     policy: Option<Arc<PolicySet>>,
-    policy_rx: std::sync::mpsc::Receiver<Arc<PolicySet>>,
+    policy_rx: Receiver<Arc<PolicySet>>,
+    reload_stats: Arc<watch::ReloadStats>,
     resumptions: Resumptions,
     probes: Probes,
     ring: RingBuf<MapData>,
     table: FlowTable,
-    json: JsonLines,
+    records: JsonLines,
+    events: Option<Writer<VerdictEvent>>,
+    event_policy: EventPolicy,
+    shared: Arc<Shared>,
     clock: Clock,
     poll: Duration,
     stats_interval_ns: u64,
@@ -198,6 +259,15 @@ struct Pipeline {
 }
 
 const TICK_NS: u64 = 100_000_000;
+
+/// Counters of the previous tick, to feed deltas into Prometheus counters.
+#[derive(Default)]
+struct Last {
+    kernel: Vec<(Stat, u64)>,
+    reloads_ok: u64,
+    reloads_failed: u64,
+    dropped: u64,
+}
 
 impl Pipeline {
     fn run(mut self) {
@@ -212,25 +282,29 @@ impl Pipeline {
         let mut last_stats = Clock::now_mono_ns();
         let mut decode_errors = 0u64;
         let mut events = 0u64;
-        let mut last_kernel = Vec::new();
+        let mut last = Last::default();
         loop {
             let stopping = self.shutdown.load(Ordering::Relaxed);
             if !stopping {
                 // SAFETY: poll on one valid pollfd.
                 unsafe { libc::poll(&mut pfd, 1, timeout) };
             }
+            let mut batch = 0u64;
             while let Some(item) = self.ring.next() {
-                events += 1;
+                batch += 1;
                 match capture::decode(&item) {
                     Ok(event) => self.table.on_event(event),
                     Err(err) => {
                         decode_errors += 1;
+                        self.shared.metrics.decode_errors.inc();
                         if decode_errors.is_power_of_two() {
                             warn!(error = %err, total = decode_errors, "undecodable ring buffer record");
                         }
                     }
                 }
             }
+            events += batch;
+            self.shared.metrics.events_received.inc_by(batch);
             for cookie in self.table.take_decided() {
                 if let Err(err) = self.probes.mark_decided(cookie) {
                     debug!(cookie, error = %err, "marking a socket decided failed");
@@ -245,56 +319,130 @@ impl Pipeline {
                 while let Ok(p) = self.policy_rx.try_recv() {
                     self.policy = Some(p);
                 }
-                let (json, clock, res) = (&self.json, &self.clock, &mut self.resumptions);
-                let policy = self.policy.as_deref();
-                self.table.tick(now, &mut |conn| {
-                    json.send(record(&conn, clock, res, policy))
-                });
+                let mut finished = Vec::new();
+                if stopping {
+                    self.table.flush(&mut |conn| finished.push(conn));
+                } else {
+                    self.table.tick(now, &mut |conn| finished.push(conn));
+                }
+                for conn in finished {
+                    self.finish(&conn, now);
+                }
+                self.update_gauges(&mut last);
             }
             if stopping {
-                let (json, clock, res) = (&self.json, &self.clock, &mut self.resumptions);
-                let policy = self.policy.as_deref();
-                self.table
-                    .flush(&mut |conn| json.send(record(&conn, clock, res, policy)));
-                self.log_stats(&mut last_kernel, events, decode_errors, true);
+                self.log_stats(events, decode_errors, true);
                 break;
             }
             if self.stats_interval_ns > 0
                 && now.saturating_sub(last_stats) >= self.stats_interval_ns
             {
                 last_stats = now;
-                self.log_stats(&mut last_kernel, events, decode_errors, false);
+                self.log_stats(events, decode_errors, false);
             }
         }
-        let Pipeline { probes, json, .. } = self;
+        let Pipeline {
+            probes,
+            records,
+            events,
+            ..
+        } = self;
         // Detach before the last records are flushed: nothing of ours stays attached
         // once `run` returns.
         drop(probes);
-        json.finish();
+        records.finish();
+        if let Some(e) = events {
+            e.finish();
+        }
     }
 
-    fn log_stats(
-        &self,
-        last: &mut Vec<(Stat, u64)>,
-        events: u64,
-        decode_errors: u64,
-        final_: bool,
-    ) {
-        let kernel = self.probes.stats();
-        let get = |s: Stat| kernel.iter().find(|(k, _)| *k == s).map_or(0, |(_, v)| *v);
-        let flows = self.table.stats();
-        let lost = get(Stat::RingbufFull);
-        let before = last
-            .iter()
-            .find(|(k, _)| *k == Stat::RingbufFull)
-            .map_or(0, |(_, v)| *v);
-        if lost > before {
-            warn!(
-                lost_events = lost,
-                new = lost - before,
-                "ring buffer was full: kernel events lost"
-            );
+    /// Classifies (resumed TLS sessions inherit the class of the full handshake they
+    /// resume), judges against the policy, and hands the result to every consumer.
+    fn finish(&mut self, conn: &Connection, now: u64) {
+        let mut cls = classify::classify(&conn.classify_input());
+        self.resumptions.apply(
+            (conn.client.ip(), conn.server.ip(), conn.server.port()),
+            &mut cls,
+        );
+        let assessment = self
+            .policy
+            .as_deref()
+            .map(|p| verdict::assess(conn, &cls, p));
+        let record = ConnectionRecord::with_classification(conn, &self.clock, cls, assessment);
+        self.shared.metrics.observe(&record);
+        if let Ok(mut e) = self.shared.edges.lock() {
+            e.record(&record);
         }
+        if let Some(w) = &self.events {
+            match self.event_policy.decide(&record, now) {
+                Decision::Emit(suppressed) => {
+                    if let Some(ev) = VerdictEvent::new(&record, suppressed) {
+                        self.shared.metrics.events_emitted.inc();
+                        w.send(ev);
+                    }
+                }
+                Decision::Suppressed => self.shared.metrics.events_suppressed.inc(),
+                Decision::Skip => {}
+            }
+        }
+        self.records.send(record);
+    }
+
+    /// Kernel counters, flow count, reloads and drops into the metrics.
+    fn update_gauges(&self, last: &mut Last) {
+        let m = &self.shared.metrics;
+        let kernel = self.probes.stats();
+        let prev = |s: Stat| {
+            last.kernel
+                .iter()
+                .find(|(k, _)| *k == s)
+                .map_or(0, |(_, v)| *v)
+        };
+        for &(s, v) in &kernel {
+            let d = v.saturating_sub(prev(s));
+            if d == 0 {
+                continue;
+            }
+            match s {
+                Stat::RingbufFull => {
+                    m.events_lost.inc_by(d);
+                    warn!(
+                        lost_events = v,
+                        new = d,
+                        "ring buffer was full: kernel events lost"
+                    );
+                }
+                Stat::TruncatedPackets => m.capture_truncations.inc_by(d),
+                Stat::CapturedBytes => m.captured_bytes.inc_by(d),
+                Stat::StorageFailed
+                | Stat::LoadFailed
+                | Stat::HeaderUnparsed
+                | Stat::CbFlagsFailed
+                | Stat::NoBase => {
+                    m.kernel_errors.with_label_values(&[s.name()]).inc_by(d);
+                }
+                _ => {}
+            }
+        }
+        last.kernel = kernel;
+        m.flows_tracked.set(self.table.len() as i64);
+        let ok = self.reload_stats.ok.load(Ordering::Relaxed);
+        let failed = self.reload_stats.failed.load(Ordering::Relaxed);
+        m.policy_reloads
+            .with_label_values(&["ok"])
+            .inc_by(ok - last.reloads_ok);
+        m.policy_reloads
+            .with_label_values(&["error"])
+            .inc_by(failed - last.reloads_failed);
+        (last.reloads_ok, last.reloads_failed) = (ok, failed);
+        let dropped = self.records.dropped() + self.events.as_ref().map_or(0, Writer::dropped);
+        m.records_dropped.inc_by(dropped - last.dropped);
+        last.dropped = dropped;
+    }
+
+    fn log_stats(&self, events: u64, decode_errors: u64, final_: bool) {
+        let kernel = self.probes.stats();
+        let flows = self.table.stats();
         let kernel_fields: Vec<String> = kernel
             .iter()
             .map(|(s, v)| format!("{}={v}", s.name()))
@@ -306,11 +454,10 @@ impl Pipeline {
             connections_tracked = self.table.len(),
             connections_reported = flows.connections_emitted,
             orphan_events = flows.orphan_events,
-            records_written = self.json.written(),
-            records_dropped = self.json.dropped(),
+            records_written = self.records.written(),
+            records_dropped = self.records.dropped(),
             kernel = %kernel_fields.join(" "),
             "stats"
         );
-        *last = kernel;
     }
 }

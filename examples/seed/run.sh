@@ -13,7 +13,8 @@
 #
 # The agent runs alongside and prints one table row per connection (or JSON with
 # MTLS_AUDITOR_FORMAT=json). Runs until Ctrl-C; SEED_ROUNDS=N stops after N rounds
-# of traffic. Everything it creates is removed on exit.
+# of traffic (SEED_HOLD=1 then keeps the agent running until stopped). Everything it
+# creates is removed on exit.
 #
 # usage (root): MTLS_AUDITOR_BIN=target/release/mtls-auditor examples/seed/run.sh [agent args...]
 set -euo pipefail
@@ -141,6 +142,10 @@ while :; do
     n=$((n + 1))
     if [ "$rounds" -gt 0 ] && [ "$n" -ge "$rounds" ]; then
         sleep 3 # let the agent report the last connections
+        if [ "${SEED_HOLD:-0}" = 1 ]; then
+            echo "seed: $n rounds done; holding until stopped" >&2
+            while :; do sleep 1; done
+        fi
         break
     fi
     sleep "$interval"

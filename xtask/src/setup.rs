@@ -42,6 +42,14 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
     ("redis-tools", "tests: redis-cli"),
     ("openssh-server", "tests: SSH peer (sshd)"),
     ("openssh-client", "tests: SSH client"),
+    (
+        "prometheus",
+        "tests: a real Prometheus scraping the agent; promtool for metrics and alert rules",
+    ),
+    (
+        "nodejs",
+        "tests: type-checking the Grafana dashboards (tsc, @grafana/schema)",
+    ),
 ];
 
 /// Installed from bookworm-backports on Debian 12 (Suricata 7 with JA4).
@@ -85,7 +93,8 @@ fn manual_steps(root: &Path) -> String {
          \x20 apt-get install -y suricata   # Suricata 7 (bookworm-backports on Debian 12)\n\
          \x20 PATH={LLVM_BIN}:$PATH cargo install bpf-linker --version {BPF_LINKER_VERSION} \\\n\
          \x20     --no-default-features --features llvm-22 --locked\n\
-         \x20 cargo install cargo-fuzz --version {CARGO_FUZZ_VERSION} --locked\n",
+         \x20 cargo install cargo-fuzz --version {CARGO_FUZZ_VERSION} --locked\n\
+         \x20 (cd dashboards && npm ci)\n",
         pkgs.join(" ")
     )
 }
@@ -195,7 +204,14 @@ pub fn setup(extra_packages: &[&str]) -> Result<()> {
         .collect();
     let linker = bpf_linker_ok();
     let fuzz = cargo_fuzz_ok();
-    if todo.is_empty() && missing.is_empty() && backports.is_empty() && linker && fuzz {
+    let node_modules = root.join("dashboards/node_modules/.bin/tsc").exists();
+    if todo.is_empty()
+        && missing.is_empty()
+        && backports.is_empty()
+        && linker
+        && fuzz
+        && node_modules
+    {
         return Ok(());
     }
     if !is_root() || !is_debian_like() {
@@ -284,6 +300,19 @@ pub fn setup(extra_packages: &[&str]) -> Result<()> {
                 "--locked",
             ],
         )?;
+    }
+    if !root.join("dashboards/node_modules/.bin/tsc").exists() {
+        eprintln!(
+            "setup: installing the dashboard type checker (npm ci: typescript, @grafana/schema)"
+        );
+        let status = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(root.join("dashboards"))
+            .status()
+            .context("running npm")?;
+        if !status.success() {
+            bail!("`npm ci` in dashboards/ failed: {status}");
+        }
     }
     Ok(())
 }

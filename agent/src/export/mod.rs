@@ -1,8 +1,13 @@
-//! Connection records and the JSON-lines writer.
+//! Everything that leaves the agent: connection records (JSON lines or a table),
+//! verdict events, Prometheus metrics, the edges view and the HTTP listener.
 //!
-//! The writer runs on its own thread behind a bounded channel: the pipeline never
-//! waits for it. When the channel is full a record is dropped and counted, and
-//! the count is logged.
+//! Record writers run on their own thread behind a bounded channel: the pipeline
+//! never waits for them. When a channel is full a record is dropped and counted.
+
+pub mod edges;
+pub mod events;
+pub mod http;
+pub mod metrics;
 
 use std::{
     io::{self, Write},
@@ -244,35 +249,48 @@ pub fn table_row(r: &ConnectionRecord) -> String {
     )
 }
 
-/// Handle to the writer thread.
-pub struct JsonLines {
-    tx: Option<SyncSender<ConnectionRecord>>,
+/// A writer thread for records of type `T`, behind a bounded channel.
+pub struct Writer<T: Send + 'static> {
+    tx: Option<SyncSender<T>>,
     dropped: Arc<AtomicU64>,
     written: Arc<AtomicU64>,
     thread: Option<thread::JoinHandle<()>>,
 }
 
-impl JsonLines {
-    pub fn start(output: &Output, format: Format, capacity: usize) -> Result<Self, ExportError> {
-        let sink: Box<dyn Write + Send> = match output {
-            Output::Stdout => Box::new(io::stdout()),
-            Output::File(path) => Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .map_err(|source| ExportError::Open {
-                        path: path.clone(),
-                        source,
-                    })?,
-            ),
-        };
+/// How one record is written.
+pub type WriteFn<T> = fn(&T, &mut dyn Write) -> io::Result<()>;
+
+fn open_sink(output: &Output) -> Result<Box<dyn Write + Send>, ExportError> {
+    Ok(match output {
+        Output::Stdout => Box::new(io::stdout()),
+        Output::File(path) => Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|source| ExportError::Open {
+                    path: path.clone(),
+                    source,
+                })?,
+        ),
+    })
+}
+
+impl<T: Send + 'static> Writer<T> {
+    pub fn start(
+        output: &Output,
+        header: Option<&'static str>,
+        write: WriteFn<T>,
+        capacity: usize,
+        name: &str,
+    ) -> Result<Self, ExportError> {
+        let sink = open_sink(output)?;
         let (tx, rx) = mpsc::sync_channel(capacity);
         let written = Arc::new(AtomicU64::new(0));
         let w = Arc::clone(&written);
         let thread = thread::Builder::new()
-            .name("json-lines".into())
-            .spawn(move || write_loop(rx, sink, format, &w))
+            .name(name.into())
+            .spawn(move || write_loop(rx, sink, header, write, &w))
             .map_err(ExportError::Thread)?;
         Ok(Self {
             tx: Some(tx),
@@ -283,17 +301,14 @@ impl JsonLines {
     }
 
     /// Queues a record; never blocks.
-    pub fn send(&self, record: ConnectionRecord) {
+    pub fn send(&self, record: T) {
         let Some(tx) = &self.tx else { return };
         match tx.try_send(record) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                 if n.is_power_of_two() {
-                    warn!(
-                        dropped = n,
-                        "JSON output cannot keep up; connection records dropped"
-                    );
+                    warn!(dropped = n, "output cannot keep up; records dropped");
                 }
             }
         }
@@ -316,35 +331,63 @@ impl JsonLines {
     }
 }
 
-fn write_loop(
-    rx: Receiver<ConnectionRecord>,
-    sink: Box<dyn Write + Send>,
+/// The connection-record writer.
+pub type JsonLines = Writer<ConnectionRecord>;
+
+/// Starts the connection-record writer in `format`.
+pub fn records_writer(
+    output: &Output,
     format: Format,
+    capacity: usize,
+) -> Result<JsonLines, ExportError> {
+    match format {
+        Format::Json => Writer::start(
+            output,
+            None,
+            write_json::<ConnectionRecord>,
+            capacity,
+            "records",
+        ),
+        Format::Table => {
+            Writer::start(output, Some(TABLE_HEADER), write_table, capacity, "records")
+        }
+    }
+}
+
+/// One JSON object and a newline.
+pub fn write_json<T: Serialize>(record: &T, out: &mut dyn Write) -> io::Result<()> {
+    serde_json::to_writer(&mut *out, record).map_err(io::Error::other)?;
+    out.write_all(b"\n")
+}
+
+fn write_table(record: &ConnectionRecord, out: &mut dyn Write) -> io::Result<()> {
+    writeln!(out, "{}", table_row(record))
+}
+
+fn write_loop<T>(
+    rx: Receiver<T>,
+    sink: Box<dyn Write + Send>,
+    header: Option<&'static str>,
+    write: WriteFn<T>,
     written: &AtomicU64,
 ) {
     let mut out = io::BufWriter::new(sink);
-    if format == Format::Table {
-        let _ = writeln!(out, "{TABLE_HEADER}");
+    if let Some(h) = header {
+        let _ = writeln!(out, "{h}");
         let _ = out.flush();
     }
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         batch.extend(rx.try_iter());
         for record in &batch {
-            let ok = match format {
-                Format::Json => {
-                    serde_json::to_writer(&mut out, record).is_ok() && out.write_all(b"\n").is_ok()
-                }
-                Format::Table => writeln!(out, "{}", table_row(record)).is_ok(),
-            };
-            if !ok {
-                warn!("writing a connection record failed");
+            if let Err(err) = write(record, &mut out) {
+                warn!(error = %err, "writing a record failed");
                 continue;
             }
             written.fetch_add(1, Ordering::Relaxed);
         }
         if let Err(err) = out.flush() {
-            warn!(error = %err, "flushing connection records failed");
+            warn!(error = %err, "flushing records failed");
         }
     }
     let _ = out.flush();

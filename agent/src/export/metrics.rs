@@ -1,0 +1,397 @@
+//! Prometheus metrics: every name and label name lives here.
+//!
+//! Label names follow Istio's standard metrics (`source_workload`,
+//! `destination_workload_namespace`, `connection_security_policy`, `reporter`, ...)
+//! so existing queries and habits carry over. High-cardinality label values are
+//! capped per label: past the cap a new value is reported as `~other` and the
+//! overflow is counted.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fmt::Write as _,
+    sync::Mutex,
+};
+
+use prometheus::{
+    IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, proto::MetricType,
+};
+
+use crate::{
+    classify::{Classification, ClientAuth},
+    export::ConnectionRecord,
+};
+
+pub const PREFIX: &str = "mtls_auditor";
+
+/// Labels of the connection and byte families, in order.
+pub const CONNECTION_LABELS: [&str; 9] = [
+    "reporter",
+    "source_workload",
+    "source_workload_namespace",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_port",
+    "connection_security_policy",
+    "expected_security_policy",
+    "verdict",
+];
+
+/// Value a capped label takes once its cap is reached.
+pub const OVERFLOW: &str = "~other";
+
+/// Caps the distinct values of each label.
+struct LabelCaps {
+    max: usize,
+    seen: HashMap<&'static str, HashSet<String>>,
+}
+
+impl LabelCaps {
+    fn cap<'a>(&mut self, label: &'static str, value: &'a str) -> (&'a str, bool) {
+        let set = self.seen.entry(label).or_default();
+        if set.contains(value) {
+            return (value, false);
+        }
+        if set.len() >= self.max {
+            return (OVERFLOW, true);
+        }
+        set.insert(value.to_owned());
+        (value, false)
+    }
+}
+
+/// The agent's metrics.
+pub struct Metrics {
+    pub registry: Registry,
+    connections: IntCounterVec,
+    bytes: IntCounterVec,
+    handshakes: IntCounterVec,
+    pub events_received: IntCounter,
+    pub events_lost: IntCounter,
+    pub decode_errors: IntCounter,
+    pub capture_truncations: IntCounter,
+    pub captured_bytes: IntCounter,
+    pub kernel_errors: IntCounterVec,
+    pub flows_tracked: IntGauge,
+    pub probes_attached: IntGauge,
+    pub policy_reloads: IntCounterVec,
+    pub policy_loaded: IntGauge,
+    pub records_dropped: IntCounter,
+    pub events_emitted: IntCounter,
+    pub events_suppressed: IntCounter,
+    pub label_overflow: IntCounterVec,
+    pub ready: IntGauge,
+    caps: Mutex<LabelCaps>,
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(format!("{PREFIX}_{name}"), help), labels)
+        .expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
+    c
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(format!("{PREFIX}_{name}"), help).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
+    c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(format!("{PREFIX}_{name}"), help).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
+    g
+}
+
+impl Metrics {
+    /// `max_label_values`: distinct values kept per label before `~other`.
+    pub fn new(max_label_values: usize) -> Self {
+        let r = Registry::new();
+        let build = IntGaugeVec::new(
+            Opts::new(
+                format!("{PREFIX}_build_info"),
+                "Build information; always 1.",
+            ),
+            &["version", "rustc"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(build.clone())).expect("unique metric");
+        build
+            .with_label_values(&[
+                env!("CARGO_PKG_VERSION"),
+                option_env!("MTLS_AUDITOR_RUSTC").unwrap_or("unknown"),
+            ])
+            .set(1);
+        let m = Self {
+            connections: counter_vec(
+                &r,
+                "connections_total",
+                "TCP connections seen, by reporter, workloads, destination port, observed and expected security and verdict.",
+                &CONNECTION_LABELS,
+            ),
+            bytes: counter_vec(
+                &r,
+                "bytes_total",
+                "Payload bytes of finished connections, by the same labels and direction (client_to_server, server_to_client).",
+                &[&CONNECTION_LABELS[..], &["direction"]].concat(),
+            ),
+            handshakes: counter_vec(
+                &r,
+                "tls_handshakes_total",
+                "TLS handshakes, by negotiated version, client authentication and mesh marker.",
+                &["tls_version", "client_auth", "mesh"],
+            ),
+            events_received: counter(
+                &r,
+                "events_received_total",
+                "Ring-buffer events read from the kernel.",
+            ),
+            events_lost: counter(
+                &r,
+                "events_lost_total",
+                "Kernel events lost because the ring buffer was full.",
+            ),
+            decode_errors: counter(
+                &r,
+                "event_decode_errors_total",
+                "Ring-buffer records that did not decode.",
+            ),
+            capture_truncations: counter(
+                &r,
+                "capture_truncations_total",
+                "Segments cut at the capture budget or chunk size.",
+            ),
+            captured_bytes: counter(
+                &r,
+                "captured_bytes_total",
+                "Payload bytes sent up by the kernel.",
+            ),
+            kernel_errors: counter_vec(
+                &r,
+                "kernel_errors_total",
+                "Failures counted by the kernel programs, by kind.",
+                &["kind"],
+            ),
+            flows_tracked: gauge(&r, "flows_tracked", "Connections currently tracked."),
+            probes_attached: gauge(&r, "probes_attached", "Kernel programs attached."),
+            policy_reloads: counter_vec(
+                &r,
+                "policy_reloads_total",
+                "Policy reloads, by result (ok, error).",
+                &["result"],
+            ),
+            policy_loaded: gauge(&r, "policy_loaded", "1 when a policy is in force."),
+            records_dropped: counter(
+                &r,
+                "records_dropped_total",
+                "Connection records and events dropped because their writer could not keep up.",
+            ),
+            events_emitted: counter(&r, "verdict_events_total", "Verdict events written."),
+            events_suppressed: counter(
+                &r,
+                "verdict_events_suppressed_total",
+                "Verdict events suppressed by the per-workload rate limit.",
+            ),
+            label_overflow: counter_vec(
+                &r,
+                "label_overflow_total",
+                "Label values folded into ~other because the label reached its cap.",
+                &["label"],
+            ),
+            ready: gauge(
+                &r,
+                "ready",
+                "1 once the probes are attached (and the policy loaded, when one is given).",
+            ),
+            caps: Mutex::new(LabelCaps {
+                max: max_label_values.max(1),
+                seen: HashMap::new(),
+            }),
+            registry: r,
+        };
+        // Series that exist from the start, at zero, so dashboards and alerts see them.
+        for kind in [
+            "storage_failed",
+            "load_failed",
+            "header_unparsed",
+            "cb_flags_failed",
+            "no_base",
+        ] {
+            m.kernel_errors.with_label_values(&[kind]).inc_by(0);
+        }
+        for result in ["ok", "error"] {
+            m.policy_reloads.with_label_values(&[result]).inc_by(0);
+        }
+        m
+    }
+
+    /// Counts a finished connection: once per end this node saw (Istio's
+    /// `reporter`), plus its bytes and its TLS handshake.
+    pub fn observe(&self, rec: &ConnectionRecord) {
+        let cls: &Classification = &rec.classification;
+        let (sw, sns, dw, dns, expected, verdict) = match &rec.assessment {
+            Some(a) => (
+                a.source_workload.as_str(),
+                a.source_workload_namespace.as_str(),
+                a.destination_workload.as_str(),
+                a.destination_workload_namespace.as_str(),
+                a.expected_security_policy,
+                a.verdict.as_str(),
+            ),
+            None => (
+                "unknown", "unknown", "unknown", "unknown", "unknown", "unknown",
+            ),
+        };
+        let port = rec.server.port.to_string();
+        let mut reporters = Vec::with_capacity(2);
+        if rec.client.local.is_some() {
+            reporters.push("source");
+        }
+        if rec.server.local.is_some() {
+            reporters.push("destination");
+        }
+        let Ok(mut caps) = self.caps.lock() else {
+            return;
+        };
+        let mut values: Vec<String> = Vec::with_capacity(9);
+        for (label, v) in [
+            ("source_workload", sw),
+            ("source_workload_namespace", sns),
+            ("destination_workload", dw),
+            ("destination_workload_namespace", dns),
+            ("destination_port", port.as_str()),
+        ] {
+            let (v, overflow) = caps.cap(label, v);
+            if overflow {
+                self.label_overflow.with_label_values(&[label]).inc();
+            }
+            values.push(v.to_owned());
+        }
+        drop(caps);
+        for reporter in reporters {
+            let labels = [
+                reporter,
+                &values[0],
+                &values[1],
+                &values[2],
+                &values[3],
+                &values[4],
+                cls.connection_security_policy.as_str(),
+                expected,
+                verdict,
+            ];
+            self.connections.with_label_values(&labels).inc();
+            let mut with_dir = labels.to_vec();
+            with_dir.push("client_to_server");
+            self.bytes
+                .with_label_values(&with_dir)
+                .inc_by(rec.bytes_client_to_server.unwrap_or(0));
+            with_dir[9] = "server_to_client";
+            self.bytes
+                .with_label_values(&with_dir)
+                .inc_by(rec.bytes_server_to_client.unwrap_or(0));
+        }
+        if let Some(tls) = &cls.tls {
+            let auth = match tls.client_auth {
+                ClientAuth::Certificate => "certificate",
+                ClientAuth::EmptyCertificate => "empty_certificate",
+                ClientAuth::None => "none",
+                ClientAuth::Resumed => "resumed",
+                ClientAuth::Unknown => "unknown",
+            };
+            let mesh = match cls.mesh {
+                Some(crate::classify::MeshMarker::IstioSidecar) => "istio_sidecar",
+                Some(crate::classify::MeshMarker::IstioHbone) => "istio_hbone",
+                Some(crate::classify::MeshMarker::Linkerd) => "linkerd",
+                None => "none",
+            };
+            self.handshakes
+                .with_label_values(&[tls.version.as_deref().unwrap_or("unknown"), auth, mesh])
+                .inc();
+        }
+    }
+
+    /// The Prometheus text format (version 0.0.4).
+    pub fn prometheus_text(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus::TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out);
+        out
+    }
+
+    /// The OpenMetrics text format (1.0.0).
+    pub fn openmetrics_text(&self) -> String {
+        let mut out = String::new();
+        for fam in self.registry.gather() {
+            let name = fam.name();
+            let (kind, base) = match fam.get_field_type() {
+                MetricType::COUNTER => ("counter", name.strip_suffix("_total").unwrap_or(name)),
+                _ => ("gauge", name),
+            };
+            let _ = writeln!(out, "# TYPE {base} {kind}");
+            let _ = writeln!(out, "# HELP {base} {}", escape(fam.help()));
+            for m in fam.get_metric() {
+                let labels: Vec<String> = m
+                    .get_label()
+                    .iter()
+                    .map(|l| format!("{}=\"{}\"", l.name(), escape(l.value())))
+                    .collect();
+                let labels = if labels.is_empty() {
+                    String::new()
+                } else {
+                    format!("{{{}}}", labels.join(","))
+                };
+                let (sample, value) = match fam.get_field_type() {
+                    MetricType::COUNTER => (format!("{base}_total"), m.get_counter().get_value()),
+                    _ => (base.to_owned(), m.get_gauge().get_value()),
+                };
+                let _ = writeln!(out, "{sample}{labels} {value}");
+            }
+        }
+        out.push_str("# EOF\n");
+        out
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_past_the_cap_fold_into_other() {
+        let mut caps = LabelCaps {
+            max: 2,
+            seen: HashMap::new(),
+        };
+        assert_eq!(caps.cap("source_workload", "a"), ("a", false));
+        assert_eq!(caps.cap("source_workload", "b"), ("b", false));
+        assert_eq!(caps.cap("source_workload", "a"), ("a", false));
+        assert_eq!(caps.cap("source_workload", "c"), (OVERFLOW, true));
+        // Each label has its own cap.
+        assert_eq!(caps.cap("destination_port", "8080"), ("8080", false));
+    }
+
+    #[test]
+    fn both_formats_carry_every_family() {
+        let m = Metrics::new(10);
+        m.events_received.inc_by(3);
+        let text = m.prometheus_text();
+        assert!(text.contains("# TYPE mtls_auditor_events_received_total counter"));
+        assert!(text.contains("mtls_auditor_events_received_total 3"));
+        let om = m.openmetrics_text();
+        assert!(om.contains("# TYPE mtls_auditor_events_received counter"));
+        assert!(om.contains("mtls_auditor_events_received_total 3"));
+        assert!(om.contains("mtls_auditor_kernel_errors_total{kind=\"load_failed\"} 0"));
+        assert!(om.ends_with("# EOF\n"));
+    }
+}

@@ -1,0 +1,376 @@
+//! Issue 5: a real Prometheus scrapes the agent during the seed scenario. The series
+//! must match the connections that were made, verdict by verdict; every dashboard
+//! panel query must return data; the alert rules must fire; verdict events, the
+//! edges view, /readyz and OpenMetrics must work.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use integration_tests::{Child, Record, Spawn, TempDir, agent_bin, require_root, wait_for};
+
+const AGENT_LISTEN: &str = "127.0.0.1:19477";
+const PROM_LISTEN: &str = "127.0.0.1:19090";
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn prometheus(dir: &Path) -> Child {
+    let rules = root().join("deploy/prometheus/alerts.yaml");
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: mtls-auditor\n    static_configs:\n      - targets: ['{AGENT_LISTEN}']\n",
+            rules.display()
+        ),
+    )
+    .expect("prometheus.yml");
+    let child = Spawn::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address={PROM_LISTEN}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    let ready = wait_for(Duration::from_secs(20), || {
+        ureq::get(&format!("http://{PROM_LISTEN}/-/ready"))
+            .call()
+            .ok()
+            .map(|_| ())
+    });
+    assert!(
+        ready.is_some(),
+        "Prometheus did not become ready on {PROM_LISTEN}"
+    );
+    child
+}
+
+/// Runs an instant query; returns the result vector.
+fn query(q: &str) -> Vec<Record> {
+    let url = format!("http://{PROM_LISTEN}/api/v1/query");
+    let body = ureq::get(&url)
+        .query("query", q)
+        .call()
+        .unwrap_or_else(|e| panic!("query {q}: {e}"))
+        .into_body()
+        .read_to_string()
+        .expect("body");
+    let v: Record = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(v["status"], "success", "query {q}: {body}");
+    v["data"]["result"].as_array().cloned().unwrap_or_default()
+}
+
+fn value(r: &Record) -> f64 {
+    r["value"][1]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+fn s(r: &Record, k: &str) -> String {
+    r.get(k).and_then(|v| v.as_str()).unwrap_or("").to_owned()
+}
+
+fn records(path: &Path) -> Vec<Record> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[test]
+fn prometheus_sees_the_seed_scenario_verdict_by_verdict() {
+    require_root();
+    let dir = TempDir::new();
+    let _prom = prometheus(dir.path());
+    let out = dir.path().join("records.jsonl");
+    let events = dir.path().join("events.jsonl");
+    let script = root().join("examples/seed/run.sh");
+    let mut seed = Spawn::new("bash")
+        .arg(&script)
+        .args(["--listen", AGENT_LISTEN, "--events"])
+        .arg(&events)
+        .env("MTLS_AUDITOR_BIN", agent_bin())
+        .env("SEED_ROUNDS", "3")
+        .env("SEED_INTERVAL", "2")
+        .env("SEED_HOLD", "1")
+        .env("MTLS_AUDITOR_FORMAT", "json")
+        .env("MTLS_AUDITOR_OUTPUT", &out)
+        .stderr(Stdio::piped())
+        .spawn();
+    let seed_records = |path: &Path| -> Vec<Record> {
+        records(path)
+            .into_iter()
+            .filter(|r| s(r, "source_workload").starts_with("example-service-"))
+            .collect()
+    };
+    let done = wait_for(Duration::from_secs(90), || {
+        (seed_records(&out).len() >= 18).then_some(())
+    });
+    assert!(
+        done.is_some(),
+        "the seed scenario did not make 3 rounds of connections: {:?}",
+        seed_records(&out).len()
+    );
+
+    // The agent is ready and serves both exposition formats.
+    let ready = ureq::get(&format!("http://{AGENT_LISTEN}/readyz"))
+        .call()
+        .expect("readyz");
+    assert_eq!(ready.status(), 200);
+    let text = ureq::get(&format!("http://{AGENT_LISTEN}/metrics"))
+        .call()
+        .expect("metrics")
+        .into_body()
+        .read_to_string()
+        .expect("body");
+    let metrics_file = dir.path().join("metrics.txt");
+    std::fs::write(&metrics_file, &text).expect("write");
+    let lint = Spawn::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "promtool check metrics < {}",
+            metrics_file.display()
+        ))
+        .run(Duration::from_secs(30));
+    assert!(
+        lint.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
+    let om = ureq::get(&format!("http://{AGENT_LISTEN}/metrics"))
+        .header("Accept", "application/openmetrics-text; version=1.0.0")
+        .call()
+        .expect("openmetrics");
+    assert!(
+        om.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .starts_with("application/openmetrics-text"),
+        "content type"
+    );
+    let om = om.into_body().read_to_string().expect("body");
+    assert!(
+        om.ends_with("# EOF\n") && om.contains("# TYPE mtls_auditor_connections counter"),
+        "{om}"
+    );
+
+    // Verdict by verdict, Prometheus agrees with the records (each seed connection
+    // has its server end on this node: reporter="destination" counts it once).
+    let mut want: BTreeMap<String, f64> = BTreeMap::new();
+    for r in seed_records(&out) {
+        *want.entry(s(&r, "verdict")).or_default() += 1.0;
+    }
+    for v in ["compliant", "rejected", "violation", "permissive", "exempt"] {
+        assert!(
+            want.get(v).copied().unwrap_or(0.0) >= 3.0,
+            "three rounds of {v}: {want:?}"
+        );
+    }
+    let q = r#"sum by (verdict) (mtls_auditor_connections_total{reporter="destination", source_workload=~"example-service-.*"})"#;
+    let got = wait_for(Duration::from_secs(20), || {
+        let got: BTreeMap<String, f64> = query(q)
+            .iter()
+            .map(|r| {
+                (
+                    r["metric"]["verdict"].as_str().unwrap_or("").to_owned(),
+                    value(r),
+                )
+            })
+            .collect();
+        (got == want).then_some(got)
+    });
+    assert!(
+        got.is_some(),
+        "Prometheus {:?} != records {want:?}",
+        query(q)
+    );
+    // Same labels as the records: one series per (workloads, port, observed, expected, verdict).
+    let v = query(
+        r#"mtls_auditor_connections_total{reporter="destination", source_workload="example-service-b", destination_workload="example-service-a", destination_port="8080"}"#,
+    );
+    assert_eq!(v.len(), 1, "{v:?}");
+    let m = &v[0]["metric"];
+    assert_eq!(m["connection_security_policy"], "none");
+    assert_eq!(m["expected_security_policy"], "mutual_tls");
+    assert_eq!(m["verdict"], "violation");
+    assert_eq!(m["source_workload_namespace"], "default");
+    assert_eq!(m["destination_workload_namespace"], "default");
+    // Bytes, handshakes and the agent's own health.
+    assert!(!query(r#"mtls_auditor_bytes_total{direction="server_to_client", connection_security_policy="mutual_tls"} > 0"#).is_empty());
+    assert!(
+        !query(
+            r#"mtls_auditor_tls_handshakes_total{tls_version="1.3", client_auth="certificate"} > 0"#
+        )
+        .is_empty()
+    );
+    assert_eq!(
+        query("mtls_auditor_probes_attached").first().map(value),
+        Some(4.0)
+    );
+    assert_eq!(query("mtls_auditor_ready").first().map(value), Some(1.0));
+    assert!(
+        query("mtls_auditor_events_received_total")
+            .first()
+            .map(value)
+            .unwrap_or(0.0)
+            > 0.0
+    );
+
+    // Every dashboard panel query, variables filled in, returns data.
+    let mut checked = 0;
+    for file in ["overview.json", "workload.json", "agent-health.json"] {
+        let dash: Record = serde_json::from_str(
+            &std::fs::read_to_string(root().join("dashboards").join(file)).expect("read"),
+        )
+        .expect("JSON");
+        for panel in dash["panels"].as_array().expect("panels") {
+            for target in panel["targets"].as_array().expect("targets") {
+                let expr = target["expr"]
+                    .as_str()
+                    .expect("expr")
+                    .replace("$__rate_interval", "1m")
+                    .replace("$__range", "10m")
+                    .replace("$namespace", "default")
+                    .replace("$workload", "example-service-a")
+                    .replace("$instance", ".*");
+                let res = wait_for(Duration::from_secs(10), || {
+                    let r = query(&expr);
+                    (!r.is_empty()).then_some(r)
+                });
+                assert!(
+                    res.is_some(),
+                    "{file}: panel {:?} returns no data: {expr}",
+                    panel["title"]
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 30, "only {checked} panel queries");
+
+    // The alert on plaintext accepted by a workload that requires mutual TLS fires.
+    let firing = wait_for(Duration::from_secs(20), || {
+        let a =
+            query(r#"ALERTS{alertname="MtlsPlaintextToMutualTlsWorkload", alertstate="firing"}"#);
+        (!a.is_empty()).then_some(a)
+    })
+    .expect("MtlsPlaintextToMutualTlsWorkload did not fire");
+    assert_eq!(firing[0]["metric"]["destination_port"], "8080");
+
+    // The edges view of the running agent.
+    let edges = Spawn::new(agent_bin().to_str().expect("utf8"))
+        .args([
+            "edges",
+            "--agent",
+            AGENT_LISTEN,
+            "--json",
+            "--namespace",
+            "default",
+            "--verdict",
+            "violation",
+        ])
+        .run_ok(Duration::from_secs(10));
+    let edges: Vec<Record> = serde_json::from_str(&edges).expect("edges JSON");
+    assert_eq!(edges.len(), 1, "{edges:?}");
+    assert_eq!(edges[0]["source"], "default/example-service-b");
+    assert_eq!(edges[0]["destination"], "default/example-service-a");
+    assert_eq!(edges[0]["destination_port"], 8080);
+    assert!(edges[0]["connections"].as_u64().unwrap_or(0) >= 3);
+    let table = Spawn::new(agent_bin().to_str().expect("utf8"))
+        .args(["edges", "--agent", AGENT_LISTEN])
+        .run_ok(Duration::from_secs(10));
+    assert!(table.starts_with("SOURCE"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("default/example-service-c:8080") && l.contains("permissive")),
+        "{table}"
+    );
+
+    // Verdict events: the findings, not the compliant ones, in the documented schema.
+    let evs = records(&events);
+    assert!(!evs.is_empty());
+    for e in &evs {
+        assert_eq!(e["schema"], "mtls-auditor.event/v1");
+        assert!(
+            matches!(
+                s(e, "verdict").as_str(),
+                "violation" | "rejected" | "permissive"
+            ),
+            "{e}"
+        );
+        assert!(!s(e, "reason").is_empty());
+    }
+    let seed_events = evs
+        .iter()
+        .filter(|e| s(e, "source_workload") == "example-service-b")
+        .count();
+    assert_eq!(
+        seed_events as f64,
+        want["violation"] + want["rejected"] + want["permissive"],
+        "one event per finding"
+    );
+
+    seed.signal(libc::SIGTERM);
+    assert!(
+        seed.wait_timeout(Duration::from_secs(20)).is_some(),
+        "the seed scenario did not stop"
+    );
+}
+
+#[test]
+fn alert_rules_pass_their_unit_tests() {
+    let dir = root().join("deploy/prometheus");
+    let out = Spawn::new("promtool")
+        .args(["test", "rules", "alerts.test.yaml"])
+        .current_dir(&dir)
+        .run(Duration::from_secs(60));
+    assert!(
+        out.status.success(),
+        "promtool test rules: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn dashboards_type_check_against_grafana_schema() {
+    let out = Spawn::new("node")
+        .arg("check.mjs")
+        .current_dir(&root().join("dashboards"))
+        .run(Duration::from_secs(120));
+    assert!(
+        out.status.success(),
+        "tsc against @grafana/schema: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_busy_listen_address_is_a_clear_error() {
+    require_root();
+    let holder = std::net::TcpListener::bind("127.0.0.1:19478").expect("bind");
+    let out = Spawn::new(agent_bin().to_str().expect("utf8"))
+        .args(["run", "--listen", "127.0.0.1:19478"])
+        .run(Duration::from_secs(30));
+    drop(holder);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.trim(),
+        "mtls-auditor: --listen 127.0.0.1:19478: Address already in use (os error 98)"
+    );
+}
