@@ -175,6 +175,27 @@ pub struct RunArgs {
     /// Events a source workload may emit at once before the rate applies.
     #[arg(long, env = "MTLS_AUDITOR_EVENTS_BURST", default_value_t = 100)]
     pub events_burst: u32,
+    /// Kubernetes: read pods, Services, EndpointSlices and Istio's policy from the
+    /// API server this kubeconfig names. Inside a pod with a service account the
+    /// agent connects by itself; without either it runs standalone.
+    #[arg(long, env = "MTLS_AUDITOR_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The node this agent runs on (its pods are watched). Default: the hostname.
+    #[arg(long, env = "MTLS_AUDITOR_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// The cluster's DNS domain, for service FQDNs.
+    #[arg(
+        long,
+        env = "MTLS_AUDITOR_CLUSTER_DOMAIN",
+        default_value = "cluster.local"
+    )]
+    pub cluster_domain: String,
+    /// The host's cgroup v2 hierarchy: programs attach to its root and cgroup ids
+    /// resolve to paths under it. Default: the cgroup2 mount in /proc/self/mountinfo.
+    /// In a container with its own cgroup namespace, mount the host's
+    /// /sys/fs/cgroup and point here.
+    #[arg(long, env = "MTLS_AUDITOR_CGROUP_ROOT")]
+    pub cgroup_root: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

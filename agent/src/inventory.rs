@@ -9,7 +9,10 @@ use ipnet::IpNet;
 use serde::Serialize;
 use tracing::debug;
 
-use crate::policy::{PolicyFiles, parse_net};
+use crate::{
+    kube::SharedState,
+    policy::{PolicyFiles, parse_net},
+};
 
 /// A workload: what Istio calls `source_workload` / `destination_workload`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -17,6 +20,16 @@ pub struct Workload {
     pub name: String,
     pub namespace: String,
     pub labels: BTreeMap<String, String>,
+    /// The pod, in a cluster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// Istio's canonical service (`service.istio.io/canonical-name`, else
+    /// `app.kubernetes.io/name`, else `app`, else the workload name), in a cluster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canonical_service: Option<String>,
+    /// The container, in a cluster, when the cgroup path names it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
 }
 
 /// A service: name, namespace and its cluster FQDN.
@@ -50,12 +63,14 @@ struct CompiledService {
     ports: Vec<u16>,
 }
 
-/// The standalone inventory, compiled for matching.
+/// Who is who: the standalone inventory, compiled for matching, and in a cluster the
+/// API server's view (pods by cgroup and address, Services).
 #[derive(Default)]
 pub struct Inventory {
     workloads: Vec<CompiledWorkload>,
     services: Vec<CompiledService>,
     pub cluster_domain: String,
+    cluster: Option<SharedState>,
 }
 
 /// The network namespace cookie of a namespace file (`/run/netns/NAME`): what the
@@ -147,6 +162,9 @@ impl Inventory {
                         name: w.name.clone(),
                         namespace: w.namespace.clone(),
                         labels: w.labels.clone(),
+                        pod: None,
+                        canonical_service: None,
+                        container: None,
                     },
                     cgroups,
                     netns_cookies,
@@ -173,32 +191,62 @@ impl Inventory {
         inv
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.workloads.is_empty() && self.services.is_empty()
+    /// Adds the cluster's view; its lookups come first.
+    pub fn with_cluster(mut self, cluster: SharedState) -> Self {
+        if let Ok(c) = cluster.read() {
+            self.cluster_domain.clone_from(&c.cluster_domain);
+        }
+        self.cluster = Some(cluster);
+        self
     }
 
-    /// The workload a local end belongs to: by cgroup, then network namespace, then
-    /// address, then process name.
-    pub fn workload_of(&self, end: &EndFacts<'_>) -> Option<&Workload> {
-        if let Some(cg) = end.cgroup {
-            if let Some(w) = self
+    pub fn is_empty(&self) -> bool {
+        self.workloads.is_empty() && self.services.is_empty() && self.cluster.is_none()
+    }
+
+    /// The workload a local end belongs to: in a cluster its pod (by cgroup), then
+    /// the inventory (cgroup, network namespace, address, process name), then a pod
+    /// by address, then the node itself.
+    ///
+    /// A socket in a pod's cgroup whose pod the agent does not know (not listed yet,
+    /// or deleted) is not the node's: it is the pod with that address, or unknown.
+    pub fn workload_of(&self, end: &EndFacts<'_>) -> Option<Workload> {
+        let cluster = self.cluster.as_ref().and_then(|c| c.read().ok());
+        let mut in_pod_cgroup = false;
+        if let (Some(c), Some(cg)) = (&cluster, end.cgroup) {
+            if let Some(w) = c.workload_of_cgroup(cg) {
+                return Some(w);
+            }
+            in_pod_cgroup = crate::kube::cgroup_path::parse(cg).is_some();
+        }
+        if let Some(w) = self.standalone_workload_of(end) {
+            return Some(w.clone());
+        }
+        let c = cluster?;
+        if let Some(pod) = c.pod_by_ip(end.addr) {
+            return Some(pod.workload());
+        }
+        (!in_pod_cgroup).then(|| c.node_workload())
+    }
+
+    fn standalone_workload_of(&self, end: &EndFacts<'_>) -> Option<&Workload> {
+        if let Some(cg) = end.cgroup
+            && let Some(w) = self
                 .workloads
                 .iter()
                 .find(|w| w.cgroups.as_ref().is_some_and(|g| g.is_match(cg)))
-            {
-                return Some(&w.workload);
-            }
+        {
+            return Some(&w.workload);
         }
-        if let Some(cookie) = end.netns_cookie {
-            if let Some(w) = self
+        if let Some(cookie) = end.netns_cookie
+            && let Some(w) = self
                 .workloads
                 .iter()
                 .find(|w| w.netns_cookies.contains(&cookie))
-            {
-                return Some(&w.workload);
-            }
+        {
+            return Some(&w.workload);
         }
-        if let Some(w) = self.workload_by_addr(end.addr) {
+        if let Some(w) = self.standalone_by_addr(end.addr) {
             return Some(w);
         }
         let comm = end.comm?;
@@ -208,8 +256,7 @@ impl Inventory {
             .map(|w| &w.workload)
     }
 
-    /// The workload that owns an address (for ends that are not on this node).
-    pub fn workload_by_addr(&self, addr: IpAddr) -> Option<&Workload> {
+    fn standalone_by_addr(&self, addr: IpAddr) -> Option<&Workload> {
         if addr.is_loopback() {
             return None;
         }
@@ -219,32 +266,51 @@ impl Inventory {
             .map(|w| &w.workload)
     }
 
-    pub fn workload_by_name(&self, namespace: &str, name: &str) -> Option<&Workload> {
+    /// The workload that owns an address (for ends that are not on this node).
+    pub fn workload_by_addr(&self, addr: IpAddr) -> Option<Workload> {
+        if let Some(w) = self.standalone_by_addr(addr) {
+            return Some(w.clone());
+        }
+        let c = self.cluster.as_ref()?.read().ok()?;
+        c.pod_by_ip(addr).map(state_workload)
+    }
+
+    pub fn workload_by_name(&self, namespace: &str, name: &str) -> Option<Workload> {
         self.workloads
             .iter()
             .map(|w| &w.workload)
             .find(|w| w.namespace == namespace && w.name == name)
+            .cloned()
     }
 
     /// Services whose addresses (and ports, when listed) cover `addr:port`.
-    pub fn services_for(&self, addr: IpAddr, port: u16) -> Vec<&Service> {
-        self.services
+    pub fn services_for(&self, addr: IpAddr, port: u16) -> Vec<Service> {
+        let mut out: Vec<Service> = self
+            .services
             .iter()
             .filter(|s| {
                 s.addresses.iter().any(|n| n.contains(&addr))
                     && (s.ports.is_empty() || s.ports.contains(&port))
             })
-            .map(|s| &s.service)
-            .collect()
+            .map(|s| s.service.clone())
+            .collect();
+        if let Some(c) = self.cluster.as_ref().and_then(|c| c.read().ok()) {
+            out.extend(c.services_for(addr, port));
+        }
+        out
     }
 
     /// A service by name (`name`, `name.namespace` or its FQDN).
-    pub fn service_by_host(&self, host: &str, default_ns: &str) -> Option<&Service> {
-        self.services.iter().map(|s| &s.service).find(|s| {
-            s.fqdn == host
-                || (host == s.name && s.namespace == default_ns)
-                || host == format!("{}.{}", s.name, s.namespace)
-        })
+    pub fn service_by_host(&self, host: &str, default_ns: &str) -> Option<Service> {
+        self.services
+            .iter()
+            .map(|s| &s.service)
+            .find(|s| {
+                s.fqdn == host
+                    || (host == s.name && s.namespace == default_ns)
+                    || host == format!("{}.{}", s.name, s.namespace)
+            })
+            .cloned()
     }
 
     /// The first declared address of a workload.
@@ -264,4 +330,8 @@ impl Inventory {
             .and_then(|s| s.addresses.first())
             .map(IpNet::addr)
     }
+}
+
+fn state_workload(p: &crate::kube::state::PodInfo) -> Workload {
+    p.workload()
 }

@@ -12,6 +12,7 @@ pub mod clock;
 pub mod export;
 pub mod flows;
 pub mod inventory;
+pub mod kube;
 pub mod pcap;
 pub mod policy;
 pub mod probes;

@@ -145,7 +145,7 @@ fn policy_explain(
     to: &str,
     root_namespace: &str,
 ) -> anyhow::Result<()> {
-    let set = watch::load_set(paths, root_namespace).map_err(|errs| {
+    let set = watch::load_set(paths, root_namespace, None).map_err(|errs| {
         anyhow!(
             "{}",
             errs.iter()
@@ -155,10 +155,11 @@ fn policy_explain(
         )
     })?;
     let inv = &set.inventory;
-    let lookup = |s: &str| -> anyhow::Result<(
-        Option<&mtls_auditor::inventory::Workload>,
+    type Found = (
+        Option<mtls_auditor::inventory::Workload>,
         Option<std::net::IpAddr>,
-    )> {
+    );
+    let lookup = |s: &str| -> anyhow::Result<Found> {
         if let Ok(ip) = s.parse::<std::net::IpAddr>() {
             return Ok((inv.workload_by_addr(ip), Some(ip)));
         }
@@ -166,7 +167,8 @@ fn policy_explain(
             let w = inv.workload_by_name(ns, name).ok_or_else(|| {
                 anyhow!("`{s}`: no workload {name} in namespace {ns} in the inventory")
             })?;
-            return Ok((Some(w), inv.workload_address(w)));
+            let addr = inv.workload_address(&w);
+            return Ok((Some(w), addr));
         }
         Ok((None, None))
     };
@@ -176,10 +178,10 @@ fn policy_explain(
     let mut services = Vec::new();
     if destination.is_none() && dest_addr.is_none() {
         let svc = inv
-            .service_by_host(host, source.map_or("default", |w| w.namespace.as_str()))
+            .service_by_host(host, source.as_ref().map_or("default", |w| w.namespace.as_str()))
             .ok_or_else(|| anyhow!("--to `{to}`: `{host}` is not an address, a namespace/workload or a known service"))?;
+        dest_addr = inv.service_address(&svc);
         services.push(svc);
-        dest_addr = inv.service_address(svc);
         destination = dest_addr.and_then(|a| inv.workload_by_addr(a));
     }
     let dest_ip = dest_addr.unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
@@ -187,8 +189,8 @@ fn policy_explain(
         services = inv.services_for(dest_ip, port);
     }
     let q = Query {
-        source,
-        destination,
+        source: source.clone(),
+        destination: destination.clone(),
         source_addr: source_addr.unwrap_or(std::net::IpAddr::from([0, 0, 0, 0])),
         destination_addr: dest_ip,
         port,
@@ -208,8 +210,8 @@ fn policy_explain(
     writeln!(
         out,
         "connection: {} -> {}{}:{port}",
-        name(source, from),
-        name(destination, host),
+        name(source.as_ref(), from),
+        name(destination.as_ref(), host),
         services
             .first()
             .map(|s| format!(" ({})", s.fqdn))

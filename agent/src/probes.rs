@@ -87,6 +87,8 @@ pub struct ProbeConfig {
     pub ring_bytes: u32,
     /// Fill level of the ring buffer at which producers wake the reader.
     pub wakeup_bytes: u64,
+    /// The cgroup v2 hierarchy to attach to; `None`: the mount in mountinfo.
+    pub cgroup_root: Option<PathBuf>,
 }
 
 impl Default for ProbeConfig {
@@ -95,6 +97,7 @@ impl Default for ProbeConfig {
             capture_budget: agent_common::DEFAULT_CAPTURE_BUDGET,
             ring_bytes: agent_common::DEFAULT_RING_BYTES,
             wakeup_bytes: u64::from(agent_common::DEFAULT_RING_BYTES / 16),
+            cgroup_root: None,
         }
     }
 }
@@ -180,7 +183,10 @@ impl Probes {
             return Err(ProbeError::EmptyObject);
         }
         check_privileges()?;
-        let cgroup_root = cgroups::cgroup2_root().ok_or(ProbeError::NoCgroup2)?;
+        let cgroup_root = match &cfg.cgroup_root {
+            Some(p) => p.clone(),
+            None => cgroups::cgroup2_root().ok_or(ProbeError::NoCgroup2)?,
+        };
         let btf = Btf::from_sys_fs().map_err(|source| ProbeError::NoBtf {
             path: "/sys/kernel/btf/vmlinux",
             source,

@@ -12,7 +12,7 @@ use std::{
     net::SocketAddr,
     os::fd::AsRawFd as _,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, RwLock,
         atomic::{AtomicBool, Ordering},
         mpsc::Receiver,
     },
@@ -39,6 +39,7 @@ use crate::{
         metrics::Metrics,
     },
     flows::{Connection, FlowConfig, FlowTable},
+    kube::{ClusterState, SharedState},
     policy::{PolicySet, watch},
     probes::{ProbeConfig, ProbeError, Probes},
     verdict,
@@ -68,6 +69,8 @@ pub enum RunError {
         addr: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Kube(#[from] crate::kube::KubeError),
 }
 
 fn output_of(path: Option<std::path::PathBuf>) -> Output {
@@ -77,8 +80,15 @@ fn output_of(path: Option<std::path::PathBuf>) -> Output {
     }
 }
 
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "node".into())
+}
+
 /// Runs until SIGINT/SIGTERM. Returns after everything is detached.
 pub fn run(args: &RunArgs) -> Result<(), RunError> {
+    let mut kube_client = None;
     let listen: Option<SocketAddr> = if args.listen.is_empty() || args.listen == "off" {
         None
     } else {
@@ -88,13 +98,37 @@ pub fn run(args: &RunArgs) -> Result<(), RunError> {
         })?)
     };
 
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(RunError::Runtime)?;
+
+    // Kubernetes, when there is one.
+    let cluster: Option<SharedState> = match crate::kube::detect(args.kubeconfig.as_deref()) {
+        Some(source) => {
+            let client = rt.block_on(crate::kube::client(&source))?;
+            let node = args.node_name.clone().unwrap_or_else(hostname);
+            let mut state = ClusterState::new(&node);
+            state.cluster_domain.clone_from(&args.cluster_domain);
+            info!(?source, node = %node, "Kubernetes mode: watching this node's pods, Services, EndpointSlices and Istio policy");
+            Some((Arc::new(RwLock::new(state)), client))
+        }
+        None => None,
+    }
+    .map(|(state, client)| {
+        kube_client = Some(client);
+        state
+    });
+
     // Policy first: a bad file is fatal before anything is attached.
     let (policy_tx, policy_rx) = std::sync::mpsc::channel::<Arc<PolicySet>>();
     let reload_stats = Arc::new(watch::ReloadStats::default());
-    let (policy, reload) = if args.policy.is_empty() {
+    let (policy, reload) = if args.policy.is_empty() && cluster.is_none() {
         (None, None)
     } else {
-        let set = watch::load_set(&args.policy, &args.root_namespace).map_err(RunError::Policy)?;
+        let set = watch::load_set(&args.policy, &args.root_namespace, cluster.as_ref())
+            .map_err(RunError::Policy)?;
         info!(
             peer_authentications = set.files.peer_authentications.len(),
             destination_rules = set.files.destination_rules.len(),
@@ -105,16 +139,26 @@ pub fn run(args: &RunArgs) -> Result<(), RunError> {
         let reload = watch::spawn(
             args.policy.clone(),
             args.root_namespace.clone(),
+            cluster.clone(),
             policy_tx,
             Arc::clone(&reload_stats),
         );
         (Some(Arc::new(set)), Some(reload))
     };
+    if let (Some(state), Some(client), Some(reload)) = (&cluster, kube_client.take(), &reload) {
+        let _enter = rt.enter();
+        let node = state
+            .read()
+            .map(|s| s.node_name.clone())
+            .unwrap_or_default();
+        crate::kube::spawn(client, Arc::clone(state), &node, reload.clone());
+    }
 
     let shared = Arc::new(Shared {
         metrics: Metrics::new(args.max_label_values),
         edges: Mutex::new(Edges::new(args.max_edges)),
         ready: AtomicBool::new(false),
+        cluster: cluster.clone(),
     });
     shared
         .metrics
@@ -139,6 +183,7 @@ pub fn run(args: &RunArgs) -> Result<(), RunError> {
     let cfg = ProbeConfig {
         capture_budget: args.capture_budget,
         ring_bytes: args.ring_bytes,
+        cgroup_root: args.cgroup_root.clone(),
         ..ProbeConfig::default()
     };
     let mut probes = Probes::load(&cfg)?;
@@ -197,7 +242,7 @@ pub fn run(args: &RunArgs) -> Result<(), RunError> {
         })
         .map_err(RunError::Thread)?;
     shared.ready.store(true, Ordering::Relaxed);
-    shared.metrics.ready.set(1);
+    shared.metrics.ready.set(i64::from(shared.is_ready()));
     match listen {
         Some(addr) => {
             info!(listen = %addr, "ready: reporting connections; metrics on http://{addr}/metrics; SIGINT or SIGTERM stops")
@@ -426,6 +471,7 @@ impl Pipeline {
         }
         last.kernel = kernel;
         m.flows_tracked.set(self.table.len() as i64);
+        m.ready.set(i64::from(self.shared.is_ready()));
         let ok = self.reload_stats.ok.load(Ordering::Relaxed);
         let failed = self.reload_stats.failed.load(Ordering::Relaxed);
         m.policy_reloads

@@ -256,6 +256,22 @@ pub struct Assessment {
     pub source_workload_namespace: String,
     pub destination_workload: String,
     pub destination_workload_namespace: String,
+    /// The pods of the two ends, in a cluster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_pod: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destination_pod: Option<String>,
+    /// The containers, when the cgroup path names one the pod status lists.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_container: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destination_container: Option<String>,
+    /// Istio's canonical service of the two ends (`service.istio.io/canonical-name`,
+    /// `app.kubernetes.io/name`, `app`, else the workload), in a cluster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_canonical_service: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destination_canonical_service: Option<String>,
     /// FQDN of the destination service, when the inventory knows it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub destination_service: Option<String>,
@@ -302,8 +318,8 @@ pub fn assess(
         _ => Direction::Inbound,
     };
     let q = Query {
-        source,
-        destination,
+        source: source.clone(),
+        destination: destination.clone(),
         source_addr: conn.client.ip(),
         destination_addr: conn.server.ip(),
         port: conn.server.port(),
@@ -322,17 +338,27 @@ pub fn assess(
     };
     let expectation = policy.expect(&q);
     let (verdict, verdict_reason) = judge(cls, &expectation);
-    let name = |w: Option<&crate::inventory::Workload>| {
-        w.map_or_else(|| "unknown".to_owned(), |w| w.name.clone())
+    let name = |w: &Option<crate::inventory::Workload>| {
+        w.as_ref()
+            .map_or_else(|| "unknown".to_owned(), |w| w.name.clone())
     };
-    let ns = |w: Option<&crate::inventory::Workload>| {
-        w.map_or_else(|| "unknown".to_owned(), |w| w.namespace.clone())
+    let ns = |w: &Option<crate::inventory::Workload>| {
+        w.as_ref()
+            .map_or_else(|| "unknown".to_owned(), |w| w.namespace.clone())
     };
     Assessment {
-        source_workload: name(source),
-        source_workload_namespace: ns(source),
-        destination_workload: name(destination),
-        destination_workload_namespace: ns(destination),
+        source_workload: name(&source),
+        source_workload_namespace: ns(&source),
+        destination_workload: name(&destination),
+        destination_workload_namespace: ns(&destination),
+        source_pod: source.as_ref().and_then(|w| w.pod.clone()),
+        destination_pod: destination.as_ref().and_then(|w| w.pod.clone()),
+        source_container: source.as_ref().and_then(|w| w.container.clone()),
+        destination_container: destination.as_ref().and_then(|w| w.container.clone()),
+        source_canonical_service: source.as_ref().and_then(|w| w.canonical_service.clone()),
+        destination_canonical_service: destination
+            .as_ref()
+            .and_then(|w| w.canonical_service.clone()),
         destination_service: services.first().map(|s| s.fqdn.clone()),
         destination_port: conn.server.port(),
         expected_security_policy: requirement_str(expectation.expected),

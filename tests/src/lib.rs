@@ -9,13 +9,14 @@
 //! `fd13:213::<net, hex>:1` / `fd13:213::<net, hex>:2`.
 
 pub mod agent;
+pub mod kubeapi;
 pub mod net;
 pub mod peers;
 pub mod proc;
 pub mod scenarios;
 
 pub use agent::{Agent, AgentOptions, Record};
-pub use net::{Cgroup, Netns, NetnsPair, TempDir};
+pub use net::{Cgroup, CgroupTree, Netns, NetnsPair, TempDir};
 pub use proc::{Child, Spawn};
 
 /// Panics unless the tests run with the privileges the probes need. With `CI` set

@@ -223,3 +223,49 @@ impl Default for TempDir {
         Self::new()
     }
 }
+
+/// Several nested cgroup paths below one root, sharing parents: every directory it
+/// creates is removed on drop, deepest first.
+#[derive(Debug)]
+pub struct CgroupTree {
+    dirs: Vec<Cgroup>,
+    leaves: Vec<usize>,
+}
+
+impl CgroupTree {
+    /// Creates `<cgroup2 root>/mtls-auditor-tests/<rel>` for every `rel`.
+    pub fn new(rels: &[&str]) -> Self {
+        let root = mtls_auditor::cgroups::cgroup2_root().expect("cgroup v2 is not mounted");
+        let mut dirs: Vec<Cgroup> = Vec::new();
+        let mut leaves = Vec::new();
+        for rel in rels {
+            let mut prefix = String::from("mtls-auditor-tests");
+            for seg in rel.split('/').filter(|s| !s.is_empty()) {
+                prefix.push('/');
+                prefix.push_str(seg);
+                if !dirs.iter().any(|d| d.rel() == format!("/{prefix}")) {
+                    dirs.push(Cgroup::at(&root, &prefix));
+                }
+            }
+            let i = dirs
+                .iter()
+                .position(|d| d.rel() == format!("/{prefix}"))
+                .expect("just created");
+            leaves.push(i);
+        }
+        Self { dirs, leaves }
+    }
+
+    /// The `i`th path given to `new`.
+    pub fn leaf(&self, i: usize) -> &Cgroup {
+        &self.dirs[self.leaves[i]]
+    }
+}
+
+impl Drop for CgroupTree {
+    fn drop(&mut self) {
+        while let Some(d) = self.dirs.pop() {
+            drop(d);
+        }
+    }
+}

@@ -25,6 +25,11 @@ pub struct VerdictEvent {
     pub source_workload_namespace: String,
     pub destination_workload: String,
     pub destination_workload_namespace: String,
+    /// The pods, in a cluster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_pod: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destination_pod: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub destination_service: Option<String>,
     pub destination_port: u16,
@@ -72,6 +77,8 @@ impl VerdictEvent {
             source_workload_namespace: a.source_workload_namespace.clone(),
             destination_workload: a.destination_workload.clone(),
             destination_workload_namespace: a.destination_workload_namespace.clone(),
+            source_pod: a.source_pod.clone(),
+            destination_pod: a.destination_pod.clone(),
             destination_service: a.destination_service.clone(),
             destination_port: a.destination_port,
             source_address: rec.client.addr,

@@ -26,6 +26,18 @@ pub struct Shared {
     pub edges: Mutex<Edges>,
     /// Probes attached (and policy loaded, when one was given).
     pub ready: AtomicBool,
+    /// In a cluster: ready also needs the first lists from the API server.
+    pub cluster: Option<crate::kube::SharedState>,
+}
+
+impl Shared {
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+            && self
+                .cluster
+                .as_ref()
+                .is_none_or(|c| c.read().is_ok_and(|c| c.ready()))
+    }
 }
 
 const OPENMETRICS: &str = "application/openmetrics-text";
@@ -61,12 +73,18 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(s): State<Arc<Shared>>) -> Response {
-    if s.ready.load(Ordering::Relaxed) {
+    if s.is_ready() {
         (StatusCode::OK, "ready\n").into_response()
-    } else {
+    } else if !s.ready.load(Ordering::Relaxed) {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: probes not attached or policy not loaded\n",
+        )
+            .into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: waiting for the first list of pods and Istio policy from the API server\n",
         )
             .into_response()
     }

@@ -371,16 +371,22 @@ mod tests {
             name: "a".into(),
             namespace: "default".into(),
             labels: labels(&[("app", "a")]),
+            pod: None,
+            canonical_service: None,
+            container: None,
         };
         let c = Workload {
             name: "c".into(),
             namespace: "default".into(),
             labels: labels(&[("app", "c")]),
+            pod: None,
+            canonical_service: None,
+            container: None,
         };
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         let q = |dst: &'static Workload, addr: &str, port| Query {
             source: None,
-            destination: Some(dst),
+            destination: Some(dst.clone()),
             source_addr: ip("10.0.0.9"),
             destination_addr: ip(addr),
             port,

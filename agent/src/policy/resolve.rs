@@ -32,13 +32,13 @@ use crate::inventory::{Inventory, Service, Workload};
 /// The connection a question is about.
 #[derive(Debug, Clone)]
 pub struct Query<'a> {
-    pub source: Option<&'a Workload>,
-    pub destination: Option<&'a Workload>,
+    pub source: Option<Workload>,
+    pub destination: Option<Workload>,
     pub source_addr: IpAddr,
     pub destination_addr: IpAddr,
     pub port: u16,
     /// Services the destination address and port belong to.
-    pub services: Vec<&'a Service>,
+    pub services: Vec<Service>,
     /// Process names of the client and server ends, when local.
     pub client_process: Option<&'a str>,
     pub server_process: Option<&'a str>,
@@ -302,6 +302,7 @@ impl PolicySet {
         {
             let w = q
                 .source
+                .as_ref()
                 .map(|w| format!("{}/{}", w.namespace, w.name))
                 .unwrap_or_default();
             return Expectation {
@@ -349,6 +350,7 @@ impl PolicySet {
         let mut permissive = false;
         let server = q
             .destination
+            .as_ref()
             .map(|w| (w.namespace.clone(), w.labels.clone()))
             .or_else(|| {
                 q.services
@@ -368,6 +370,7 @@ impl PolicySet {
         if let Some(svc) = q.services.first() {
             let (cns, clabels) = q
                 .source
+                .as_ref()
                 .map(|w| (w.namespace.clone(), w.labels.clone()))
                 .unwrap_or_else(|| ("default".into(), BTreeMap::new()));
             if let Some((mode, why)) = self.client_tls(&cns, &clabels, svc, q.port) {
@@ -424,8 +427,8 @@ impl PolicySet {
         (m.destination_cidrs.is_empty() || in_nets(&m.destination_cidrs, q.destination_addr))
             && (m.source_cidrs.is_empty() || in_nets(&m.source_cidrs, q.source_addr))
             && (m.ports.is_empty() || m.ports.contains(&q.port))
-            && workload_ok(&m.destination, q.destination)
-            && workload_ok(&m.source, q.source)
+            && workload_ok(&m.destination, q.destination.as_ref())
+            && workload_ok(&m.source, q.source.as_ref())
             && (m.processes.is_empty()
                 || m.processes.iter().any(|p| {
                     Some(p.as_str()) == q.client_process || Some(p.as_str()) == q.server_process

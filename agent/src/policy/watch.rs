@@ -16,6 +16,7 @@ use notify::{RecursiveMode, Watcher as _};
 use tracing::{error, info, warn};
 
 use super::{PolicySet, Severity, load};
+use crate::kube::SharedState;
 
 /// Reload outcomes, for the log and the metrics.
 #[derive(Debug, Default)]
@@ -29,15 +30,18 @@ pub struct ReloadStats {
 pub enum Trigger {
     FileChanged,
     Signal,
+    /// The API server's PeerAuthentications or DestinationRules changed.
+    Cluster,
 }
 
-/// Loads `paths` into a policy set, logging every finding. `Err` carries the
-/// number of errors.
+/// Loads `paths` (and, in a cluster, the API server's Istio objects and pods) into a
+/// policy set, logging every warning. `Err` carries the errors.
 pub fn load_set(
     paths: &[PathBuf],
     root_namespace: &str,
+    cluster: Option<&SharedState>,
 ) -> Result<PolicySet, Vec<super::Diagnostic>> {
-    let (files, diags) = load(paths);
+    let (mut files, diags) = load(paths);
     let errors: Vec<_> = diags
         .iter()
         .filter(|d| d.severity == Severity::Error)
@@ -51,7 +55,39 @@ pub fn load_set(
     if !errors.is_empty() {
         return Err(errors);
     }
-    Ok(PolicySet::new(files, root_namespace))
+    // The API server's objects join the files' (same precedence rules).
+    if let Some(c) = cluster
+        && let Ok(c) = c.read()
+    {
+        let at = |kind: &str, m: &super::model::Metadata| {
+            PathBuf::from(format!(
+                "kubernetes:{kind}/{}/{}",
+                m.namespace.as_deref().unwrap_or("default"),
+                m.name
+            ))
+        };
+        for pa in &c.peer_authentications {
+            let file = at("PeerAuthentication", &pa.metadata);
+            files.peer_authentications.push(super::Located {
+                object: pa.clone(),
+                file,
+                line: 0,
+            });
+        }
+        for dr in &c.destination_rules {
+            let file = at("DestinationRule", &dr.metadata);
+            files.destination_rules.push(super::Located {
+                object: dr.clone(),
+                file,
+                line: 0,
+            });
+        }
+    }
+    let mut set = PolicySet::new(files, root_namespace);
+    if let Some(c) = cluster {
+        set.inventory = std::mem::take(&mut set.inventory).with_cluster(Arc::clone(c));
+    }
+    Ok(set)
 }
 
 /// Spawns the reloader. New policy sets go to `out`; send on the returned sender
@@ -59,6 +95,7 @@ pub fn load_set(
 pub fn spawn(
     paths: Vec<PathBuf>,
     root_namespace: String,
+    cluster: Option<SharedState>,
     out: Sender<Arc<PolicySet>>,
     stats: Arc<ReloadStats>,
 ) -> Sender<Trigger> {
@@ -87,7 +124,7 @@ pub fn spawn(
                 }
                 Err(e) => warn!(error = %e, "cannot watch policy files; SIGHUP still reloads"),
             }
-            reload_loop(&rx, &paths, &root_namespace, &out, &stats);
+            reload_loop(&rx, &paths, &root_namespace, cluster.as_ref(), &out, &stats);
         })
         .ok();
     tx
@@ -97,6 +134,7 @@ fn reload_loop(
     rx: &Receiver<Trigger>,
     paths: &[PathBuf],
     root_namespace: &str,
+    cluster: Option<&SharedState>,
     out: &Sender<Arc<PolicySet>>,
     stats: &ReloadStats,
 ) {
@@ -110,7 +148,7 @@ fn reload_loop(
                 Err(RecvTimeoutError::Disconnected) => return,
             }
         }
-        match load_set(paths, root_namespace) {
+        match load_set(paths, root_namespace, cluster) {
             Ok(set) => {
                 stats.ok.fetch_add(1, Ordering::Relaxed);
                 info!(

@@ -1,0 +1,517 @@
+//! What the API server says, indexed for the pipeline: pods of this node by UID and
+//! IP, Services by cluster IP, EndpointSlice addresses, and Istio's policy objects.
+//! Written by the watchers, read on every finished connection.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+};
+
+use k8s_openapi::api::{
+    core::v1::{Pod, Service as K8sService},
+    discovery::v1::EndpointSlice,
+};
+
+use super::cgroup_path;
+use crate::{
+    inventory::{Service, Workload},
+    policy::model::{DestinationRule, PeerAuthentication},
+};
+
+/// A pod of this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodInfo {
+    pub uid: String,
+    pub name: String,
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+    /// The workload name, from owner references (like Istio's `source_workload`).
+    pub workload: String,
+    pub host_network: bool,
+    pub ips: Vec<IpAddr>,
+    /// Container ID (64 hex, without the `containerd://` scheme) -> container name.
+    pub containers: HashMap<String, String>,
+}
+
+impl PodInfo {
+    /// Istio's canonical service name for the pod.
+    pub fn canonical_service(&self) -> String {
+        [
+            "service.istio.io/canonical-name",
+            "app.kubernetes.io/name",
+            "app",
+        ]
+        .iter()
+        .find_map(|k| self.labels.get(*k))
+        .cloned()
+        .unwrap_or_else(|| self.workload.clone())
+    }
+
+    /// The pod as a workload, with the container a cgroup named, when known.
+    pub fn workload_in(&self, container_id: Option<&str>) -> Workload {
+        let mut w = self.workload();
+        w.container = container_id.and_then(|id| self.containers.get(id)).cloned();
+        w
+    }
+
+    pub fn workload(&self) -> Workload {
+        Workload {
+            name: self.workload.clone(),
+            namespace: self.namespace.clone(),
+            labels: self.labels.clone(),
+            pod: Some(self.name.clone()),
+            canonical_service: Some(self.canonical_service()),
+            container: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ServiceInfo {
+    name: String,
+    namespace: String,
+    ips: Vec<IpAddr>,
+    ports: Vec<u16>,
+}
+
+/// (namespace, name) of an object.
+type NsName = (String, String);
+
+/// The cluster as this node's agent sees it.
+#[derive(Debug, Default)]
+pub struct ClusterState {
+    pub node_name: String,
+    pub cluster_domain: String,
+    pods: HashMap<String, PodInfo>,
+    pod_ips: HashMap<IpAddr, String>,
+    services: HashMap<(String, String), ServiceInfo>,
+    service_ips: HashMap<IpAddr, (String, String)>,
+    /// slice (namespace, name) -> (service, endpoint addresses)
+    slices: HashMap<NsName, (NsName, Vec<IpAddr>)>,
+    pub peer_authentications: Vec<PeerAuthentication>,
+    pub destination_rules: Vec<DestinationRule>,
+    /// Bumped on every change of the policy objects.
+    pub policy_generation: u64,
+    /// The first list of pods is in.
+    pub pods_synced: bool,
+    /// Istio kinds whose first list is in (or that the cluster does not serve).
+    pub policy_kinds_synced: u8,
+}
+
+/// Istio's workload name for a pod: the controller that owns it, with the
+/// ReplicaSet hash (Deployments) and the CronJob timestamp (Jobs) taken off; the pod
+/// name for bare pods.
+pub fn workload_name(pod: &Pod) -> String {
+    let meta = &pod.metadata;
+    let name = meta.name.clone().unwrap_or_default();
+    let Some(owner) = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+    else {
+        return name;
+    };
+    match owner.kind.as_str() {
+        "ReplicaSet" => {
+            let hash = meta
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("pod-template-hash"));
+            match hash.and_then(|h| owner.name.strip_suffix(&format!("-{h}"))) {
+                Some(deployment) => deployment.to_owned(),
+                None => owner.name.clone(),
+            }
+        }
+        "Job" => match owner.name.rsplit_once('-') {
+            // CronJobs name their Jobs `<cronjob>-<scheduled minute>`.
+            Some((cron, stamp))
+                if stamp.len() >= 8 && stamp.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                cron.to_owned()
+            }
+            _ => owner.name.clone(),
+        },
+        _ => owner.name.clone(),
+    }
+}
+
+fn pod_info(pod: &Pod) -> Option<PodInfo> {
+    let meta = &pod.metadata;
+    let uid = meta.uid.clone()?;
+    let status = pod.status.as_ref();
+    let mut ips: Vec<IpAddr> = status
+        .and_then(|s| s.pod_ips.as_ref())
+        .map(|v| v.iter().filter_map(|p| p.ip.parse().ok()).collect())
+        .unwrap_or_default();
+    if ips.is_empty()
+        && let Some(ip) = status
+            .and_then(|s| s.pod_ip.as_ref())
+            .and_then(|i| i.parse().ok())
+    {
+        ips.push(ip);
+    }
+    Some(PodInfo {
+        uid,
+        name: meta.name.clone().unwrap_or_default(),
+        namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
+        labels: meta.labels.clone().unwrap_or_default(),
+        workload: workload_name(pod),
+        host_network: pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.host_network)
+            .unwrap_or(false),
+        ips,
+        containers: status
+            .into_iter()
+            .flat_map(|s| {
+                let regular = s.container_statuses.iter().flatten();
+                let init = s.init_container_statuses.iter().flatten();
+                let ephemeral = s.ephemeral_container_statuses.iter().flatten();
+                regular.chain(init).chain(ephemeral)
+            })
+            .filter_map(|c| {
+                // `containerd://<id>`, `cri-o://<id>`, `docker://<id>`
+                let id = c.container_id.as_deref()?.rsplit_once("://")?.1;
+                Some((id.to_owned(), c.name.clone()))
+            })
+            .collect(),
+    })
+}
+
+impl ClusterState {
+    pub fn new(node_name: &str) -> Self {
+        Self {
+            node_name: node_name.to_owned(),
+            cluster_domain: "cluster.local".into(),
+            ..Self::default()
+        }
+    }
+
+    fn index_pod(&mut self, info: PodInfo) {
+        if !info.host_network {
+            for ip in &info.ips {
+                self.pod_ips.insert(*ip, info.uid.clone());
+            }
+        }
+        self.pods.insert(info.uid.clone(), info);
+    }
+
+    pub fn apply_pod(&mut self, pod: &Pod) {
+        let Some(info) = pod_info(pod) else { return };
+        self.remove_pod_uid(&info.uid);
+        self.index_pod(info);
+    }
+
+    fn remove_pod_uid(&mut self, uid: &str) {
+        if let Some(old) = self.pods.remove(uid) {
+            for ip in &old.ips {
+                if self.pod_ips.get(ip).is_some_and(|u| u == uid) {
+                    self.pod_ips.remove(ip);
+                }
+            }
+        }
+    }
+
+    pub fn delete_pod(&mut self, pod: &Pod) {
+        if let Some(uid) = &pod.metadata.uid {
+            self.remove_pod_uid(uid);
+        }
+    }
+
+    /// Replaces every pod (after a re-list).
+    pub fn replace_pods(&mut self, pods: &[Pod]) {
+        self.pods_synced = true;
+        self.pods.clear();
+        self.pod_ips.clear();
+        for p in pods {
+            if let Some(info) = pod_info(p) {
+                self.index_pod(info);
+            }
+        }
+    }
+
+    fn service_info(svc: &K8sService) -> Option<ServiceInfo> {
+        let spec = svc.spec.as_ref()?;
+        let mut ips: Vec<IpAddr> = spec
+            .cluster_ips
+            .iter()
+            .flatten()
+            .chain(spec.cluster_ip.iter())
+            .filter_map(|s| s.parse().ok())
+            .collect();
+        ips.sort();
+        ips.dedup();
+        Some(ServiceInfo {
+            name: svc.metadata.name.clone()?,
+            namespace: svc
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into()),
+            ips,
+            ports: spec
+                .ports
+                .iter()
+                .flatten()
+                .filter_map(|p| u16::try_from(p.port).ok())
+                .collect(),
+        })
+    }
+
+    pub fn apply_service(&mut self, svc: &K8sService) {
+        let Some(info) = Self::service_info(svc) else {
+            return;
+        };
+        let key = (info.namespace.clone(), info.name.clone());
+        self.remove_service_key(&key);
+        for ip in &info.ips {
+            self.service_ips.insert(*ip, key.clone());
+        }
+        self.services.insert(key, info);
+    }
+
+    fn remove_service_key(&mut self, key: &(String, String)) {
+        if let Some(old) = self.services.remove(key) {
+            for ip in &old.ips {
+                if self.service_ips.get(ip) == Some(key) {
+                    self.service_ips.remove(ip);
+                }
+            }
+        }
+    }
+
+    pub fn delete_service(&mut self, svc: &K8sService) {
+        if let Some(name) = &svc.metadata.name {
+            let key = (
+                svc.metadata
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| "default".into()),
+                name.clone(),
+            );
+            self.remove_service_key(&key);
+        }
+    }
+
+    pub fn replace_services(&mut self, svcs: &[K8sService]) {
+        self.services.clear();
+        self.service_ips.clear();
+        for s in svcs {
+            self.apply_service(s);
+        }
+    }
+
+    fn slice_entry(es: &EndpointSlice) -> Option<(NsName, (NsName, Vec<IpAddr>))> {
+        let ns = es
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let svc = es
+            .metadata
+            .labels
+            .as_ref()?
+            .get("kubernetes.io/service-name")?
+            .clone();
+        let addrs = es
+            .endpoints
+            .iter()
+            .flat_map(|e| e.addresses.iter())
+            .filter_map(|a| a.parse().ok())
+            .collect();
+        Some(((ns.clone(), es.metadata.name.clone()?), ((ns, svc), addrs)))
+    }
+
+    pub fn apply_slice(&mut self, es: &EndpointSlice) {
+        if let Some((k, v)) = Self::slice_entry(es) {
+            self.slices.insert(k, v);
+        }
+    }
+
+    pub fn delete_slice(&mut self, es: &EndpointSlice) {
+        if let Some(name) = &es.metadata.name {
+            self.slices.remove(&(
+                es.metadata
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| "default".into()),
+                name.clone(),
+            ));
+        }
+    }
+
+    pub fn replace_slices(&mut self, slices: &[EndpointSlice]) {
+        self.slices.clear();
+        for s in slices {
+            self.apply_slice(s);
+        }
+    }
+
+    pub fn set_peer_authentications(&mut self, v: Vec<PeerAuthentication>) {
+        self.peer_authentications = v;
+        self.policy_generation += 1;
+    }
+
+    pub fn set_destination_rules(&mut self, v: Vec<DestinationRule>) {
+        self.destination_rules = v;
+        self.policy_generation += 1;
+    }
+
+    /// The pods and Istio's policy have been listed once.
+    pub fn ready(&self) -> bool {
+        self.pods_synced && self.policy_kinds_synced >= 2
+    }
+
+    pub fn pod_count(&self) -> usize {
+        self.pods.len()
+    }
+
+    /// The pod a cgroup path belongs to, as a workload with its container.
+    pub fn workload_of_cgroup(&self, path: &str) -> Option<Workload> {
+        let pc = cgroup_path::parse(path)?;
+        let pod = self.pods.get(&pc.pod_uid)?;
+        Some(pod.workload_in(pc.container_id.as_deref()))
+    }
+
+    /// The pod that owns an address (host-network pods are not indexed by address).
+    pub fn pod_by_ip(&self, ip: IpAddr) -> Option<&PodInfo> {
+        self.pod_ips.get(&ip).and_then(|uid| self.pods.get(uid))
+    }
+
+    fn service(&self, key: &(String, String)) -> Service {
+        Service {
+            name: key.1.clone(),
+            namespace: key.0.clone(),
+            fqdn: format!("{}.{}.svc.{}", key.1, key.0, self.cluster_domain),
+        }
+    }
+
+    /// Services an address and port belong to: by cluster IP (and service port), or
+    /// as an endpoint of the service (a client that dials a pod IP directly).
+    pub fn services_for(&self, ip: IpAddr, port: u16) -> Vec<Service> {
+        if let Some(key) = self.service_ips.get(&ip) {
+            let ok = self
+                .services
+                .get(key)
+                .is_none_or(|s| s.ports.is_empty() || s.ports.contains(&port));
+            if ok {
+                return vec![self.service(key)];
+            }
+        }
+        let mut out: Vec<Service> = self
+            .slices
+            .values()
+            .filter(|(_, addrs)| addrs.contains(&ip))
+            .map(|(svc, _)| self.service(svc))
+            .collect();
+        out.sort_by(|a, b| a.fqdn.cmp(&b.fqdn));
+        out.dedup();
+        out
+    }
+
+    /// The node itself, for local sockets that belong to no pod.
+    pub fn node_workload(&self) -> Workload {
+        Workload {
+            name: self.node_name.clone(),
+            namespace: "node".into(),
+            labels: BTreeMap::new(),
+            pod: None,
+            canonical_service: None,
+            container: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+
+    use super::*;
+
+    fn pod(name: &str, owner: Option<(&str, &str)>, hash: Option<&str>) -> Pod {
+        let mut labels = BTreeMap::new();
+        if let Some(h) = hash {
+            labels.insert("pod-template-hash".to_owned(), h.to_owned());
+        }
+        Pod {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("shop".into()),
+                uid: Some("4e2b8c1a-9f3d-4b7e-a6c5-1d2e3f4a5b6c".into()),
+                labels: Some(labels),
+                owner_references: owner.map(|(kind, n)| {
+                    vec![OwnerReference {
+                        api_version: "apps/v1".into(),
+                        kind: kind.into(),
+                        name: n.into(),
+                        uid: "x".into(),
+                        controller: Some(true),
+                        block_owner_deletion: None,
+                    }]
+                }),
+                ..ObjectMeta::default()
+            },
+            ..Pod::default()
+        }
+    }
+
+    #[test]
+    fn workload_names_follow_istio() {
+        assert_eq!(
+            workload_name(&pod(
+                "cart-7d9f8b6c5-x2k4p",
+                Some(("ReplicaSet", "cart-7d9f8b6c5")),
+                Some("7d9f8b6c5")
+            )),
+            "cart"
+        );
+        assert_eq!(
+            workload_name(&pod("db-0", Some(("StatefulSet", "db")), None)),
+            "db"
+        );
+        assert_eq!(
+            workload_name(&pod("agent-abcde", Some(("DaemonSet", "agent")), None)),
+            "agent"
+        );
+        assert_eq!(
+            workload_name(&pod(
+                "report-28391520-abcde",
+                Some(("Job", "report-28391520")),
+                None
+            )),
+            "report"
+        );
+        assert_eq!(
+            workload_name(&pod("migrate-xyz", Some(("Job", "migrate")), None)),
+            "migrate"
+        );
+        assert_eq!(workload_name(&pod("debug", None, None)), "debug");
+        // A ReplicaSet without the hash label is its own workload.
+        assert_eq!(
+            workload_name(&pod("rs-abc", Some(("ReplicaSet", "rs")), None)),
+            "rs"
+        );
+    }
+
+    #[test]
+    fn canonical_service_follows_istio_label_order() {
+        let mut p = pod(
+            "cart-7d9f8b6c5-x2k4p",
+            Some(("ReplicaSet", "cart-7d9f8b6c5")),
+            Some("7d9f8b6c5"),
+        );
+        let info = |p: &Pod| pod_info(p).unwrap().canonical_service();
+        assert_eq!(info(&p), "cart");
+        let labels = p.metadata.labels.as_mut().unwrap();
+        labels.insert("app".into(), "cart-app".into());
+        assert_eq!(info(&p), "cart-app");
+        let labels = p.metadata.labels.as_mut().unwrap();
+        labels.insert("app.kubernetes.io/name".into(), "cart-k8s".into());
+        assert_eq!(info(&p), "cart-k8s");
+        let labels = p.metadata.labels.as_mut().unwrap();
+        labels.insert("service.istio.io/canonical-name".into(), "checkout".into());
+        assert_eq!(info(&p), "checkout");
+    }
+}

@@ -1,0 +1,493 @@
+//! Issue 6: in-cluster mode against a local server that speaks the Kubernetes list
+//! and watch protocol. Real probes, real traffic between network namespaces whose
+//! processes sit in cgroups with the paths the kubelet gives pods (systemd and
+//! cgroupfs drivers, containerd, CRI-O and Docker), and real-format API objects.
+//! Asserts attribution and expectations in the JSON lines and the metrics, and that
+//! they follow the objects as they change: through the watch, after `410 Gone`
+//! (re-list) and after dropped connections.
+
+use std::{net::IpAddr, time::Duration};
+
+use integration_tests::{
+    Agent, AgentOptions, CgroupTree, NetnsPair, Record, TempDir,
+    kubeapi::FakeApi,
+    peers::{curl, http_server},
+    require_root, wait_for,
+};
+use serde_json::{Value, json};
+
+const LISTEN: &str = "127.0.0.1:19479";
+const NODE: &str = "test-node";
+
+const CART_UID: &str = "3f0c6a9e-5b1d-4c2e-9a7f-0d1e2f3a4b5c";
+const CART_CONTAINER: &str = "8c1f2e3d4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
+const CHECKOUT_UID: &str = "a1b2c3d4-e5f6-4789-8abc-def012345678";
+const CHECKOUT_CONTAINER: &str = "b7e4d2c1a0f9e8d7c6b5a4938271605f4e3d2c1b0a9f8e7d6c5b4a3928170605";
+const EXPORTER_UID: &str = "0d9e8f7a-6b5c-4d3e-2f1a-0b9c8d7e6f5a";
+const EXPORTER_CONTAINER: &str = "4f3e2d1c0b9a8f7e6d5c4b3a29180706f5e4d3c2b1a09f8e7d6c5b4a39281706";
+
+const PODS: &str = "/api/v1/pods";
+const SERVICES: &str = "/api/v1/services";
+const SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
+const PEER_AUTHS: &str = "/apis/security.istio.io/v1/peerauthentications";
+const DEST_RULES: &str = "/apis/networking.istio.io/v1/destinationrules";
+
+fn s(r: &Record, k: &str) -> String {
+    r.get(k).and_then(Value::as_str).unwrap_or("").to_owned()
+}
+
+/// A pod as the API server returns it.
+#[allow(clippy::too_many_arguments)]
+fn pod(
+    namespace: &str,
+    name: &str,
+    uid: &str,
+    labels: Value,
+    owner: (&str, &str, &str),
+    ip: Option<IpAddr>,
+    host_network: bool,
+    container: (&str, &str),
+    node: &str,
+) -> Value {
+    let (owner_api, owner_kind, owner_name) = owner;
+    let (container_name, container_id) = container;
+    let ips: Vec<Value> = ip.iter().map(|i| json!({"ip": i.to_string()})).collect();
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "uid": uid,
+            "creationTimestamp": "2026-11-28T10:00:00Z",
+            "labels": labels,
+            "ownerReferences": [{
+                "apiVersion": owner_api,
+                "kind": owner_kind,
+                "name": owner_name,
+                "uid": "0e1d2c3b-4a59-4687-9786-a5b4c3d2e1f0",
+                "controller": true,
+                "blockOwnerDeletion": true
+            }]
+        },
+        "spec": {
+            "nodeName": node,
+            "hostNetwork": host_network,
+            "serviceAccountName": "default",
+            "containers": [{"name": container_name, "image": "registry.example/app:1.0"}]
+        },
+        "status": {
+            "phase": "Running",
+            "hostIP": "192.0.2.10",
+            "podIP": ip.map(|i| i.to_string()),
+            "podIPs": ips,
+            "containerStatuses": [{
+                "name": container_name,
+                "containerID": container_id,
+                "image": "registry.example/app:1.0",
+                "imageID": "registry.example/app@sha256:0000000000000000000000000000000000000000000000000000000000000000",
+                "ready": true,
+                "restartCount": 0,
+                "started": true,
+                "state": {"running": {"startedAt": "2026-11-28T10:00:05Z"}}
+            }]
+        }
+    })
+}
+
+fn cart_pod(pair: &NetnsPair, app: &str) -> Value {
+    pod(
+        "shop",
+        "cart-7d9f8b6c5-x2k4p",
+        CART_UID,
+        json!({"app": app, "pod-template-hash": "7d9f8b6c5"}),
+        ("apps/v1", "ReplicaSet", "cart-7d9f8b6c5"),
+        Some(pair.b_v4()),
+        false,
+        ("cart", &format!("containerd://{CART_CONTAINER}")),
+        NODE,
+    )
+}
+
+fn peer_authentication(mode: &str) -> Value {
+    json!({
+        "apiVersion": "security.istio.io/v1",
+        "kind": "PeerAuthentication",
+        "metadata": {"name": "cart-strict", "namespace": "shop", "uid": "5e6f7a8b-9c0d-4e1f-a2b3-c4d5e6f7a8b9", "generation": 1},
+        "spec": {"selector": {"matchLabels": {"app": "cart"}}, "mtls": {"mode": mode}}
+    })
+}
+
+/// Makes one plaintext HTTP request from checkout to cart and returns its record.
+fn checkout_to_cart(
+    agent: &Agent,
+    pair: &NetnsPair,
+    tree: &CgroupTree,
+    seen: &mut usize,
+) -> Record {
+    curl(
+        Some(&pair.a),
+        Some(tree.leaf(1)),
+        &format!("http://{}:8080/", pair.b_v4()),
+        &["-o", "/dev/null"],
+    );
+    *seen += 1;
+    let recs = agent.wait_records(*seen, Duration::from_secs(15), |r| {
+        r["server"]["port"].as_u64() == Some(8080) && r["client"]["addr"] == pair.a_v4().to_string()
+    });
+    recs[*seen - 1].clone()
+}
+
+/// Repeats `checkout_to_cart` until `want` holds (the watch delivers within seconds).
+fn until(
+    agent: &Agent,
+    pair: &NetnsPair,
+    tree: &CgroupTree,
+    seen: &mut usize,
+    what: &str,
+    want: impl Fn(&Record) -> bool,
+) -> Record {
+    let mut last = None;
+    for _ in 0..20 {
+        let r = checkout_to_cart(agent, pair, tree, seen);
+        if want(&r) {
+            return r;
+        }
+        last = Some(r);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    panic!(
+        "{what}: never seen; last record {}\nagent said:\n{}",
+        last.unwrap_or_default(),
+        agent.stderr()
+    );
+}
+
+fn metrics() -> String {
+    ureq::get(&format!("http://{LISTEN}/metrics"))
+        .call()
+        .expect("metrics")
+        .into_body()
+        .read_to_string()
+        .expect("body")
+}
+
+fn list_requests(api: &FakeApi, path: &str) -> usize {
+    api.requests()
+        .iter()
+        .filter(|r| r.starts_with(&format!("{path}?")) && !r.contains("watch=true"))
+        .count()
+}
+
+#[test]
+fn pods_services_and_istio_policy_from_the_api_server() {
+    require_root();
+    let pair = NetnsPair::new("k8s", 60);
+    let tree = CgroupTree::new(&[
+        // systemd driver, containerd
+        &format!(
+            "k8s/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{CART_CONTAINER}.scope",
+            CART_UID.replace('-', "_")
+        ),
+        // cgroupfs driver, CRI-O
+        &format!("k8s/kubepods/burstable/pod{CHECKOUT_UID}/crio-{CHECKOUT_CONTAINER}"),
+        // systemd driver, Docker (cri-dockerd), a host-network pod
+        &format!(
+            "k8s/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/docker-{EXPORTER_CONTAINER}.scope",
+            EXPORTER_UID.replace('-', "_")
+        ),
+    ]);
+
+    let api = FakeApi::start();
+    api.upsert(PODS, cart_pod(&pair, "cart"));
+    api.upsert(
+        PODS,
+        pod(
+            "shop",
+            "checkout-0",
+            CHECKOUT_UID,
+            json!({"app.kubernetes.io/name": "checkout", "service.istio.io/canonical-name": "checkout-svc", "statefulset.kubernetes.io/pod-name": "checkout-0"}),
+            ("apps/v1", "StatefulSet", "checkout"),
+            Some(pair.a_v4()),
+            false,
+            ("checkout", &format!("cri-o://{CHECKOUT_CONTAINER}")),
+            NODE,
+        ),
+    );
+    api.upsert(
+        PODS,
+        pod(
+            "monitoring",
+            "node-exporter-7xk2q",
+            EXPORTER_UID,
+            json!({"app.kubernetes.io/name": "node-exporter", "controller-revision-hash": "6d5f8c7b9"}),
+            ("apps/v1", "DaemonSet", "node-exporter"),
+            Some("192.0.2.10".parse().expect("ip")),
+            true,
+            ("node-exporter", &format!("docker://{EXPORTER_CONTAINER}")),
+            NODE,
+        ),
+    );
+    // A pod of another node: the field selector keeps it out.
+    api.upsert(
+        PODS,
+        pod(
+            "shop",
+            "cart-7d9f8b6c5-remote",
+            "77777777-8888-4999-aaaa-bbbbbbbbbbbb",
+            json!({"app": "cart"}),
+            ("apps/v1", "ReplicaSet", "cart-7d9f8b6c5"),
+            Some(pair.a_v4()),
+            false,
+            (
+                "cart",
+                "containerd://0000000000000000000000000000000000000000000000000000000000000000",
+            ),
+            "other-node",
+        ),
+    );
+    api.upsert(
+        SERVICES,
+        json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "cart", "namespace": "shop", "uid": "c0ffee00-0000-4000-8000-000000000001"},
+            "spec": {"type": "ClusterIP", "clusterIP": "10.213.61.10", "clusterIPs": ["10.213.61.10"],
+                     "ipFamilies": ["IPv4"], "selector": {"app": "cart"},
+                     "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}]}
+        }),
+    );
+    api.upsert(
+        SLICES,
+        json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "cart-x7f2k", "namespace": "shop",
+                         "labels": {"kubernetes.io/service-name": "cart", "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"},
+                         "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": "cart", "uid": "c0ffee00-0000-4000-8000-000000000001", "controller": true}]},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [pair.b_v4().to_string()], "conditions": {"ready": true, "serving": true, "terminating": false},
+                           "nodeName": NODE, "targetRef": {"kind": "Pod", "name": "cart-7d9f8b6c5-x2k4p", "namespace": "shop", "uid": CART_UID}}],
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]
+        }),
+    );
+    api.upsert(PEER_AUTHS, peer_authentication("STRICT"));
+
+    let dir = TempDir::new();
+    let kubeconfig = dir.path().join("kubeconfig");
+    api.kubeconfig(&kubeconfig);
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(&www).expect("mkdir");
+    std::fs::write(www.join("index.html"), "cart\n").expect("write");
+
+    let agent = Agent::start(
+        AgentOptions::default()
+            .arg("--kubeconfig")
+            .arg(kubeconfig.to_str().expect("utf8"))
+            .arg("--node-name")
+            .arg(NODE)
+            .arg("--listen")
+            .arg(LISTEN),
+    );
+    let ready = wait_for(Duration::from_secs(20), || {
+        let r = ureq::get(&format!("http://{LISTEN}/readyz")).call().ok()?;
+        (r.status() == 200).then_some(())
+    });
+    assert!(
+        ready.is_some(),
+        "the agent never became ready; it said:\n{}",
+        agent.stderr()
+    );
+    let reqs = api.requests();
+    assert!(
+        reqs.iter().any(|r| r.starts_with("/api/v1/pods?")
+            && r.contains("fieldSelector=spec.nodeName=test-node")),
+        "pods are not listed by node: {reqs:#?}"
+    );
+
+    let _cart = http_server(Some(&pair.b), Some(tree.leaf(0)), pair.b_v4(), 8080, &www);
+    let mut seen = 0;
+
+    // 1. STRICT for app=cart: a plaintext request is a violation, both ends named.
+    let r = until(
+        &agent,
+        &pair,
+        &tree,
+        &mut seen,
+        "violation under STRICT",
+        |r| s(r, "verdict") == "violation",
+    );
+    for (k, v) in [
+        ("source_workload", "checkout"),
+        ("source_workload_namespace", "shop"),
+        ("source_pod", "checkout-0"),
+        ("source_container", "checkout"),
+        ("source_canonical_service", "checkout-svc"),
+        ("destination_workload", "cart"),
+        ("destination_workload_namespace", "shop"),
+        ("destination_pod", "cart-7d9f8b6c5-x2k4p"),
+        ("destination_container", "cart"),
+        ("destination_canonical_service", "cart"),
+        ("destination_service", "cart.shop.svc.cluster.local"),
+        ("expected_security_policy", "mutual_tls"),
+        ("connection_security_policy", "none"),
+    ] {
+        assert_eq!(s(&r, k), v, "{k} in {r}");
+    }
+    assert!(
+        s(&r, "verdict_reason").contains("PeerAuthentication shop/cart-strict"),
+        "{r}"
+    );
+    assert!(
+        r["policies"]
+            .to_string()
+            .contains("PeerAuthentication shop/cart-strict spec.mtls.mode=STRICT"),
+        "{r}"
+    );
+
+    let m = metrics();
+    let line = m
+        .lines()
+        .find(|l| {
+            l.starts_with("mtls_auditor_connections_total{")
+                && l.contains(r#"source_workload="checkout""#)
+                && l.contains(r#"source_workload_namespace="shop""#)
+                && l.contains(r#"destination_workload="cart""#)
+                && l.contains(r#"destination_workload_namespace="shop""#)
+                && l.contains(r#"verdict="violation""#)
+        })
+        .unwrap_or_else(|| panic!("no checkout -> cart violation in the metrics:\n{m}"));
+    assert!(
+        line.contains(r#"expected_security_policy="mutual_tls""#),
+        "{line}"
+    );
+
+    // Attribution without a pod cgroup: a process in checkout's network namespace
+    // but outside its cgroups is found by the pod IP.
+    curl(
+        Some(&pair.a),
+        None,
+        &format!("http://{}:8080/", pair.b_v4()),
+        &["-o", "/dev/null"],
+    );
+    seen += 1;
+    let recs = agent.wait_records(seen, Duration::from_secs(15), |r| {
+        r["server"]["port"].as_u64() == Some(8080) && r["client"]["addr"] == pair.a_v4().to_string()
+    });
+    let by_ip = &recs[seen - 1];
+    assert_eq!(s(by_ip, "source_workload"), "checkout", "{by_ip}");
+    assert_eq!(s(by_ip, "source_pod"), "checkout-0", "{by_ip}");
+    assert_eq!(
+        s(by_ip, "source_container"),
+        "",
+        "no cgroup, no container: {by_ip}"
+    );
+
+    // A host-network pod (by its cgroup) talking to the node itself.
+    let _node_server = http_server(None, None, "127.0.0.1".parse().expect("ip"), 19482, &www);
+    curl(
+        None,
+        Some(tree.leaf(2)),
+        "http://127.0.0.1:19482/",
+        &["-o", "/dev/null"],
+    );
+    let recs = agent.wait_records(1, Duration::from_secs(15), |r| {
+        r["server"]["port"].as_u64() == Some(19482)
+    });
+    let h = &recs[0];
+    assert_eq!(s(h, "source_workload"), "node-exporter", "{h}");
+    assert_eq!(s(h, "source_workload_namespace"), "monitoring", "{h}");
+    assert_eq!(s(h, "source_pod"), "node-exporter-7xk2q", "{h}");
+    assert_eq!(s(h, "source_container"), "node-exporter", "{h}");
+    assert_eq!(s(h, "destination_workload"), NODE, "{h}");
+    assert_eq!(s(h, "destination_workload_namespace"), "node", "{h}");
+
+    // 2. The PeerAuthentication changes through the open watch.
+    api.upsert(PEER_AUTHS, peer_authentication("PERMISSIVE"));
+    let r = until(
+        &agent,
+        &pair,
+        &tree,
+        &mut seen,
+        "permissive after MODIFIED",
+        |r| s(r, "verdict") == "permissive",
+    );
+    assert_eq!(s(&r, "expected_security_policy"), "none", "{r}");
+
+    // 3. History is compacted while the watch is down: the next watch gets 410 Gone,
+    //    the agent lists again and sees the change made meanwhile.
+    let lists_before = list_requests(&api, PEER_AUTHS);
+    api.compact();
+    api.upsert(PEER_AUTHS, peer_authentication("STRICT"));
+    let r = until(
+        &agent,
+        &pair,
+        &tree,
+        &mut seen,
+        "violation after 410 Gone",
+        |r| s(r, "verdict") == "violation",
+    );
+    assert_eq!(s(&r, "expected_security_policy"), "mutual_tls", "{r}");
+    let relisted = wait_for(Duration::from_secs(10), || {
+        (list_requests(&api, PEER_AUTHS) > lists_before).then_some(())
+    });
+    assert!(
+        relisted.is_some(),
+        "no re-list after 410 Gone: {:#?}",
+        api.requests()
+    );
+
+    // 4. Connections dropped (an API-server restart): the pod's label changes while
+    //    the agent re-watches; the PeerAuthentication no longer selects it.
+    api.drop_watches();
+    api.upsert(PODS, cart_pod(&pair, "cart-v2"));
+    let r = until(
+        &agent,
+        &pair,
+        &tree,
+        &mut seen,
+        "pod relabelled after a dropped watch",
+        |r| s(r, "destination_canonical_service") == "cart-v2",
+    );
+    assert_eq!(s(&r, "verdict"), "permissive", "{r}");
+    assert_eq!(s(&r, "destination_workload"), "cart", "{r}");
+
+    // 5. A DestinationRule makes clients of the cart service originate mTLS.
+    api.upsert(
+        DEST_RULES,
+        json!({
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "DestinationRule",
+            "metadata": {"name": "cart-mtls", "namespace": "shop", "uid": "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d", "generation": 1},
+            "spec": {"host": "cart", "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}}}
+        }),
+    );
+    let r = until(
+        &agent,
+        &pair,
+        &tree,
+        &mut seen,
+        "DestinationRule ISTIO_MUTUAL",
+        |r| s(r, "expected_security_policy") == "mutual_tls",
+    );
+    assert_eq!(s(&r, "verdict"), "violation", "{r}");
+    assert!(
+        s(&r, "verdict_reason").contains("DestinationRule shop/cart-mtls"),
+        "{r}"
+    );
+
+    // 6. The pod is deleted: its connections are no longer attributed to it.
+    api.delete(PODS, cart_pod(&pair, "cart-v2"));
+    let r = until(&agent, &pair, &tree, &mut seen, "pod deleted", |r| {
+        s(r, "destination_pod").is_empty()
+    });
+    // Its cgroup still says "a pod", so it is not mistaken for the node.
+    assert_eq!(s(&r, "destination_workload"), "unknown", "{r}");
+
+    let exit = agent.stop();
+    assert!(
+        exit.status.success(),
+        "agent exit {}: {}",
+        exit.status,
+        exit.stderr
+    );
+    assert!(!exit.stderr.contains("panicked"), "{}", exit.stderr);
+}
