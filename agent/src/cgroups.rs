@@ -19,6 +19,30 @@ pub fn cgroup2_root() -> Option<PathBuf> {
     parse_cgroup2_root(&text)
 }
 
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+/// Whether `path` is a directory of a cgroup v2 file system.
+pub fn is_cgroup2(path: &Path) -> bool {
+    let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs writes into the zeroed struct we own; `c` is NUL-terminated.
+    // (`f_type` is i64 here but narrower on some targets, hence the conversion.)
+    #[allow(clippy::useless_conversion)]
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut st) == 0 && i64::from(st.f_type) == CGROUP2_SUPER_MAGIC
+    }
+}
+
+/// The cgroup v2 hierarchy at `path`, or at `path/unified` (hybrid hosts, where
+/// /sys/fs/cgroup is a tmpfs of v1 hierarchies and v2 sits in `unified`).
+pub fn cgroup2_at(path: &Path) -> Option<PathBuf> {
+    [path.to_path_buf(), path.join("unified")]
+        .into_iter()
+        .find(|p| is_cgroup2(p))
+}
+
 /// Finds the cgroup2 mount in mountinfo text; prefers one whose root is `/`.
 pub fn parse_cgroup2_root(mountinfo: &str) -> Option<PathBuf> {
     let mut fallback = None;

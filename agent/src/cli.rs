@@ -125,7 +125,8 @@ pub struct RunArgs {
     /// Size of the kernel-to-agent ring buffer in bytes (a power of two).
     #[arg(long, env = "MTLS_AUDITOR_RING_BYTES", default_value_t = agent_common::DEFAULT_RING_BYTES)]
     pub ring_bytes: u32,
-    /// Where connection records go: `-` for stdout, or a file path (appended to).
+    /// Where connection records go: `-` for stdout, a file path (appended to), or
+    /// `off` (metrics and events only).
     #[arg(long, short, env = "MTLS_AUDITOR_OUTPUT", default_value = "-")]
     pub output: String,
     /// How often the agent drains the ring buffer when the kernel does not wake it.

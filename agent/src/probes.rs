@@ -42,6 +42,10 @@ pub enum ProbeError {
     #[error("opening the cgroup v2 root {path}: {source}")]
     CgroupOpen { path: PathBuf, source: io::Error },
     #[error(
+        "--cgroup-root {0}: not a cgroup v2 hierarchy (nor is {0}/unified); mount the host's /sys/fs/cgroup there"
+    )]
+    NotCgroup2(PathBuf),
+    #[error(
         "kernel BTF is missing ({path}): the kernel must be built with CONFIG_DEBUG_INFO_BTF: {source}"
     )]
     NoBtf {
@@ -184,9 +188,18 @@ impl Probes {
         }
         check_privileges()?;
         let cgroup_root = match &cfg.cgroup_root {
-            Some(p) => p.clone(),
+            Some(p) => cgroups::cgroup2_at(p).ok_or_else(|| ProbeError::NotCgroup2(p.clone()))?,
             None => cgroups::cgroup2_root().ok_or(ProbeError::NoCgroup2)?,
         };
+        // Only the root cgroup has no cgroup.events: below it (a container's own
+        // cgroup namespace) the programs would see that subtree's sockets alone.
+        if cgroup_root.join("cgroup.events").exists() {
+            warn!(
+                cgroup = %cgroup_root.display(),
+                "attaching below the host's cgroup root: only sockets of processes in this subtree are seen; \
+                 in a container, mount the host's /sys/fs/cgroup and pass it as --cgroup-root"
+            );
+        }
         let btf = Btf::from_sys_fs().map_err(|source| ProbeError::NoBtf {
             path: "/sys/kernel/btf/vmlinux",
             source,

@@ -75,6 +75,7 @@ pub enum RunError {
 
 fn output_of(path: Option<std::path::PathBuf>) -> Output {
     match path {
+        Some(p) if p.as_os_str() == "off" => Output::Off,
         Some(p) => Output::File(p),
         None => Output::Stdout,
     }

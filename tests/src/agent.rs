@@ -16,6 +16,9 @@ use crate::agent_bin;
 pub struct AgentOptions {
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// A command the agent runs under (`wrapper... mtls-auditor run ...`); it must
+    /// `exec` the agent so the agent keeps its PID.
+    pub wrapper: Vec<String>,
 }
 
 impl AgentOptions {
@@ -45,7 +48,14 @@ impl Agent {
     /// Panics with the agent's own error if it cannot load them: with or without
     /// `CI`, a test that cannot load the probes fails.
     pub fn start(opts: AgentOptions) -> Self {
-        let mut cmd = Command::new(agent_bin());
+        let mut cmd = match opts.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(agent_bin());
+                c
+            }
+            None => Command::new(agent_bin()),
+        };
         cmd.arg("run")
             .arg("--stats-interval-s")
             .arg("0")

@@ -109,6 +109,33 @@ fn cart_pod(pair: &NetnsPair, app: &str) -> Value {
     )
 }
 
+fn checkout_pod(pair: &NetnsPair) -> Value {
+    pod(
+        "shop",
+        "checkout-0",
+        CHECKOUT_UID,
+        json!({"app.kubernetes.io/name": "checkout", "service.istio.io/canonical-name": "checkout-svc", "statefulset.kubernetes.io/pod-name": "checkout-0"}),
+        ("apps/v1", "StatefulSet", "checkout"),
+        Some(pair.a_v4()),
+        false,
+        ("checkout", &format!("cri-o://{CHECKOUT_CONTAINER}")),
+        NODE,
+    )
+}
+
+/// Pod-shaped cgroups below `mtls-auditor-tests/<prefix>`: cart (systemd driver,
+/// containerd), checkout (cgroupfs driver, CRI-O), then `extra`.
+fn pod_cgroups(prefix: &str, extra: &str) -> CgroupTree {
+    CgroupTree::new(&[
+        &format!(
+            "{prefix}/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{CART_CONTAINER}.scope",
+            CART_UID.replace('-', "_")
+        ),
+        &format!("{prefix}/kubepods/burstable/pod{CHECKOUT_UID}/crio-{CHECKOUT_CONTAINER}"),
+        &format!("{prefix}/{extra}"),
+    ])
+}
+
 fn peer_authentication(mode: &str) -> Value {
     json!({
         "apiVersion": "security.istio.io/v1",
@@ -183,37 +210,18 @@ fn list_requests(api: &FakeApi, path: &str) -> usize {
 fn pods_services_and_istio_policy_from_the_api_server() {
     require_root();
     let pair = NetnsPair::new("k8s", 60);
-    let tree = CgroupTree::new(&[
-        // systemd driver, containerd
+    // The third: systemd driver, Docker (cri-dockerd), a host-network pod.
+    let tree = pod_cgroups(
+        "k8s",
         &format!(
-            "k8s/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{CART_CONTAINER}.scope",
-            CART_UID.replace('-', "_")
-        ),
-        // cgroupfs driver, CRI-O
-        &format!("k8s/kubepods/burstable/pod{CHECKOUT_UID}/crio-{CHECKOUT_CONTAINER}"),
-        // systemd driver, Docker (cri-dockerd), a host-network pod
-        &format!(
-            "k8s/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/docker-{EXPORTER_CONTAINER}.scope",
+            "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/docker-{EXPORTER_CONTAINER}.scope",
             EXPORTER_UID.replace('-', "_")
         ),
-    ]);
+    );
 
     let api = FakeApi::start();
     api.upsert(PODS, cart_pod(&pair, "cart"));
-    api.upsert(
-        PODS,
-        pod(
-            "shop",
-            "checkout-0",
-            CHECKOUT_UID,
-            json!({"app.kubernetes.io/name": "checkout", "service.istio.io/canonical-name": "checkout-svc", "statefulset.kubernetes.io/pod-name": "checkout-0"}),
-            ("apps/v1", "StatefulSet", "checkout"),
-            Some(pair.a_v4()),
-            false,
-            ("checkout", &format!("cri-o://{CHECKOUT_CONTAINER}")),
-            NODE,
-        ),
-    );
+    api.upsert(PODS, checkout_pod(&pair));
     api.upsert(
         PODS,
         pod(
@@ -490,4 +498,155 @@ fn pods_services_and_istio_policy_from_the_api_server() {
         exit.stderr
     );
     assert!(!exit.stderr.contains("panicked"), "{}", exit.stderr);
+}
+
+/// Runs its arguments the way a container runtime runs the DaemonSet's agent: in a
+/// cgroup of its own with a private cgroup namespace (so /sys/fs/cgroup shows only
+/// that cgroup), the host's /sys/fs/cgroup bind-mounted (recursively, as hostPath
+/// volumes are; on hybrid hosts cgroup v2 is its `unified` submount) read-only where
+/// the DaemonSet mounts it, no_new_privs, and a bounding set of exactly the capabilities the
+/// DaemonSet adds. Every step `exec`s, so the agent keeps this PID.
+const CONTAINER: &str = r#"#!/bin/sh
+set -eu
+if [ "${1:-}" != inside ]; then
+    echo $$ > "$CONTAINER_CGROUP/cgroup.procs"
+    exec unshare --mount --cgroup --propagation private -- /bin/sh "$0" inside "$@"
+fi
+shift
+mount --rbind /sys/fs/cgroup "$HOST_CGROUP"
+mount -o remount,bind,ro "$HOST_CGROUP"
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+exec setpriv --no-new-privs --inh-caps=-all \
+    --bounding-set=-all,+bpf,+perfmon,+net_admin,+sys_resource,+dac_read_search -- "$@"
+"#;
+
+#[test]
+fn agent_works_with_the_daemonset_capabilities_and_mounts() {
+    require_root();
+    let pair = NetnsPair::new("k8sct", 61);
+    // The third: the agent's own container.
+    let tree = pod_cgroups("k8s-ct", "agent");
+    let api = FakeApi::start();
+    api.upsert(PODS, cart_pod(&pair, "cart"));
+    api.upsert(PODS, checkout_pod(&pair));
+    api.upsert(PEER_AUTHS, peer_authentication("STRICT"));
+
+    let dir = TempDir::new();
+    let kubeconfig = dir.path().join("kubeconfig");
+    api.kubeconfig(&kubeconfig);
+    let host_cgroup = dir.path().join("host/sys/fs/cgroup");
+    std::fs::create_dir_all(&host_cgroup).expect("mkdir");
+    let script = dir.path().join("container.sh");
+    std::fs::write(&script, CONTAINER).expect("write");
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(&www).expect("mkdir");
+    std::fs::write(www.join("index.html"), "cart\n").expect("write");
+
+    let mut opts = AgentOptions {
+        wrapper: vec!["/bin/sh".into(), script.to_str().expect("utf8").into()],
+        ..AgentOptions::default()
+    };
+    opts.env = vec![
+        (
+            "CONTAINER_CGROUP".into(),
+            tree.leaf(2).path().to_str().expect("utf8").into(),
+        ),
+        (
+            "HOST_CGROUP".into(),
+            host_cgroup.to_str().expect("utf8").into(),
+        ),
+        // As the DaemonSet sets them.
+        (
+            "MTLS_AUDITOR_CGROUP_ROOT".into(),
+            host_cgroup.to_str().expect("utf8").into(),
+        ),
+        ("MTLS_AUDITOR_NODE_NAME".into(), NODE.into()),
+        (
+            "MTLS_AUDITOR_KUBECONFIG".into(),
+            kubeconfig.to_str().expect("utf8").into(),
+        ),
+    ];
+    let agent = Agent::start(opts);
+    // What the agent runs with, seen from outside.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).expect("status");
+    let field = |k: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(|v| u64::from_str_radix(v.trim(), 16).expect("hex"))
+            .expect("field")
+    };
+    // CAP_NET_ADMIN 12, CAP_DAC_READ_SEARCH 2, CAP_SYS_RESOURCE 24, CAP_PERFMON 38, CAP_BPF 39
+    // (intersected with what this test itself may hold: sandboxes drop some).
+    let daemonset = (1u64 << 2) | (1 << 12) | (1 << 24) | (1 << 38) | (1 << 39);
+    let ours = std::fs::read_to_string("/proc/self/status").expect("status");
+    let bounding = ours
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).expect("hex"))
+        .expect("CapBnd");
+    assert_eq!(
+        field("CapEff:"),
+        daemonset & bounding,
+        "effective capabilities\n{status}"
+    );
+    assert_eq!(field("NoNewPrivs:"), 1);
+    let own = std::fs::read_to_string(format!("/proc/{}/cgroup", agent.pid())).expect("cgroup");
+    assert!(
+        own.lines()
+            .any(|l| l == format!("0::{}", tree.leaf(2).rel())),
+        "the agent runs in its container's cgroup: {own}"
+    );
+    let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/cgroup")).expect("ns");
+    assert_ne!(
+        ns(&agent.pid().to_string()),
+        ns("self"),
+        "the agent has a cgroup namespace of its own"
+    );
+    assert!(
+        !agent
+            .stderr()
+            .contains("attaching below the host's cgroup root"),
+        "{}",
+        agent.stderr()
+    );
+    let ready = wait_for(Duration::from_secs(20), || {
+        let r = ureq::get("http://127.0.0.1:9477/readyz").call().ok()?;
+        (r.status() == 200).then_some(())
+    });
+    assert!(ready.is_some(), "never ready:\n{}", agent.stderr());
+
+    let _cart = http_server(Some(&pair.b), Some(tree.leaf(0)), pair.b_v4(), 8080, &www);
+    curl(
+        Some(&pair.a),
+        Some(tree.leaf(1)),
+        &format!("http://{}:8080/", pair.b_v4()),
+        &["-o", "/dev/null"],
+    );
+    let recs = agent.wait_records(1, Duration::from_secs(15), |r| {
+        r["server"]["port"].as_u64() == Some(8080)
+    });
+    let r = &recs[0];
+    // Paths are the host's, resolved through the read-only bind mount.
+    assert_eq!(
+        r["server"]["local"]["cgroup"].as_str().unwrap_or(""),
+        tree.leaf(0).rel(),
+        "{r}"
+    );
+    for (k, v) in [
+        ("source_pod", "checkout-0"),
+        ("source_container", "checkout"),
+        ("destination_pod", "cart-7d9f8b6c5-x2k4p"),
+        ("destination_container", "cart"),
+        ("verdict", "violation"),
+    ] {
+        assert_eq!(s(r, k), v, "{k} in {r}");
+    }
+    let exit = agent.stop();
+    assert!(
+        exit.status.success(),
+        "agent exit {}: {}",
+        exit.status,
+        exit.stderr
+    );
 }

@@ -48,6 +48,8 @@ enum Cmd {
     },
     /// Run the classifier's scenario matrix and rewrite docs/accuracy.md (root).
     Accuracy,
+    /// Regenerate deploy/kubernetes/*.yaml from the Helm chart (deploy/helm).
+    Manifests,
     /// Measure the agent's cost side by side: connection rate, throughput, CPU, RSS.
     Bench {
         /// Alternating rounds without/with the agent.
@@ -256,5 +258,15 @@ fn main() -> Result<()> {
             fuzz(seconds, &targets)
         }
         Cmd::Accuracy => accuracy(),
+        Cmd::Manifests => {
+            setup::setup(&[])?;
+            let python = setup::pytools_dir(&project_root()).join("bin/python");
+            cmd(
+                &python.to_string_lossy(),
+                &["deploy/tools/chart.py", "manifests", "deploy/kubernetes"],
+            )?;
+            eprintln!("xtask: wrote deploy/kubernetes/ from deploy/helm/mtls-auditor");
+            Ok(())
+        }
     }
 }

@@ -3,7 +3,9 @@
 //! - the eBPF nightly named in `agent-ebpf/rust-toolchain.toml`, with `rust-src`
 //!   (the userspace toolchain is installed by `./x` before cargo runs);
 //! - the Debian packages the build and the tests use;
-//! - bpf-linker built against LLVM 22 (what the pinned nightly uses).
+//! - bpf-linker built against LLVM 22 (what the pinned nightly uses);
+//! - cargo-fuzz; the dashboards' type checker (npm); the deploy checks' Python tools
+//!   (kubernetes-validate, helm-python-sdk) in a virtual environment, target/pytools.
 //!
 //! Idempotent and fast when everything is present. On a machine it cannot set up
 //! (not Debian/Ubuntu, not root) it prints the exact steps instead.
@@ -50,6 +52,10 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
         "nodejs",
         "tests: type-checking the Grafana dashboards (tsc, @grafana/schema)",
     ),
+    (
+        "python3-venv",
+        "tests: the Python environment of kubernetes-validate and helm-python-sdk",
+    ),
 ];
 
 /// Installed from bookworm-backports on Debian 12 (Suricata 7 with JA4).
@@ -94,7 +100,9 @@ fn manual_steps(root: &Path) -> String {
          \x20 PATH={LLVM_BIN}:$PATH cargo install bpf-linker --version {BPF_LINKER_VERSION} \\\n\
          \x20     --no-default-features --features llvm-22 --locked\n\
          \x20 cargo install cargo-fuzz --version {CARGO_FUZZ_VERSION} --locked\n\
-         \x20 (cd dashboards && npm ci)\n",
+         \x20 (cd dashboards && npm ci)\n\
+         \x20 python3 -m venv target/pytools && target/pytools/bin/pip install -r {PY_REQUIREMENTS} \\\n\
+         \x20     && cp {PY_REQUIREMENTS} target/pytools/\n",
         pkgs.join(" ")
     )
 }
@@ -205,12 +213,14 @@ pub fn setup(extra_packages: &[&str]) -> Result<()> {
     let linker = bpf_linker_ok();
     let fuzz = cargo_fuzz_ok();
     let node_modules = root.join("dashboards/node_modules/.bin/tsc").exists();
+    let pytools = pytools_ok(&root);
     if todo.is_empty()
         && missing.is_empty()
         && backports.is_empty()
         && linker
         && fuzz
         && node_modules
+        && pytools
     {
         return Ok(());
     }
@@ -314,6 +324,52 @@ pub fn setup(extra_packages: &[&str]) -> Result<()> {
             bail!("`npm ci` in dashboards/ failed: {status}");
         }
     }
+    if !pytools {
+        install_pytools(&root)?;
+    }
+    Ok(())
+}
+
+/// The deploy checks' Python environment.
+pub fn pytools_dir(root: &Path) -> std::path::PathBuf {
+    root.join("target/pytools")
+}
+
+const PY_REQUIREMENTS: &str = "deploy/tools/requirements.txt";
+
+/// Present, and made from the current requirements (a copy is kept inside).
+fn pytools_ok(root: &Path) -> bool {
+    let dir = pytools_dir(root);
+    let want = std::fs::read(root.join(PY_REQUIREMENTS)).ok();
+    let have = std::fs::read(dir.join("requirements.txt")).ok();
+    want.is_some() && want == have && dir.join("bin/kubernetes-validate").exists()
+}
+
+fn install_pytools(root: &Path) -> Result<()> {
+    let dir = pytools_dir(root);
+    eprintln!(
+        "setup: installing kubernetes-validate and helm-python-sdk into {} (pip)",
+        dir.display()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let dir_s = dir.to_string_lossy().into_owned();
+    cmd("python3", &["-m", "venv", &dir_s]).context("creating the Python virtual environment")?;
+    let pip = dir.join("bin/pip");
+    let req = root.join(PY_REQUIREMENTS);
+    cmd(
+        &pip.to_string_lossy(),
+        &[
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-input",
+            "--require-virtualenv",
+            "-r",
+            &req.to_string_lossy(),
+        ],
+    )
+    .context("installing the Python tools of the deploy checks")?;
+    std::fs::copy(&req, dir.join("requirements.txt"))?;
     Ok(())
 }
 

@@ -194,6 +194,8 @@ pub enum ExportError {
 pub enum Output {
     Stdout,
     File(PathBuf),
+    /// Nowhere (metrics and events only).
+    Off,
 }
 
 /// How records are written.
@@ -263,6 +265,7 @@ pub type WriteFn<T> = fn(&T, &mut dyn Write) -> io::Result<()>;
 fn open_sink(output: &Output) -> Result<Box<dyn Write + Send>, ExportError> {
     Ok(match output {
         Output::Stdout => Box::new(io::stdout()),
+        Output::Off => Box::new(io::sink()),
         Output::File(path) => Box::new(
             std::fs::OpenOptions::new()
                 .create(true)
