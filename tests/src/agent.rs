@@ -192,6 +192,18 @@ impl Agent {
     pub fn stop(self) -> AgentExit {
         self.stop_with(libc::SIGINT)
     }
+
+    /// Stops with SIGINT and asserts a clean exit without a panic.
+    pub fn stop_cleanly(self) -> AgentExit {
+        let exit = self.stop();
+        assert!(
+            exit.status.success() && !exit.stderr.contains("panicked"),
+            "agent exit {}: {}",
+            exit.status,
+            exit.stderr
+        );
+        exit
+    }
 }
 
 impl Drop for Agent {

@@ -83,6 +83,11 @@ fn key(obj: &Value) -> String {
 impl FakeApi {
     /// Starts the server on a free loopback port, in its own thread and runtime.
     pub fn start() -> Self {
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// Starts the server on `addr` (port 0: any free port).
+    pub fn start_on(addr: SocketAddr) -> Self {
         let (changes, _) = broadcast::channel(1024);
         let (drops, _) = broadcast::channel(16);
         let inner = Arc::new(Inner {
@@ -102,9 +107,9 @@ impl FakeApi {
                 .build()
                 .expect("runtime");
             rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                let listener = tokio::net::TcpListener::bind(addr)
                     .await
-                    .expect("bind");
+                    .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
                 tx.send(listener.local_addr().expect("addr"))
                     .expect("send addr");
                 let app = Router::new()
@@ -121,14 +126,7 @@ impl FakeApi {
 
     /// A kubeconfig pointing at this server (plain HTTP, no credentials).
     pub fn kubeconfig(&self, path: &std::path::Path) {
-        std::fs::write(
-            path,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\ncurrent-context: fake\nusers:\n- name: fake\n  user: {{}}\n",
-                self.addr
-            ),
-        )
-        .expect("write kubeconfig");
+        write_kubeconfig(path, self.addr);
     }
 
     fn change(&self, resource: &str, kind: &'static str, mut obj: Value) {
@@ -313,4 +311,15 @@ async fn serve(
         .header("content-type", "application/json")
         .body(Body::from_stream(stream))
         .expect("response")
+}
+
+/// Writes a kubeconfig for a plain-HTTP API server at `addr` (which need not be up).
+pub fn write_kubeconfig(path: &std::path::Path, addr: SocketAddr) {
+    std::fs::write(
+        path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{addr}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\ncurrent-context: fake\nusers:\n- name: fake\n  user: {{}}\n"
+        ),
+    )
+    .expect("write kubeconfig");
 }

@@ -10,7 +10,7 @@ use std::{net::IpAddr, time::Duration};
 
 use integration_tests::{
     Agent, AgentOptions, CgroupTree, NetnsPair, Record, TempDir,
-    kubeapi::FakeApi,
+    kubeapi::{FakeApi, write_kubeconfig},
     peers::{curl, http_server},
     require_root, wait_for,
 };
@@ -286,24 +286,8 @@ fn pods_services_and_istio_policy_from_the_api_server() {
     std::fs::create_dir_all(&www).expect("mkdir");
     std::fs::write(www.join("index.html"), "cart\n").expect("write");
 
-    let agent = Agent::start(
-        AgentOptions::default()
-            .arg("--kubeconfig")
-            .arg(kubeconfig.to_str().expect("utf8"))
-            .arg("--node-name")
-            .arg(NODE)
-            .arg("--listen")
-            .arg(LISTEN),
-    );
-    let ready = wait_for(Duration::from_secs(20), || {
-        let r = ureq::get(&format!("http://{LISTEN}/readyz")).call().ok()?;
-        (r.status() == 200).then_some(())
-    });
-    assert!(
-        ready.is_some(),
-        "the agent never became ready; it said:\n{}",
-        agent.stderr()
-    );
+    let agent = start_cluster_agent(&kubeconfig, LISTEN);
+    wait_ready(&agent, LISTEN, Duration::from_secs(20));
     let reqs = api.requests();
     assert!(
         reqs.iter().any(|r| r.starts_with("/api/v1/pods?")
@@ -490,14 +474,7 @@ fn pods_services_and_istio_policy_from_the_api_server() {
     // Its cgroup still says "a pod", so it is not mistaken for the node.
     assert_eq!(s(&r, "destination_workload"), "unknown", "{r}");
 
-    let exit = agent.stop();
-    assert!(
-        exit.status.success(),
-        "agent exit {}: {}",
-        exit.status,
-        exit.stderr
-    );
-    assert!(!exit.stderr.contains("panicked"), "{}", exit.stderr);
+    agent.stop_cleanly();
 }
 
 /// Runs its arguments the way a container runtime runs the DaemonSet's agent: in a
@@ -642,11 +619,76 @@ fn agent_works_with_the_daemonset_capabilities_and_mounts() {
     ] {
         assert_eq!(s(r, k), v, "{k} in {r}");
     }
-    let exit = agent.stop();
+    agent.stop_cleanly();
+}
+
+#[test]
+fn api_server_down_at_start_is_waited_for_with_back_off() {
+    require_root();
+    const LISTEN_DOWN: &str = "127.0.0.1:19483";
+    // A port nothing listens on yet.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port");
+    let dir = TempDir::new();
+    let kubeconfig = dir.path().join("kubeconfig");
+    write_kubeconfig(&kubeconfig, addr);
+    let agent = start_cluster_agent(&kubeconfig, LISTEN_DOWN);
+    let readyz = || {
+        let mut r = ureq::get(&format!("http://{LISTEN_DOWN}/readyz"))
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .call()
+            .expect("readyz");
+        (
+            r.status().as_u16(),
+            r.body_mut().read_to_string().unwrap_or_default(),
+        )
+    };
+    // Probes attached, connections reported, but not ready without the cluster.
+    std::thread::sleep(Duration::from_secs(2));
+    let (code, body) = readyz();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("waiting for the first list"), "{body}");
+
+    let api = FakeApi::start_on(addr);
+    api.upsert(PEER_AUTHS, peer_authentication("STRICT"));
+    wait_ready(&agent, LISTEN_DOWN, Duration::from_secs(60));
+    let stderr = agent.stderr();
     assert!(
-        exit.status.success(),
-        "agent exit {}: {}",
-        exit.status,
-        exit.stderr
+        stderr.contains("retrying"),
+        "the failures were not reported:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("listed resource=\"PeerAuthentication\" objects=1"),
+        "{stderr}"
+    );
+    agent.stop_cleanly();
+}
+
+/// The agent in cluster mode against the API server named in `kubeconfig`.
+fn start_cluster_agent(kubeconfig: &std::path::Path, listen: &str) -> Agent {
+    Agent::start(
+        AgentOptions::default()
+            .arg("--kubeconfig")
+            .arg(kubeconfig.to_str().expect("utf8"))
+            .arg("--node-name")
+            .arg(NODE)
+            .arg("--listen")
+            .arg(listen),
+    )
+}
+
+/// Waits until /readyz answers 200, or fails with what the agent said.
+fn wait_ready(agent: &Agent, listen: &str, timeout: Duration) {
+    let ready = wait_for(timeout, || {
+        let r = ureq::get(&format!("http://{listen}/readyz")).call().ok()?;
+        (r.status() == 200).then_some(())
+    });
+    assert!(
+        ready.is_some(),
+        "the agent was not ready within {timeout:?}; it said:\n{}",
+        agent.stderr()
     );
 }

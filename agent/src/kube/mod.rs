@@ -16,6 +16,7 @@ use std::{
     fmt::Debug,
     path::{Path, PathBuf},
     sync::{Arc, RwLock, mpsc::Sender},
+    time::Duration,
 };
 
 use futures::StreamExt as _;
@@ -140,23 +141,34 @@ async fn istio_resource(
     plural: &str,
     versions: &[&str],
 ) -> Option<ApiResource> {
-    for v in versions {
-        let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, v, kind), plural);
-        let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
-        match api.list(&ListParams::default().limit(1)).await {
-            Ok(_) => return Some(ar),
-            Err(kube::Error::Api(e)) if e.code == 404 => continue,
-            Err(e) => {
-                warn!(kind, version = v, error = %e, "probing the Istio API failed; will watch this version anyway");
-                return Some(ar);
+    let mut delay = Duration::from_millis(500);
+    let mut failures = 0u32;
+    'probe: loop {
+        for v in versions {
+            let ar =
+                ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, v, kind), plural);
+            let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+            match api.list(&ListParams::default().limit(1)).await {
+                Ok(_) => return Some(ar),
+                Err(kube::Error::Api(e)) if e.code == 404 => continue,
+                Err(e) => {
+                    // Unreachable, forbidden, ...: ask again, backing off.
+                    failures += 1;
+                    if failures.is_power_of_two() {
+                        warn!(kind, version = v, error = %e, failures, "cannot ask the API server which version it serves; retrying");
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                    continue 'probe;
+                }
             }
         }
+        info!(
+            kind,
+            "not served by this cluster (Istio not installed?): only file policy applies; asking again every 5 minutes"
+        );
+        return None;
     }
-    info!(
-        kind,
-        "not served by this cluster (Istio not installed?): only file policy applies"
-    );
-    None
 }
 
 fn convert<T: DeserializeOwned>(obj: &DynamicObject, kind: &str) -> Option<T> {
@@ -281,15 +293,21 @@ pub fn spawn(client: Client, state: SharedState, node_name: &str, policy_changed
         let s = Arc::clone(&state);
         let tx = policy_changed.clone();
         tokio::spawn(async move {
-            let Some(ar) = istio_resource(&client, group, kind, plural, versions).await else {
-                if let Ok(mut st) = s.write() {
+            // Counted as synced once: when first listed, or when found not served.
+            let mut first = true;
+            let ar = loop {
+                if let Some(ar) = istio_resource(&client, group, kind, plural, versions).await {
+                    break ar;
+                }
+                if std::mem::take(&mut first)
+                    && let Ok(mut st) = s.write()
+                {
                     st.policy_kinds_synced += 1;
                 }
-                return;
+                tokio::time::sleep(Duration::from_secs(300)).await;
             };
             let api: Api<DynamicObject> = Api::all_with(client, &ar);
             let mut objects: BTreeMap<Key, DynamicObject> = BTreeMap::new();
-            let mut first = true;
             let publish = move |objects: &BTreeMap<Key, DynamicObject>, first: &mut bool| {
                 let Ok(mut st) = s.write() else { return };
                 if std::mem::take(first) {
