@@ -43,6 +43,10 @@ enum Cmd {
         /// Seconds per target.
         #[arg(long, default_value_t = 60)]
         seconds: u64,
+        /// Build unoptimised without AddressSanitizer, as the test suite's smoke run
+        /// does (builds in about a third of the time).
+        #[arg(long)]
+        quick: bool,
         /// Targets to run (default: all of fuzz/fuzz_targets).
         targets: Vec<String>,
     },
@@ -119,7 +123,25 @@ fn fuzz_targets() -> Result<Vec<String>> {
         .collect())
 }
 
-fn fuzz(seconds: u64, targets: &[String]) -> Result<()> {
+/// How the fuzzers are built and for how long each runs.
+struct FuzzRun {
+    seconds: u64,
+    /// Unoptimised with debug assertions (overflow checks) and no sanitizer: about
+    /// a third of the build time, which is what a smoke run in the test suite needs.
+    /// Otherwise optimised with AddressSanitizer, cargo fuzz's default.
+    quick_build: bool,
+}
+
+impl FuzzRun {
+    fn smoke() -> Self {
+        Self {
+            seconds: 10,
+            quick_build: true,
+        }
+    }
+}
+
+fn fuzz(run: &FuzzRun, targets: &[String]) -> Result<()> {
     let nightly = toolchain_channel(&project_root().join("agent-ebpf/rust-toolchain.toml"))?;
     let all = fuzz_targets()?;
     let targets = if targets.is_empty() {
@@ -128,26 +150,23 @@ fn fuzz(seconds: u64, targets: &[String]) -> Result<()> {
         targets.to_vec()
     };
     let toolchain = format!("+{nightly}");
+    let build: &[&str] = if run.quick_build {
+        &["--dev", "--sanitizer", "none"]
+    } else {
+        &["-O"]
+    };
     // The fuzzers link the agent as a library; its eBPF object is not needed.
     let env = [("AYA_BUILD_SKIP", "1")];
-    cmd_env("cargo", &[&toolchain, "fuzz", "build", "-O"], &env)?;
+    let mut args = vec![toolchain.as_str(), "fuzz", "build"];
+    args.extend_from_slice(build);
+    cmd_env("cargo", &args, &env)?;
+    let max = format!("-max_total_time={}", run.seconds);
     for t in &targets {
-        eprintln!("xtask: fuzzing {t} for {seconds} s");
-        let max = format!("-max_total_time={seconds}");
-        cmd_env(
-            "cargo",
-            &[
-                &toolchain,
-                "fuzz",
-                "run",
-                "-O",
-                t,
-                "--",
-                &max,
-                "-print_final_stats=0",
-            ],
-            &env,
-        )?;
+        eprintln!("xtask: fuzzing {t} for {} s", run.seconds);
+        let mut args = vec![toolchain.as_str(), "fuzz", "run"];
+        args.extend_from_slice(build);
+        args.extend_from_slice(&[t, "--", &max, "-print_final_stats=0"]);
+        cmd_env("cargo", &args, &env)?;
     }
     Ok(())
 }
@@ -179,20 +198,12 @@ fn accuracy() -> Result<()> {
 
 fn test() -> Result<()> {
     setup::setup(&[])?;
-    build()?;
-    eprintln!("xtask: unit tests");
-    cmd(
-        "cargo",
-        &[
-            "test",
-            "--workspace",
-            "--exclude",
-            "agent-ebpf",
-            "--exclude",
-            "integration-tests",
-        ],
-    )?;
-    eprintln!("xtask: integration tests (real probes, one at a time)");
+    // One cargo invocation for every test target: the packages it selects decide
+    // the dependencies' features, so splitting unit and integration tests (or
+    // building the binary on its own) would compile much of the tree, the eBPF
+    // object included, a second time. The integration tests run the binary this
+    // same build puts in target/release.
+    eprintln!("xtask: unit and integration tests (release; real probes, one test at a time)");
     let bin = agent_binary();
     let bin = bin.to_str().ok_or_else(|| anyhow!("non-UTF-8 path"))?;
     cmd_env(
@@ -200,15 +211,17 @@ fn test() -> Result<()> {
         &[
             "test",
             "--release",
-            "--package",
-            "integration-tests",
+            "--workspace",
+            "--exclude",
+            "agent-ebpf",
+            "--no-fail-fast",
             "--",
             "--test-threads=1",
         ],
         &[("MTLS_AUDITOR_BIN", bin)],
     )?;
     eprintln!("xtask: fuzz smoke run (every parser of untrusted bytes)");
-    fuzz(10, &[])?;
+    fuzz(&FuzzRun::smoke(), &[])?;
     Ok(())
 }
 
@@ -253,9 +266,17 @@ fn main() -> Result<()> {
                 &["bench", "--package", "mtls-auditor", "--bench", "classify"],
             )
         }
-        Cmd::Fuzz { seconds, targets } => {
+        Cmd::Fuzz {
+            seconds,
+            quick,
+            targets,
+        } => {
             setup::setup(&[])?;
-            fuzz(seconds, &targets)
+            let run = FuzzRun {
+                seconds,
+                quick_build: quick,
+            };
+            fuzz(&run, &targets)
         }
         Cmd::Accuracy => accuracy(),
         Cmd::Manifests => {
