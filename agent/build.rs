@@ -1,7 +1,8 @@
 //! Builds the kernel programs (`agent-ebpf`) with the pinned nightly and places the
 //! object in OUT_DIR, where `probes.rs` includes it. The toolchain name is read from
 //! `agent-ebpf/rust-toolchain.toml`, the one place it is written down.
-//! `AYA_BUILD_SKIP=1` skips the eBPF build (for `cargo check`, docs, fuzzing).
+//! `AYA_BUILD_SKIP=1` skips the eBPF build (for `cargo check`, docs, fuzzing), and
+//! so does building without the `agent` feature, which has no probes to load.
 
 use std::{fs, path::PathBuf};
 
@@ -9,6 +10,9 @@ use anyhow::{Context as _, anyhow};
 use aya_build::{Package, Toolchain};
 
 fn main() -> anyhow::Result<()> {
+    if std::env::var_os("CARGO_FEATURE_AGENT").is_none() {
+        return Ok(());
+    }
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
     let ebpf_dir = manifest_dir
         .parent()

@@ -6,6 +6,7 @@ pub mod load;
 pub mod model;
 pub mod resolve;
 pub mod validate;
+#[cfg(feature = "agent")]
 pub mod watch;
 
 pub use load::{Diagnostic, Located, PolicyFiles, Severity, load};

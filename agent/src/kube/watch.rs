@@ -1,0 +1,336 @@
+//! The API-server side of in-cluster mode: client, watchers, and the Istio kinds.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Debug,
+    path::{Path, PathBuf},
+    sync::{Arc, mpsc::Sender},
+    time::Duration,
+};
+
+use futures::StreamExt as _;
+use k8s_openapi::api::{
+    core::v1::{Pod, Service},
+    discovery::v1::EndpointSlice,
+};
+use kube::{
+    Api, Client, Config,
+    api::{ApiResource, DynamicObject, GroupVersionKind, ListParams},
+    config::{KubeConfigOptions, Kubeconfig},
+    runtime::{WatchStreamExt as _, watcher},
+};
+use serde::de::DeserializeOwned;
+use thiserror::Error;
+use tracing::{info, warn};
+
+use super::{ClusterState, SharedState};
+use crate::policy::{
+    model::{DestinationRule, PeerAuthentication},
+    watch::Trigger,
+};
+
+const SA_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+
+/// Where the API server is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    InCluster,
+    Kubeconfig(PathBuf),
+}
+
+/// `--kubeconfig`, or in-cluster when running in a pod with a service account.
+pub fn detect(kubeconfig: Option<&Path>) -> Option<Source> {
+    if let Some(p) = kubeconfig {
+        return Some(Source::Kubeconfig(p.to_path_buf()));
+    }
+    (std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() && Path::new(SA_TOKEN).exists())
+        .then_some(Source::InCluster)
+}
+
+#[derive(Debug, Error)]
+pub enum KubeError {
+    #[error("in-cluster Kubernetes configuration: {0}")]
+    InCluster(#[source] kube::config::InClusterError),
+    #[error("kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: PathBuf,
+        source: kube::config::KubeconfigError,
+    },
+    #[error("Kubernetes client: {0}")]
+    Client(#[source] kube::Error),
+}
+
+/// Builds a client for `source`.
+pub async fn client(source: &Source) -> Result<Client, KubeError> {
+    let config = match source {
+        Source::InCluster => Config::incluster().map_err(KubeError::InCluster)?,
+        Source::Kubeconfig(path) => {
+            let kc = Kubeconfig::read_from(path).map_err(|source| KubeError::Kubeconfig {
+                path: path.clone(),
+                source,
+            })?;
+            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .map_err(|source| KubeError::Kubeconfig {
+                    path: path.clone(),
+                    source,
+                })?
+        }
+    };
+    Client::try_from(config).map_err(KubeError::Client)
+}
+
+/// Drives one watcher into `apply`/`delete`/`replace` callbacks, forever.
+async fn drive<K>(
+    api: Api<K>,
+    cfg: watcher::Config,
+    what: &'static str,
+    mut on: impl FnMut(Change<K>) + Send,
+) where
+    K: kube::Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    let mut stream = watcher(api, cfg).default_backoff().boxed();
+    let mut buffer: Vec<K> = Vec::new();
+    let mut errors = 0u64;
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Ok(watcher::Event::Init) => buffer.clear(),
+            Ok(watcher::Event::InitApply(o)) => buffer.push(o),
+            Ok(watcher::Event::InitDone) => {
+                info!(resource = what, objects = buffer.len(), "listed");
+                on(Change::Replace(std::mem::take(&mut buffer)));
+            }
+            Ok(watcher::Event::Apply(o)) => on(Change::Apply(o)),
+            Ok(watcher::Event::Delete(o)) => on(Change::Delete(o)),
+            Err(e) => {
+                errors += 1;
+                if errors.is_power_of_two() {
+                    warn!(resource = what, error = %e, errors, "watch failed; retrying with back-off");
+                }
+            }
+        }
+    }
+}
+
+enum Change<K> {
+    Apply(K),
+    Delete(K),
+    Replace(Vec<K>),
+}
+
+/// Finds the version of an Istio kind the API server serves (newest first).
+async fn istio_resource(
+    client: &Client,
+    group: &str,
+    kind: &str,
+    plural: &str,
+    versions: &[&str],
+) -> Option<ApiResource> {
+    let mut delay = Duration::from_millis(500);
+    let mut failures = 0u32;
+    'probe: loop {
+        for v in versions {
+            let ar =
+                ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, v, kind), plural);
+            let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+            match api.list(&ListParams::default().limit(1)).await {
+                Ok(_) => return Some(ar),
+                Err(kube::Error::Api(e)) if e.code == 404 => continue,
+                Err(e) => {
+                    // Unreachable, forbidden, ...: ask again, backing off.
+                    failures += 1;
+                    if failures.is_power_of_two() {
+                        warn!(kind, version = v, error = %e, failures, "cannot ask the API server which version it serves; retrying");
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                    continue 'probe;
+                }
+            }
+        }
+        info!(
+            kind,
+            "not served by this cluster (Istio not installed?): only file policy applies; asking again every 5 minutes"
+        );
+        return None;
+    }
+}
+
+fn convert<T: DeserializeOwned>(obj: &DynamicObject, kind: &str) -> Option<T> {
+    let value = serde_json::to_value(obj).ok()?;
+    match serde_json::from_value::<T>(value) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            warn!(
+                kind,
+                namespace = obj.metadata.namespace.as_deref().unwrap_or(""),
+                name = obj.metadata.name.as_deref().unwrap_or(""),
+                error = %e,
+                "ignoring an object this version of the agent cannot read"
+            );
+            None
+        }
+    }
+}
+
+type Key = (String, String);
+
+fn key_of(obj: &DynamicObject) -> Key {
+    (
+        obj.metadata.namespace.clone().unwrap_or_default(),
+        obj.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+/// A kind the cluster index keeps.
+pub trait Indexed:
+    kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static
+{
+    fn apply(state: &mut ClusterState, obj: &Self);
+    fn delete(state: &mut ClusterState, obj: &Self);
+    fn replace(state: &mut ClusterState, all: &[Self]);
+}
+
+impl Indexed for Pod {
+    fn apply(st: &mut ClusterState, o: &Self) {
+        st.apply_pod(o);
+    }
+    fn delete(st: &mut ClusterState, o: &Self) {
+        st.delete_pod(o);
+    }
+    fn replace(st: &mut ClusterState, all: &[Self]) {
+        st.replace_pods(all);
+    }
+}
+
+impl Indexed for Service {
+    fn apply(st: &mut ClusterState, o: &Self) {
+        st.apply_service(o);
+    }
+    fn delete(st: &mut ClusterState, o: &Self) {
+        st.delete_service(o);
+    }
+    fn replace(st: &mut ClusterState, all: &[Self]) {
+        st.replace_services(all);
+    }
+}
+
+impl Indexed for EndpointSlice {
+    fn apply(st: &mut ClusterState, o: &Self) {
+        st.apply_slice(o);
+    }
+    fn delete(st: &mut ClusterState, o: &Self) {
+        st.delete_slice(o);
+    }
+    fn replace(st: &mut ClusterState, all: &[Self]) {
+        st.replace_slices(all);
+    }
+}
+
+/// Watches every object of kind `K` (narrowed by `cfg`) into the index.
+fn index<K: Indexed>(
+    client: &Client,
+    cfg: watcher::Config,
+    what: &'static str,
+    state: &SharedState,
+) {
+    let s = Arc::clone(state);
+    let api: Api<K> = Api::all(client.clone());
+    tokio::spawn(drive(api, cfg, what, move |c| {
+        let Ok(mut st) = s.write() else { return };
+        match c {
+            Change::Apply(o) => K::apply(&mut st, &o),
+            Change::Delete(o) => K::delete(&mut st, &o),
+            Change::Replace(v) => K::replace(&mut st, &v),
+        }
+    }));
+}
+
+/// Starts every watcher on the current tokio runtime. Policy changes are signalled
+/// on `policy_changed`.
+pub fn spawn(client: Client, state: SharedState, node_name: &str, policy_changed: Sender<Trigger>) {
+    let pods = watcher::Config::default().fields(&format!("spec.nodeName={node_name}"));
+    index::<Pod>(&client, pods, "pods", &state);
+    index::<Service>(&client, watcher::Config::default(), "services", &state);
+    index::<EndpointSlice>(
+        &client,
+        watcher::Config::default(),
+        "endpointslices",
+        &state,
+    );
+
+    // Istio's objects: kept by key, the whole set handed to the policy on each change.
+    for (group, kind, plural, versions) in [
+        (
+            "security.istio.io",
+            "PeerAuthentication",
+            "peerauthentications",
+            &["v1", "v1beta1"][..],
+        ),
+        (
+            "networking.istio.io",
+            "DestinationRule",
+            "destinationrules",
+            &["v1", "v1beta1", "v1alpha3"][..],
+        ),
+    ] {
+        let client = client.clone();
+        let s = Arc::clone(&state);
+        let tx = policy_changed.clone();
+        tokio::spawn(async move {
+            // Counted as synced once: when first listed, or when found not served.
+            let mut first = true;
+            let ar = loop {
+                if let Some(ar) = istio_resource(&client, group, kind, plural, versions).await {
+                    break ar;
+                }
+                if std::mem::take(&mut first)
+                    && let Ok(mut st) = s.write()
+                {
+                    st.policy_kinds_synced += 1;
+                }
+                tokio::time::sleep(Duration::from_secs(300)).await;
+            };
+            let api: Api<DynamicObject> = Api::all_with(client, &ar);
+            let mut objects: BTreeMap<Key, DynamicObject> = BTreeMap::new();
+            let publish = move |objects: &BTreeMap<Key, DynamicObject>, first: &mut bool| {
+                let Ok(mut st) = s.write() else { return };
+                if std::mem::take(first) {
+                    st.policy_kinds_synced += 1;
+                }
+                if kind == "PeerAuthentication" {
+                    st.set_peer_authentications(
+                        objects
+                            .values()
+                            .filter_map(|o| convert::<PeerAuthentication>(o, kind))
+                            .collect(),
+                    );
+                } else {
+                    st.set_destination_rules(
+                        objects
+                            .values()
+                            .filter_map(|o| convert::<DestinationRule>(o, kind))
+                            .collect(),
+                    );
+                }
+                drop(st);
+                let _ = tx.send(Trigger::Cluster);
+            };
+            drive(api, watcher::Config::default(), kind, move |c| {
+                match c {
+                    Change::Apply(o) => {
+                        objects.insert(key_of(&o), o);
+                    }
+                    Change::Delete(o) => {
+                        objects.remove(&key_of(&o));
+                    }
+                    Change::Replace(v) => {
+                        objects = v.into_iter().map(|o| (key_of(&o), o)).collect()
+                    }
+                }
+                publish(&objects, &mut first);
+            })
+            .await;
+        });
+    }
+}
