@@ -140,7 +140,8 @@ pub struct RunArgs {
     pub stats_interval_s: u64,
     /// Policy files or directories (Istio PeerAuthentication/DestinationRule, our
     /// TransportPolicy and Inventory). Reloaded when they change and on SIGHUP.
-    /// Without policy, connections are classified but not judged.
+    /// Without policy files or a cluster, connections are classified but not judged;
+    /// in a cluster, Istio's objects from the API server are judged by as well.
     #[arg(long = "policy", env = "MTLS_AUDITOR_POLICY", value_delimiter = ',')]
     pub policy: Vec<PathBuf>,
     /// Istio's root namespace (mesh-wide policies).

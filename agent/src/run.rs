@@ -184,8 +184,10 @@ pub fn run(args: &RunArgs) -> Result<(), RunError> {
     let cfg = ProbeConfig {
         capture_budget: args.capture_budget,
         ring_bytes: args.ring_bytes,
+        // Wake the reader early enough that a burst between two polls cannot fill
+        // the ring, whatever its size.
+        wakeup_bytes: u64::from(args.ring_bytes / 16),
         cgroup_root: args.cgroup_root.clone(),
-        ..ProbeConfig::default()
     };
     let mut probes = Probes::load(&cfg)?;
     let ring = probes.take_events()?;

@@ -157,6 +157,7 @@ agent:
   events: /var/log/mtls-auditor/events.jsonl
   eventsAll: true
   eventsRate: 0.5
+  listenAddress: "::"
   extraArgs: ["--linger-ms", "2000"]
   extraEnv:
     - name: MTLS_AUDITOR_POLL_MS
@@ -220,6 +221,7 @@ dashboards:
         "--events-all",
         "--output=-",
         "--linger-ms",
+        "--listen=[::]:9477",
     ] {
         assert!(args.contains(&a), "{a} not in {args:?}");
     }

@@ -1,4 +1,5 @@
-//! Everything a developer or CI runs: `cargo xtask <setup|build|run|test|bench>`.
+//! Everything a developer or CI runs:
+//! `cargo xtask <setup|build|run|test|bench|fuzz|accuracy|manifests>`.
 //! `./x` installs the pinned Rust toolchain and then calls this.
 
 mod bench;
@@ -24,7 +25,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install what is missing: eBPF nightly, Debian packages, bpf-linker.
+    /// Install what is missing: Rust nightly, Debian packages, bpf-linker,
+    /// cargo-fuzz, the dashboards' npm type checker, the deploy checks' Python tools.
     Setup,
     /// Build the agent (release) with its eBPF programs.
     Build,

@@ -230,7 +230,14 @@ pub fn setup(extra_packages: &[&str]) -> Result<()> {
         all.extend(backports.iter().copied());
         bail!(
             "set-up incomplete: missing {}",
-            describe(&todo, &all, linker)
+            describe(&Missing {
+                toolchains: &todo,
+                packages: &all,
+                linker,
+                fuzz,
+                node_modules,
+                pytools,
+            })
         );
     }
     if !todo.is_empty() {
@@ -373,16 +380,35 @@ fn install_pytools(root: &Path) -> Result<()> {
     Ok(())
 }
 
-fn describe(todo: &[&str], missing: &[&str], linker: bool) -> String {
+/// What set-up found missing (`true`: present).
+struct Missing<'a> {
+    toolchains: &'a [&'a str],
+    packages: &'a [&'a str],
+    linker: bool,
+    fuzz: bool,
+    node_modules: bool,
+    pytools: bool,
+}
+
+fn describe(m: &Missing) -> String {
     let mut parts = Vec::new();
-    if !todo.is_empty() {
+    if !m.toolchains.is_empty() {
         parts.push("the eBPF nightly toolchain".to_owned());
     }
-    if !missing.is_empty() {
-        parts.push(format!("packages {}", missing.join(" ")));
+    if !m.packages.is_empty() {
+        parts.push(format!("packages {}", m.packages.join(" ")));
     }
-    if !linker {
+    if !m.linker {
         parts.push(format!("bpf-linker {BPF_LINKER_VERSION}"));
+    }
+    if !m.fuzz {
+        parts.push(format!("cargo-fuzz {CARGO_FUZZ_VERSION}"));
+    }
+    if !m.node_modules {
+        parts.push("the dashboards' type checker (npm ci in dashboards/)".to_owned());
+    }
+    if !m.pytools {
+        parts.push("the deploy checks' Python tools (target/pytools)".to_owned());
     }
     parts.join(", ")
 }

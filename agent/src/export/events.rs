@@ -1,6 +1,6 @@
 //! Verdict events: newline-delimited JSON, one object per connection whose verdict
 //! is `violation`, `rejected` or `permissive` (or every connection with
-//! `--events-all`). Schema `mtls-auditor.event/v1`, documented in docs/events.md.
+//! `--events-all`). Schema `mtls-auditor.event/v1`, documented in docs/observability.md.
 //! Rate-limited per source workload (token bucket); each event says how many were
 //! suppressed for its workload since the previous one.
 

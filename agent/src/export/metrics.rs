@@ -206,7 +206,7 @@ impl Metrics {
             ready: gauge(
                 &r,
                 "ready",
-                "1 once the probes are attached (and the policy loaded, when one is given).",
+                "1 once the probes are attached, the policy loaded and, in a cluster, the first lists of pods and Istio policy are in.",
             ),
             caps: Mutex::new(LabelCaps {
                 max: max_label_values.max(1),

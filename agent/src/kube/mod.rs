@@ -1,9 +1,10 @@
 //! In-cluster mode: pods of this node, Services, EndpointSlices and Istio's
 //! PeerAuthentication and DestinationRule from the API server, through kube-runtime
 //! watchers. A watcher lists, then watches from the list's resourceVersion; on
-//! `410 Gone` (an expired resourceVersion), a dropped connection or an API-server
-//! restart it lists again, with exponential back-off. Every re-list replaces the
-//! index wholesale, so objects deleted while the watch was down disappear too.
+//! `410 Gone` (an expired resourceVersion) it lists again, on a dropped connection
+//! or an API-server restart it watches again from the last version it saw, with
+//! exponential back-off. Every re-list replaces the index wholesale, so objects
+//! deleted while the watch was down disappear too.
 //!
 //! Selected automatically inside a pod (service-account token) or with
 //! `--kubeconfig`.
