@@ -123,8 +123,10 @@ mod tests {
     #[test]
     fn rejects_short_and_unknown_records() {
         assert_eq!(decode(&[0; 4]).unwrap_err(), DecodeError::Short(4));
-        let mut h = EventHeader::default();
-        h.kind = 99;
+        let mut h = EventHeader {
+            kind: 99,
+            ..Default::default()
+        };
         assert_eq!(
             decode(&bytes_of(&h)).unwrap_err(),
             DecodeError::UnknownKind(99)

@@ -243,11 +243,11 @@ impl Ctx {
             "-accept",
             "",
             "-cert",
-            p(&self.pki.server_cert()),
+            p(self.pki.server_cert()),
             "-key",
-            p(&self.pki.server_key()),
+            p(self.pki.server_key()),
             "-CAfile",
-            p(&self.pki.ca()),
+            p(self.pki.ca()),
         ];
         let port_s = port.to_string();
         args[4] = &port_s;
@@ -276,7 +276,7 @@ impl Ctx {
             "-o",
             "/dev/null",
             "--cacert",
-            p(&self.pki.ca()),
+            p(self.pki.ca()),
         ];
         args.extend_from_slice(extra);
         args.push(url);
@@ -290,9 +290,9 @@ impl Ctx {
     pub fn client_cert_args(&self) -> Vec<String> {
         vec![
             "--cert".into(),
-            p(&self.pki.client_cert()).into(),
+            p(self.pki.client_cert()).into(),
             "--key".into(),
-            p(&self.pki.client_key()).into(),
+            p(self.pki.client_key()).into(),
         ]
     }
 }
@@ -679,9 +679,9 @@ pub fn matrix() -> Vec<Scenario> {
                     let script = format!(
                         "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | openssl s_client -quiet -ign_eof -tls1_3 -connect {connect} \
                          -CAfile {} -cert {} -key {} {flag} {}",
-                        p(&ctx.pki.ca()),
-                        p(&ctx.pki.client_cert()),
-                        p(&ctx.pki.client_key()),
+                        p(ctx.pki.ca()),
+                        p(ctx.pki.client_cert()),
+                        p(ctx.pki.client_key()),
                         p(&sess)
                     );
                     let _ = ctx.client("sh", &["-c", &script]);
@@ -704,9 +704,9 @@ pub fn matrix() -> Vec<Scenario> {
                      outbound_.{port}_._.example-service-a.default.svc.cluster.local -alpn istio-peer-exchange,istio \
                      -CAfile {} -cert {} -key {}",
                     ctx.server_ip(),
-                    p(&ctx.pki.ca()),
-                    p(&ctx.pki.client_cert()),
-                    p(&ctx.pki.client_key())
+                    p(ctx.pki.ca()),
+                    p(ctx.pki.client_cert()),
+                    p(ctx.pki.client_key())
                 );
                 let _ = ctx.client("sh", &["-c", &script]);
             },
@@ -900,13 +900,13 @@ pub fn matrix() -> Vec<Scenario> {
 
 fn rustls(ctx: &Ctx, port: u16, cert: bool, tls12: bool) {
     let addr = format!("{}:{port}", ctx.server_ip());
-    let mut args = vec![addr.as_str(), "server.test", p(&ctx.pki.ca())];
+    let mut args = vec![addr.as_str(), "server.test", p(ctx.pki.ca())];
     if cert {
         args.extend_from_slice(&[
             "--cert",
-            p(&ctx.pki.client_cert()),
+            p(ctx.pki.client_cert()),
             "--key",
-            p(&ctx.pki.client_key()),
+            p(ctx.pki.client_key()),
         ]);
     }
     if tls12 {
@@ -924,9 +924,9 @@ fn nginx(ctx: &Ctx, port: u16, tls: bool) -> Child {
             "listen {ip}:{port} ssl http2;\n ssl_certificate {cert};\n ssl_certificate_key {key};\n \
              ssl_client_certificate {ca};\n ssl_verify_client on;",
             ip = ctx.server_ip(),
-            cert = p(&ctx.pki.server_cert()),
-            key = p(&ctx.pki.server_key()),
-            ca = p(&ctx.pki.ca())
+            cert = p(ctx.pki.server_cert()),
+            key = p(ctx.pki.server_key()),
+            ca = p(ctx.pki.ca())
         )
     } else {
         format!("listen {}:{port} http2;", ctx.server_ip())

@@ -6,6 +6,7 @@
 //! - short connections: nginx serving a small page, `wrk -H 'Connection: close'`
 //!   (one TCP connection per request);
 //! - bulk throughput: one `iperf3` stream.
+//!
 //! While attached, the agent's events received, CPU seconds (utime+stime from
 //! /proc) and peak RSS (VmHWM) are read.
 

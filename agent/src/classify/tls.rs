@@ -175,7 +175,9 @@ pub fn parse_client_hello(body: &[u8]) -> Option<ClientHello> {
     let session_id_len = r.vec8()?.len();
     let ciphers_raw = r.vec16()?;
     let ciphers = ciphers_raw
-        .chunks_exact(2)
+        .as_chunks::<2>()
+        .0
+        .iter()
         .map(|c| u16::from_be_bytes([c[0], c[1]]))
         .collect();
     r.vec8()?; // compression methods
@@ -216,7 +218,9 @@ pub fn parse_client_hello(body: &[u8]) -> Option<ClientHello> {
             EXT_SUPPORTED_VERSIONS => {
                 if let Some(list) = d.vec8() {
                     ch.supported_versions = list
-                        .chunks_exact(2)
+                        .as_chunks::<2>()
+                        .0
+                        .iter()
                         .map(|c| u16::from_be_bytes([c[0], c[1]]))
                         .collect();
                 }
@@ -224,7 +228,9 @@ pub fn parse_client_hello(body: &[u8]) -> Option<ClientHello> {
             EXT_SIGNATURE_ALGORITHMS => {
                 if let Some(list) = d.vec16() {
                     ch.signature_algorithms = list
-                        .chunks_exact(2)
+                        .as_chunks::<2>()
+                        .0
+                        .iter()
                         .map(|c| u16::from_be_bytes([c[0], c[1]]))
                         .collect();
                 }

@@ -409,11 +409,12 @@ impl FlowTable {
         };
         let mut process = Process::from_raw(ev.tgid, &ev.comm);
         let mut cgroup_id = ev.cgroup_id;
-        if process.is_none() && role == Role::Server {
-            if let Some(l) = self.listener_for(local.port(), 0) {
-                process = Some(l.process.clone());
-                cgroup_id = l.cgroup_id;
-            }
+        if process.is_none()
+            && role == Role::Server
+            && let Some(l) = self.listener_for(local.port(), 0)
+        {
+            process = Some(l.process.clone());
+            cgroup_id = l.cgroup_id;
         }
         let cgroup = self.resolve_cgroup(cgroup_id);
         let mut end = End {

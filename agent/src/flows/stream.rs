@@ -65,11 +65,12 @@ impl Stream {
 
     fn add_range(&mut self, start: u32, end: u32) {
         // Fast path: the chunk continues (or repeats) the last range.
-        if let Some(last) = self.ranges.last_mut() {
-            if start >= last.0 && start <= last.1 {
-                last.1 = last.1.max(end);
-                return;
-            }
+        if let Some(last) = self.ranges.last_mut()
+            && start >= last.0
+            && start <= last.1
+        {
+            last.1 = last.1.max(end);
+            return;
         }
         // General case, in place: insert, sort, merge. Ranges are few.
         self.ranges.push((start, end));
@@ -102,11 +103,7 @@ impl Stream {
 
     /// Whether some captured bytes are not reachable from offset 0.
     pub fn has_gap(&self) -> bool {
-        match self.ranges.as_slice() {
-            [] => false,
-            [(0, _)] => false,
-            _ => true,
-        }
+        !matches!(self.ranges.as_slice(), [] | [(0, _)])
     }
 
     /// Whether any byte was captured.

@@ -155,20 +155,18 @@ impl PolicySet {
             mode: PeerMode::Permissive,
             source: "Istio default (no PeerAuthentication applies): PERMISSIVE".into(),
         };
-        for level in [mesh, ns_wide] {
-            if let Some(pa) = level {
-                let m = pa
-                    .object
-                    .spec
-                    .mtls
-                    .as_ref()
-                    .map_or(PeerMode::Unset, |m| m.mode());
-                if m != PeerMode::Unset {
-                    out = PeerDecision {
-                        mode: m,
-                        source: pa_ref(&pa.object, "spec.mtls.mode", m),
-                    };
-                }
+        for pa in [mesh, ns_wide].into_iter().flatten() {
+            let m = pa
+                .object
+                .spec
+                .mtls
+                .as_ref()
+                .map_or(PeerMode::Unset, |m| m.mode());
+            if m != PeerMode::Unset {
+                out = PeerDecision {
+                    mode: m,
+                    source: pa_ref(&pa.object, "spec.mtls.mode", m),
+                };
             }
         }
         if let Some(pa) = workload {

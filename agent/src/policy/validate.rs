@@ -161,7 +161,9 @@ pub(crate) fn validate(p: &PolicyFiles, diags: &mut Vec<Diagnostic>) {
     }
 
     // DestinationRule.
-    let mut by_host: BTreeMap<(&str, &str, String), Vec<(usize, &Located<_>)>> = BTreeMap::new();
+    // (namespace, host, workload selector) -> the rules with that key, and their index.
+    type HostKey<'a> = (&'a str, &'a str, String);
+    let mut by_host: BTreeMap<HostKey, Vec<(usize, &Located<_>)>> = BTreeMap::new();
     for (i, dr) in p.destination_rules.iter().enumerate() {
         let meta = &dr.object.metadata;
         if meta.namespace.is_none() {
