@@ -418,8 +418,10 @@ impl Pipeline {
             .map(|p| verdict::assess(conn, &cls, p));
         let record = ConnectionRecord::with_classification(conn, &self.clock, cls, assessment);
         self.shared.metrics.observe(&record);
-        if let Ok(mut e) = self.shared.edges.lock() {
-            e.record(&record);
+        if let Ok(mut e) = self.shared.edges.lock()
+            && !e.record(&record)
+        {
+            self.shared.metrics.edges_overflow.inc();
         }
         if let Some(w) = &self.events {
             match self.event_policy.decide(&record, now) {

@@ -51,7 +51,8 @@ impl Edges {
         }
     }
 
-    pub fn record(&mut self, rec: &ConnectionRecord) {
+    /// Counts `rec` on its edge; false when the edge is new and the table is full.
+    pub fn record(&mut self, rec: &ConnectionRecord) -> bool {
         let (sns, sw, dns, dw, expected, verdict) = match &rec.assessment {
             Some(a) => (
                 a.source_workload_namespace.as_str(),
@@ -79,11 +80,11 @@ impl Edges {
         if let Some(e) = self.map.get_mut(&key) {
             e.connections += 1;
             e.last_seen.clone_from(&rec.end);
-            return;
+            return true;
         }
         if self.map.len() >= self.cap {
             self.overflow += 1;
-            return;
+            return false;
         }
         self.map.insert(
             key,
@@ -100,6 +101,7 @@ impl Edges {
                 last_seen: rec.end.clone(),
             },
         );
+        true
     }
 
     /// Edges matching the filters, sorted by source, destination, port.

@@ -78,6 +78,7 @@ pub struct Metrics {
     pub records_dropped: IntCounter,
     pub events_emitted: IntCounter,
     pub events_suppressed: IntCounter,
+    pub edges_overflow: IntCounter,
     pub label_overflow: IntCounterVec,
     pub ready: IntGauge,
     caps: Mutex<LabelCaps>,
@@ -196,6 +197,11 @@ impl Metrics {
                 &r,
                 "verdict_events_suppressed_total",
                 "Verdict events suppressed by the per-workload rate limit.",
+            ),
+            edges_overflow: counter(
+                &r,
+                "edges_overflow_total",
+                "Connections left out of the edges view because it holds --max-edges edges.",
             ),
             label_overflow: counter_vec(
                 &r,
