@@ -51,9 +51,14 @@ pub fn sh(program: &str, args: &[&str]) -> String {
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("running {program} {args:?}: {e}"));
+    stdout_of_success(&out, &format!("{program} {args:?}"))
+}
+
+/// The stdout of a finished command, panicking with its output unless it succeeded.
+pub fn stdout_of_success(out: &std::process::Output, what: &str) -> String {
     assert!(
         out.status.success(),
-        "{program} {args:?} failed ({}): {}{}",
+        "`{what}` failed ({}): {}{}",
         out.status,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)

@@ -179,14 +179,7 @@ impl Spawn {
     pub fn run_ok(self, timeout: Duration) -> String {
         let label = self.label.clone();
         let out = self.run(timeout);
-        assert!(
-            out.status.success(),
-            "`{label}` failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        crate::stdout_of_success(&out, &label)
     }
 }
 

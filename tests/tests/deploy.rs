@@ -13,7 +13,7 @@ use std::{
     process::{Command, Output},
 };
 
-use integration_tests::TempDir;
+use integration_tests::{TempDir, stdout_of_success};
 use serde_json::Value;
 
 const VERSIONS: [&str; 6] = ["1.28", "1.29", "1.30", "1.31", "1.32", "1.33"];
@@ -51,17 +51,6 @@ fn chart(args: &[&str]) -> Output {
     let mut all = vec!["deploy/tools/chart.py"];
     all.extend_from_slice(args);
     run(&pytool("python"), &all)
-}
-
-fn ok(out: &Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Every document of a multi-document YAML file, as JSON values.
@@ -116,14 +105,14 @@ fn validate(files: &[PathBuf]) {
 
 #[test]
 fn chart_lints_strictly_for_every_supported_kubernetes() {
-    let out = ok(&chart(&["lint"]), "helm lint (helm-python-sdk)");
+    let out = stdout_of_success(&chart(&["lint"]), "helm lint (helm-python-sdk)");
     assert!(out.contains("lint clean"), "{out}");
 }
 
 #[test]
 fn plain_manifests_are_the_rendered_chart_and_validate() {
     let dir = TempDir::new();
-    ok(
+    stdout_of_success(
         &chart(&["manifests", dir.path().to_str().expect("utf8")]),
         "rendering the chart",
     );
@@ -194,7 +183,7 @@ dashboards:
 "#,
     )
     .expect("write values");
-    let rendered = ok(
+    let rendered = stdout_of_success(
         &chart(&["render", "--values", values.to_str().expect("utf8")]),
         "rendering with every option",
     );
@@ -247,12 +236,17 @@ dashboards:
 fn bad_values_are_refused_naming_the_field() {
     let dir = TempDir::new();
     let values = dir.path().join("values.yaml");
-    std::fs::write(&values, "agent:\n  captureBudget: lots\n  recordz: \"-\"\n").expect("write");
+    std::fs::write(
+        &values,
+        "agent:\n  captureBudget: lots\n  recordz: \"-\"\n  listenAddress: localhost\n",
+    )
+    .expect("write");
     let out = chart(&["render", "--values", values.to_str().expect("utf8")]);
     assert!(!out.status.success(), "bad values were accepted");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("captureBudget"), "{err}");
     assert!(err.contains("recordz"), "{err}");
+    assert!(err.contains("listenAddress"), "{err}");
 }
 
 #[test]

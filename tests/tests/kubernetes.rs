@@ -9,7 +9,7 @@
 use std::{net::IpAddr, time::Duration};
 
 use integration_tests::{
-    Agent, AgentOptions, CgroupTree, NetnsPair, Record, TempDir,
+    Agent, AgentOptions, CgroupTree, NetnsPair, Record, Spawn, TempDir, agent_bin,
     kubeapi::{FakeApi, write_kubeconfig},
     peers::{curl, http_server},
     require_root, wait_for,
@@ -665,6 +665,44 @@ fn api_server_down_at_start_is_waited_for_with_back_off() {
         "{stderr}"
     );
     agent.stop_cleanly();
+}
+
+#[test]
+fn bad_kubeconfig_and_cgroup_root_are_clear_errors() {
+    require_root();
+    let dir = TempDir::new();
+    let broken = dir.path().join("kubeconfig");
+    std::fs::write(&broken, "apiVersion: v1\nkind: Config\nclusters: [oops\n").expect("write");
+    let missing = dir.path().join("absent");
+    let run = |args: &[&str]| {
+        let out = Spawn::new(agent_bin().to_str().expect("utf8"))
+            .arg("run")
+            .args(["--listen", "127.0.0.1:19485", "--output", "off"])
+            .args(args)
+            .run(Duration::from_secs(30));
+        assert!(!out.status.success(), "{args:?} was accepted");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = run(&["--kubeconfig", broken.to_str().expect("utf8")]);
+    assert!(
+        err.contains(&format!("kubeconfig {}", broken.display()))
+            && err.contains("line 3 column 11"),
+        "{err}"
+    );
+    let err = run(&["--kubeconfig", missing.to_str().expect("utf8")]);
+    assert!(
+        err.contains(&format!("kubeconfig {}", missing.display()))
+            && err.contains("No such file or directory"),
+        "{err}"
+    );
+    let err = run(&["--cgroup-root", dir.path().to_str().expect("utf8")]);
+    assert!(
+        err.contains(&format!(
+            "--cgroup-root {}: not a cgroup v2 hierarchy",
+            dir.path().display()
+        )),
+        "{err}"
+    );
 }
 
 /// The agent in cluster mode against the API server named in `kubeconfig`.

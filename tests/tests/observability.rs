@@ -333,30 +333,19 @@ fn prometheus_sees_the_seed_scenario_verdict_by_verdict() {
 #[test]
 fn alert_rules_pass_their_unit_tests() {
     let dir = root().join("deploy/prometheus");
-    let out = Spawn::new("promtool")
+    Spawn::new("promtool")
         .args(["test", "rules", "alerts.test.yaml"])
         .current_dir(&dir)
-        .run(Duration::from_secs(60));
-    assert!(
-        out.status.success(),
-        "promtool test rules: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .run_ok(Duration::from_secs(60));
 }
 
 #[test]
 fn dashboards_type_check_against_grafana_schema() {
-    let out = Spawn::new("node")
+    // tsc against @grafana/schema.
+    Spawn::new("node")
         .arg("check.mjs")
         .current_dir(&root().join("dashboards"))
-        .run(Duration::from_secs(120));
-    assert!(
-        out.status.success(),
-        "tsc against @grafana/schema: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .run_ok(Duration::from_secs(120));
 }
 
 #[test]

@@ -53,19 +53,14 @@ impl Edges {
 
     /// Counts `rec` on its edge; false when the edge is new and the table is full.
     pub fn record(&mut self, rec: &ConnectionRecord) -> bool {
-        let (sns, sw, dns, dw, expected, verdict) = match &rec.assessment {
-            Some(a) => (
-                a.source_workload_namespace.as_str(),
-                a.source_workload.as_str(),
-                a.destination_workload_namespace.as_str(),
-                a.destination_workload.as_str(),
-                a.expected_security_policy,
-                a.verdict.as_str(),
-            ),
-            None => (
-                "unknown", "unknown", "unknown", "unknown", "unknown", "unknown",
-            ),
-        };
+        let super::Judged {
+            source_workload: sw,
+            source_namespace: sns,
+            destination_workload: dw,
+            destination_namespace: dns,
+            expected,
+            verdict,
+        } = rec.judged();
         let source = name(sns, sw, rec.client.addr);
         let destination = name(dns, dw, rec.server.addr);
         let observed = rec.classification.connection_security_policy.as_str();

@@ -240,19 +240,14 @@ impl Metrics {
     /// `reporter`), plus its bytes and its TLS handshake.
     pub fn observe(&self, rec: &ConnectionRecord) {
         let cls: &Classification = &rec.classification;
-        let (sw, sns, dw, dns, expected, verdict) = match &rec.assessment {
-            Some(a) => (
-                a.source_workload.as_str(),
-                a.source_workload_namespace.as_str(),
-                a.destination_workload.as_str(),
-                a.destination_workload_namespace.as_str(),
-                a.expected_security_policy,
-                a.verdict.as_str(),
-            ),
-            None => (
-                "unknown", "unknown", "unknown", "unknown", "unknown", "unknown",
-            ),
-        };
+        let super::Judged {
+            source_workload: sw,
+            source_namespace: sns,
+            destination_workload: dw,
+            destination_namespace: dns,
+            expected,
+            verdict,
+        } = rec.judged();
         let port = rec.server.port.to_string();
         let mut reporters = Vec::with_capacity(2);
         if rec.client.local.is_some() {

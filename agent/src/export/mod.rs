@@ -118,7 +118,39 @@ fn local_end(e: &End) -> LocalEnd {
     }
 }
 
+/// The policy labels of a record: both ends' workloads, what was expected and the
+/// verdict; `unknown` throughout when the record has no assessment.
+pub struct Judged<'a> {
+    pub source_workload: &'a str,
+    pub source_namespace: &'a str,
+    pub destination_workload: &'a str,
+    pub destination_namespace: &'a str,
+    pub expected: &'a str,
+    pub verdict: &'a str,
+}
+
 impl ConnectionRecord {
+    pub fn judged(&self) -> Judged<'_> {
+        match &self.assessment {
+            Some(a) => Judged {
+                source_workload: &a.source_workload,
+                source_namespace: &a.source_workload_namespace,
+                destination_workload: &a.destination_workload,
+                destination_namespace: &a.destination_workload_namespace,
+                expected: a.expected_security_policy,
+                verdict: a.verdict.as_str(),
+            },
+            None => Judged {
+                source_workload: "unknown",
+                source_namespace: "unknown",
+                destination_workload: "unknown",
+                destination_namespace: "unknown",
+                expected: "unknown",
+                verdict: "unknown",
+            },
+        }
+    }
+
     /// Classifies `conn` and builds its record (without policy).
     pub fn new(conn: &Connection, clock: &Clock) -> Self {
         Self::with_classification(

@@ -155,7 +155,8 @@ impl PolicySet {
             mode: PeerMode::Permissive,
             source: "Istio default (no PeerAuthentication applies): PERMISSIVE".into(),
         };
-        for pa in [mesh, ns_wide].into_iter().flatten() {
+        // Narrower policies override wider ones; UNSET inherits.
+        for pa in [mesh, ns_wide, workload].into_iter().flatten() {
             let m = pa
                 .object
                 .spec
@@ -169,27 +170,16 @@ impl PolicySet {
                 };
             }
         }
-        if let Some(pa) = workload {
-            let m = pa
-                .object
-                .spec
-                .mtls
-                .as_ref()
-                .map_or(PeerMode::Unset, |m| m.mode());
-            if m != PeerMode::Unset {
+        // Port-level modes only count on a workload-selected policy, as in Istio.
+        if let Some(pa) = workload
+            && let Some(pm) = pa.object.spec.port_level_mtls.get(&port)
+        {
+            let pm = pm.mode();
+            if pm != PeerMode::Unset {
                 out = PeerDecision {
-                    mode: m,
-                    source: pa_ref(&pa.object, "spec.mtls.mode", m),
+                    mode: pm,
+                    source: pa_ref(&pa.object, &format!("spec.portLevelMtls[{port}].mode"), pm),
                 };
-            }
-            if let Some(pm) = pa.object.spec.port_level_mtls.get(&port) {
-                let pm = pm.mode();
-                if pm != PeerMode::Unset {
-                    out = PeerDecision {
-                        mode: pm,
-                        source: pa_ref(&pa.object, &format!("spec.portLevelMtls[{port}].mode"), pm),
-                    };
-                }
             }
         }
         out
