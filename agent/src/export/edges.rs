@@ -53,24 +53,21 @@ impl Edges {
 
     /// Counts `rec` on its edge; false when the edge is new and the table is full.
     pub fn record(&mut self, rec: &ConnectionRecord) -> bool {
-        let super::Judged {
-            source_workload: sw,
-            source_namespace: sns,
-            destination_workload: dw,
-            destination_namespace: dns,
-            expected,
-            verdict,
-        } = rec.judged();
-        let source = name(sns, sw, rec.client.addr);
-        let destination = name(dns, dw, rec.server.addr);
+        let j = rec.judged();
+        let source = name(j.source_namespace, j.source_workload, rec.client.addr);
+        let destination = name(
+            j.destination_namespace,
+            j.destination_workload,
+            rec.server.addr,
+        );
         let observed = rec.classification.connection_security_policy.as_str();
         let key = (
             source.clone(),
             destination.clone(),
             rec.server.port,
             observed.to_owned(),
-            expected.to_owned(),
-            verdict.to_owned(),
+            j.expected.to_owned(),
+            j.verdict.to_owned(),
         );
         if let Some(e) = self.map.get_mut(&key) {
             e.connections += 1;
@@ -86,12 +83,12 @@ impl Edges {
             Edge {
                 source,
                 destination,
-                source_workload_namespace: sns.to_owned(),
-                destination_workload_namespace: dns.to_owned(),
+                source_workload_namespace: j.source_namespace.to_owned(),
+                destination_workload_namespace: j.destination_namespace.to_owned(),
                 destination_port: rec.server.port,
                 connection_security_policy: observed.to_owned(),
-                expected_security_policy: expected.to_owned(),
-                verdict: verdict.to_owned(),
+                expected_security_policy: j.expected.to_owned(),
+                verdict: j.verdict.to_owned(),
                 connections: 1,
                 last_seen: rec.end.clone(),
             },
