@@ -19,10 +19,14 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: the size of the `run` variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Load the probes and report every TCP connection on this host as a JSON line
-    /// when it finishes. Runs until SIGINT or SIGTERM, then detaches everything.
+    /// Load the probes and report every TCP connection on this host when it
+    /// finishes: classified from its first bytes, judged against the policy, as JSON
+    /// lines or a table, with Prometheus metrics, verdict events and the edges view
+    /// on the HTTP listener. Runs until SIGINT or SIGTERM, then detaches everything.
     Run(RunArgs),
     /// Classify every TCP connection of a pcap or pcapng capture with the same
     /// classifier the agent runs, one line per connection.
@@ -118,6 +122,12 @@ pub enum LogFormat {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    /// A YAML file of settings: keys are these flags' long names (`capture-budget:
+    /// 8192`), plus `log-level` and `log-format`. The command line and `MTLS_AUDITOR_*`
+    /// variables win over the file; examples/mtls-auditor.yaml lists every key with
+    /// its default.
+    #[arg(long, env = "MTLS_AUDITOR_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Bytes captured from the start of each direction of every connection.
     #[arg(long, env = "MTLS_AUDITOR_CAPTURE_BUDGET", default_value_t = agent_common::DEFAULT_CAPTURE_BUDGET,
           value_parser = clap::value_parser!(u32).range(1..=agent_common::MAX_CAPTURE_BUDGET as i64))]

@@ -15,6 +15,8 @@ pub mod classify;
 pub mod cli;
 pub mod clock;
 #[cfg(feature = "agent")]
+pub mod config;
+#[cfg(feature = "agent")]
 pub mod export;
 pub mod flows;
 pub mod inventory;

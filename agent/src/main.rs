@@ -2,7 +2,7 @@
 
 use std::{io::IsTerminal as _, process::ExitCode};
 
-use clap::Parser as _;
+use clap::{CommandFactory as _, FromArgMatches as _};
 use std::io::Write as _;
 
 use anyhow::{Context as _, anyhow, bail};
@@ -252,8 +252,36 @@ fn label<T: serde::Serialize>(v: &T) -> String {
         .unwrap_or_default()
 }
 
+/// The command line, with `run --config FILE`'s settings added where neither the
+/// command line nor the environment set them.
+fn parse_command_line() -> anyhow::Result<Cli> {
+    let mut cmd = Cli::command();
+    cmd.build();
+    let matches = cmd.clone().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let Command::Run(args) = &cli.command else {
+        return Ok(cli);
+    };
+    let (Some(file), Some(run), Some(run_matches)) = (
+        &args.config,
+        cmd.find_subcommand("run"),
+        matches.subcommand_matches("run"),
+    ) else {
+        return Ok(cli);
+    };
+    let extra = mtls_auditor::config::arguments(run, run_matches, file)?;
+    let argv: Vec<_> = std::env::args_os().chain(extra).collect();
+    Cli::from_arg_matches(&cmd.try_get_matches_from(argv)?).map_err(Into::into)
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_command_line() {
+        Ok(cli) => cli,
+        Err(err) => {
+            eprintln!("mtls-auditor: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
     init_logging(&cli.log.log_level, cli.log.log_format);
     let result: anyhow::Result<()> = match &cli.command {
         Command::Run(args) => run::run(args).map_err(Into::into),
