@@ -295,7 +295,9 @@ pub mod stats {
         CapturedBytes = 1, "captured_bytes";
         /// Ring-buffer output failed (full): event lost.
         RingbufFull = 2, "ringbuf_full";
-        /// Segments cut at the chunk size or the budget.
+        /// Segments cut at the chunk size (a segment cut at the budget sets the
+        /// record's `TRUNCATED` flag; the direction then counts in
+        /// `budget_exhausted`).
         TruncatedPackets = 3, "truncated_packets";
         /// Directions whose capture budget was used up.
         BudgetExhausted = 4, "budget_exhausted";
@@ -317,9 +319,11 @@ pub mod stats {
         Decided = 12, "decided";
         /// Segments that arrived before their socket was established.
         NoBase = 13, "no_base";
+        /// A map update or delete failed (the decided mark of a socket).
+        MapUpdateFailed = 14, "map_update_failed";
     }
     /// Number of slots in the stats map.
-    pub const LEN: u32 = 14;
+    pub const LEN: u32 = 15;
 }
 
 #[cfg(feature = "user")]

@@ -277,7 +277,9 @@ fn try_capture(ctx: &SkBuffContext, dir: u8) -> Result<(), Stat> {
     // Userspace decides after seeing the start of a stream, never before.
     if offset > 0 && MTLS_DECIDED.get_ptr(&cookie).is_some() {
         state.flags |= sock_flags::DECIDED;
-        let _ = MTLS_DECIDED.remove(&cookie);
+        if MTLS_DECIDED.remove(&cookie).is_err() {
+            bump(Stat::MapUpdateFailed, 1);
+        }
         bump(Stat::Decided, 1);
         return Ok(());
     }

@@ -367,6 +367,10 @@ impl Pipeline {
                 while let Ok(p) = self.policy_rx.try_recv() {
                     self.policy = Some(p);
                 }
+                self.table.settle(&mut |conn| {
+                    let cls = classify::classify(&conn.classify_input());
+                    cls.is_settled().then_some(cls)
+                });
                 let mut finished = Vec::new();
                 if stopping {
                     self.table.flush(&mut |conn| finished.push(conn));
@@ -407,7 +411,10 @@ impl Pipeline {
     /// Classifies (resumed TLS sessions inherit the class of the full handshake they
     /// resume), judges against the policy, and hands the result to every consumer.
     fn finish(&mut self, conn: &Connection, now: u64) {
-        let mut cls = classify::classify(&conn.classify_input());
+        let mut cls = match &conn.settled {
+            Some(cls) => classify::Classification::clone(cls),
+            None => classify::classify(&conn.classify_input()),
+        };
         self.resumptions.apply(
             (conn.client.ip(), conn.server.ip(), conn.server.port()),
             &mut cls,
@@ -468,7 +475,8 @@ impl Pipeline {
                 | Stat::LoadFailed
                 | Stat::HeaderUnparsed
                 | Stat::CbFlagsFailed
-                | Stat::NoBase => {
+                | Stat::NoBase
+                | Stat::MapUpdateFailed => {
                     m.kernel_errors.with_label_values(&[s.name()]).inc_by(d);
                 }
                 _ => {}

@@ -203,7 +203,8 @@ impl Pki {
     }
 }
 
-/// `openssl s_server -www` on `port` in `ns`/`cg`; `-Verify 1` when `require_client_cert`.
+/// `openssl s_server` on `port` in `ns`/`cg` with the PKI's server certificate,
+/// plus `extra` (`-www` to answer HTTP, `-Verify 1` to require a client certificate).
 pub fn openssl_server(
     ns: Option<&Netns>,
     cg: Option<&Cgroup>,
@@ -212,7 +213,7 @@ pub fn openssl_server(
     extra: &[&str],
 ) -> Child {
     let mut s = Spawn::new("openssl")
-        .args(["s_server", "-quiet", "-www", "-accept", &port.to_string()])
+        .args(["s_server", "-quiet", "-accept", &port.to_string()])
         .arg("-cert")
         .arg(pki.server_cert())
         .arg("-key")

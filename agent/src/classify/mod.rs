@@ -187,6 +187,32 @@ pub struct Classification {
     pub mesh: Option<MeshMarker>,
 }
 
+impl Classification {
+    /// Whether more bytes of the connection cannot change this classification: the
+    /// exchange completed both ways, and the protocol is TLS with its class known
+    /// (or a resumed session), or one with no in-band upgrade to TLS (HTTP/1.x, h2c,
+    /// Redis) or SSH. Protocols that can still upgrade (PostgreSQL, MySQL, SMTP
+    /// before STARTTLS) and unrecognised bytes are never settled: the agent keeps
+    /// capturing them up to the budget.
+    pub fn is_settled(&self) -> bool {
+        if self.outcome != Outcome::Completed {
+            return false;
+        }
+        match self.protocol {
+            Protocol::Tls => {
+                matches!(
+                    self.connection_security_policy,
+                    SecurityClass::MutualTls | SecurityClass::Tls
+                ) || self.tls.as_ref().is_some_and(|t| t.resumed)
+            }
+            Protocol::Http1 | Protocol::H2c | Protocol::Redis | Protocol::Ssh => {
+                self.confidence == Confidence::High
+            }
+            _ => false,
+        }
+    }
+}
+
 const ISTIO_ALPN: [&str; 5] = [
     "istio",
     "istio-peer-exchange",
@@ -408,6 +434,30 @@ impl Resumptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn settled(client: &[u8], server: &[u8]) -> bool {
+        classify(&ConnInput {
+            client: Side::new(client),
+            server: Side::new(server),
+            ..ConnInput::default()
+        })
+        .is_settled()
+    }
+
+    #[test]
+    fn only_a_completed_exchange_that_cannot_upgrade_is_settled() {
+        let get = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert!(settled(get, b"HTTP/1.1 200 OK\r\n\r\n"));
+        assert!(!settled(get, b""), "no answer yet");
+        assert!(settled(b"*1\r\n$4\r\nPING\r\n", b"+PONG\r\n"), "Redis");
+        // SMTP and PostgreSQL may still switch to TLS.
+        assert!(!settled(
+            b"EHLO x\r\n",
+            b"220 mail ESMTP\r\n250-mail\r\n250 STARTTLS\r\n"
+        ));
+        assert!(!settled(&[0, 0, 0, 8, 4, 210, 22, 47], b"S"));
+        assert!(!settled(b"\x01\x02\x03", b"\x04\x05"), "unrecognised bytes");
+    }
 
     #[test]
     fn midstream_is_unknown_and_incomplete() {

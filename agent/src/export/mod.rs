@@ -105,6 +105,9 @@ pub struct CaptureSummary {
     pub lost: bool,
     /// Captured bytes do not all connect to the start of their stream.
     pub gaps: bool,
+    /// The classification was final before the connection closed, so the agent
+    /// told the kernel to stop capturing it (bytes past that point are not kept).
+    pub settled: bool,
 }
 
 fn local_end(e: &End) -> LocalEnd {
@@ -208,6 +211,7 @@ impl ConnectionRecord {
                     .any(|e| e.egress.truncated || e.ingress.truncated),
                 lost: conn.ends().any(|e| e.lost),
                 gaps: c2s.is_some_and(|s| s.has_gap()) || s2c.is_some_and(|s| s.has_gap()),
+                settled: conn.settled.is_some(),
             },
         }
     }

@@ -21,7 +21,7 @@ use agent_common::{
 use crate::{
     capture::{ConnKind, Event},
     cgroups::CgroupResolver,
-    classify::{Closing, ConnInput, Party, Side},
+    classify::{Classification, Closing, ConnInput, Party, Side},
 };
 pub use stream::Stream;
 
@@ -95,6 +95,12 @@ pub struct Connection {
     pub last_ns: u64,
     /// Still open when it was flushed (agent exit).
     pub open: bool,
+    /// The classification, once more bytes could not change it
+    /// ([`FlowTable::settle`]): the captured prefixes are freed and the kernel stops
+    /// capturing this connection.
+    pub settled: Option<Box<Classification>>,
+    /// Bytes arrived since the last [`FlowTable::settle`] looked at this connection.
+    new_data: bool,
 }
 
 impl Connection {
@@ -278,6 +284,9 @@ pub struct FlowTable {
     listeners: HashMap<u16, Vec<Listener>>,
     cgroups: Option<CgroupResolver>,
     decided: Vec<u64>,
+    /// Connections that received bytes since the last `settle` (may name ids
+    /// reused since; `new_data` is what counts).
+    touched: Vec<ConnId>,
     stats: FlowStats,
 }
 
@@ -317,6 +326,7 @@ impl FlowTable {
             listeners: HashMap::new(),
             cgroups,
             decided: Vec::new(),
+            touched: Vec::new(),
             stats: FlowStats::default(),
         }
     }
@@ -474,6 +484,8 @@ impl FlowTable {
             first_ns: ev.hdr.ts_ns,
             last_ns: ev.hdr.ts_ns,
             open: false,
+            settled: None,
+            new_data: false,
         };
         match role {
             Role::Client => conn.client_end = Some(end),
@@ -552,11 +564,20 @@ impl FlowTable {
     fn data(&mut self, h: &DataHeader, payload: &[u8]) {
         let budget = self.cfg.budget;
         let cookie = h.hdr.cookie;
-        let Some((conn, is_client)) = self.end_mut(cookie) else {
+        let Some((&id, conn)) = self
+            .ends
+            .get(&cookie)
+            .and_then(|id| Some((id, self.conns.get_mut(*id)?)))
+        else {
             self.stats.orphan_events += 1;
             return;
         };
+        let is_client = conn.client_end.as_ref().is_some_and(|e| e.cookie == cookie);
         conn.last_ns = conn.last_ns.max(h.hdr.ts_ns);
+        // Once settled, bytes the kernel sent up before it learned so are not kept.
+        let keep = conn.settled.is_none();
+        let first_new = keep && !payload.is_empty() && !conn.new_data;
+        conn.new_data |= first_new;
         let end = if is_client {
             conn.client_end.as_mut()
         } else {
@@ -568,7 +589,9 @@ impl FlowTable {
         } else {
             &mut end.ingress
         };
-        stream.insert(h.offset, payload, budget, h.hdr.ts_ns);
+        if keep {
+            stream.insert(h.offset, payload, budget, h.hdr.ts_ns);
+        }
         stream.seen_bytes += u64::from(h.seg_len);
         if h.flags & data_flags::TRUNCATED != 0 {
             stream.truncated = true;
@@ -586,9 +609,12 @@ impl FlowTable {
         if end.process.is_none() && h.flags & data_flags::PROCESS != 0 {
             end.process = Process::from_raw(h.tgid, &h.comm);
         }
-        if end.cgroup_id == 0 && h.cgroup_id != 0 {
-            let id = h.cgroup_id;
-            self.learn_cgroup(cookie, id);
+        let learn = (end.cgroup_id == 0 && h.cgroup_id != 0).then_some(h.cgroup_id);
+        if first_new {
+            self.touched.push(id);
+        }
+        if let Some(cgroup_id) = learn {
+            self.learn_cgroup(cookie, cgroup_id);
         }
     }
 
@@ -645,17 +671,35 @@ impl FlowTable {
         out(conn);
     }
 
-    /// Marks every end of the connection of `cookie` as decided (no more bytes).
-    pub fn decide(&mut self, cookie: u64) {
-        if let Some(id) = self.ends.get(&cookie)
-            && let Some(conn) = self.conns.get(*id)
-        {
-            for end in conn.ends() {
+    /// Looks at the open connections that received bytes since the last call:
+    /// where `judge` returns a classification that more bytes cannot change, it is
+    /// kept, the captured prefixes are freed and the connection's open ends are
+    /// queued for [`FlowTable::take_decided`] (the kernel stops capturing them).
+    /// Returns how many connections settled.
+    pub fn settle(
+        &mut self,
+        judge: &mut impl FnMut(&Connection) -> Option<Classification>,
+    ) -> usize {
+        let mut settled = 0;
+        for id in std::mem::take(&mut self.touched) {
+            let Some(conn) = self.conns.get_mut(id) else {
+                continue;
+            };
+            if !std::mem::take(&mut conn.new_data) || conn.settled.is_some() || conn.all_closed() {
+                continue;
+            }
+            let Some(cls) = judge(conn) else { continue };
+            conn.settled = Some(Box::new(cls));
+            settled += 1;
+            for end in conn.client_end.iter_mut().chain(conn.server_end.iter_mut()) {
+                end.egress.release();
+                end.ingress.release();
                 if end.closed_ns.is_none() {
                     self.decided.push(end.cookie);
                 }
             }
         }
+        settled
     }
 }
 
@@ -807,5 +851,57 @@ mod tests {
         let mut t = FlowTable::new(FlowConfig::default(), None);
         t.on_event(Event::Data(data(9, direction::EGRESS, 0, b"x"), b"x"));
         assert_eq!(t.stats().orphan_events, 1);
+    }
+
+    #[test]
+    fn a_settled_connection_is_marked_decided_and_keeps_no_more_bytes() {
+        let mut t = FlowTable::new(FlowConfig::default(), None);
+        let c = ([10, 213, 0, 2], 40000);
+        let s = ([10, 213, 0, 1], 8080);
+        t.on_event(Event::Conn(
+            ConnKind::Established,
+            conn_event(kind::ESTABLISHED, 1, role::CLIENT, c, s),
+        ));
+        t.on_event(Event::Conn(
+            ConnKind::Established,
+            conn_event(kind::ESTABLISHED, 2, role::SERVER, s, c),
+        ));
+        let judge = &mut |conn: &Connection| {
+            let cls = crate::classify::classify(&conn.classify_input());
+            cls.is_settled().then_some(cls)
+        };
+        let req = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        t.on_event(Event::Data(data(1, direction::EGRESS, 0, req), req));
+        assert_eq!(t.settle(judge), 0, "no answer yet: not settled");
+        assert_eq!(t.settle(judge), 0, "nothing new: not looked at again");
+        let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        t.on_event(Event::Data(data(2, direction::EGRESS, 0, resp), resp));
+        assert_eq!(t.settle(judge), 1);
+        let mut decided: Vec<u64> = t.take_decided().collect();
+        decided.sort_unstable();
+        assert_eq!(decided, [1, 2], "both ends are marked");
+        // Bytes already in flight when the mark was set are counted, not kept.
+        let more = b"GET /2 HTTP/1.1\r\n\r\n";
+        let at = req.len() as u32;
+        t.on_event(Event::Data(data(1, direction::EGRESS, at, more), more));
+        assert_eq!(t.settle(judge), 0);
+        for (cookie, a, b) in [(1, c, s), (2, s, c)] {
+            t.on_event(Event::Conn(
+                ConnKind::Closed,
+                conn_event(kind::CLOSED, cookie, role::UNKNOWN, a, b),
+            ));
+        }
+        let mut out = Vec::new();
+        t.tick(1_500, &mut |c| out.push(c));
+        let conn = &out[0];
+        let cls = conn.settled.as_deref().expect("settled");
+        assert_eq!(cls.protocol, crate::classify::Protocol::Http1);
+        let c2s = conn.client_to_server().expect("c2s");
+        assert_eq!(c2s.captured(), req.len() as u64, "captured before settling");
+        assert!(c2s.contiguous().is_empty(), "the buffer was freed");
+        assert_eq!(
+            conn.client_end.as_ref().map(|e| e.egress.seen_bytes),
+            Some((req.len() + more.len()) as u64)
+        );
     }
 }

@@ -27,6 +27,8 @@ pub struct Stream {
     /// (stream offset, monotonic ns) of the first segments, ascending by offset:
     /// what orders the two directions for the classifier.
     pub chunks: Vec<(u32, u64)>,
+    /// Bytes that were captured before [`Stream::release`] freed them.
+    released: u64,
 }
 
 /// Segment starts remembered per stream.
@@ -98,7 +100,12 @@ impl Stream {
 
     /// Bytes captured, holes excluded.
     pub fn captured(&self) -> u64 {
-        self.ranges.iter().map(|&(a, b)| u64::from(b - a)).sum()
+        self.released
+            + self
+                .ranges
+                .iter()
+                .map(|&(a, b)| u64::from(b - a))
+                .sum::<u64>()
     }
 
     /// Whether some captured bytes are not reachable from offset 0.
@@ -111,8 +118,10 @@ impl Stream {
         self.ranges.is_empty()
     }
 
-    /// Frees the buffer, keeping flags and counters.
+    /// Frees the buffer, keeping flags and counters (and the number of bytes
+    /// captured).
     pub fn release(&mut self) {
+        self.released = self.captured();
         self.buf = Vec::new();
         self.ranges = Vec::new();
         self.chunks = Vec::new();
