@@ -71,6 +71,10 @@ pub enum RunError {
     },
     #[error(transparent)]
     Kube(#[from] crate::kube::KubeError),
+    #[error(
+        "--output - and --events - would interleave on stdout: send one of them to a file (or --output off)"
+    )]
+    BothOnStdout,
 }
 
 fn output_of(path: Option<std::path::PathBuf>) -> Output {
@@ -89,6 +93,12 @@ fn hostname() -> String {
 
 /// Runs until SIGINT/SIGTERM. Returns after everything is detached.
 pub fn run(args: &RunArgs) -> Result<(), RunError> {
+    // What would stop the agent later is reported before anything starts: first a
+    // missing privilege, then the settings.
+    crate::probes::check_privileges()?;
+    if args.output == "-" && args.events.as_deref() == Some("-") {
+        return Err(RunError::BothOnStdout);
+    }
     let mut kube_client = None;
     let listen: Option<SocketAddr> = if args.listen.is_empty() || args.listen == "off" {
         None

@@ -83,7 +83,10 @@ pub fn judge(observed: &Classification, expected: &Expectation) -> (Verdict, Str
         {
             return (
                 Verdict::Permissive,
-                "plaintext accepted by a PERMISSIVE server: this client must move to mutual TLS before STRICT".to_owned(),
+                format!(
+                    "plaintext accepted by a PERMISSIVE server ({}): this client must move to mutual TLS before STRICT",
+                    expected.reason
+                ),
             );
         }
         return (

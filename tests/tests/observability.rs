@@ -228,37 +228,86 @@ fn prometheus_sees_the_seed_scenario_verdict_by_verdict() {
             > 0.0
     );
 
-    // Every dashboard panel query, variables filled in, returns data.
+    // Every dashboard panel query, variables filled in, returns data. A stat's
+    // `(...) or vector(0)` fallback would answer even for a misspelt metric, so the
+    // query inside it must answer by itself. The workload dashboard is filled in
+    // with the seed's server (a: inbound findings) and its client (b: outbound).
+    let fill_with = |q: &str, workload: &str| {
+        q.replace("$__rate_interval", "1m")
+            .replace("$__range", "10m")
+            .replace("$namespace", "default")
+            .replace("$workload", workload)
+            .replace("$instance", ".*")
+    };
+    let fill = |q: &str| fill_with(q, "example-service-a");
     let mut checked = 0;
     for file in ["overview.json", "workload.json", "agent-health.json"] {
         let dash: Record = serde_json::from_str(
             &std::fs::read_to_string(root().join("dashboards").join(file)).expect("read"),
         )
         .expect("JSON");
+        // Template variables: `label_values(SELECTOR, LABEL)` offers the value the
+        // panels below are filled in with.
+        for var in dash["templating"]["list"].as_array().expect("templating") {
+            let Some(q) = var["query"]["query"].as_str() else {
+                continue;
+            };
+            let inner = q
+                .strip_prefix("label_values(")
+                .and_then(|q| q.strip_suffix(')'))
+                .unwrap_or_else(|| panic!("{file}: variable query {q} is not label_values"));
+            let (selector, label) = inner
+                .rsplit_once(',')
+                .expect("label_values(SELECTOR, LABEL)");
+            let label = label.trim();
+            let want = match label {
+                "destination_workload_namespace" => "default",
+                "destination_workload" => "example-service-a",
+                _ => "",
+            };
+            let values = wait_for(Duration::from_secs(10), || {
+                let values: Vec<String> =
+                    query(&format!("count by ({label}) ({})", fill(selector)))
+                        .iter()
+                        .filter_map(|r| r["metric"][label].as_str().map(str::to_owned))
+                        .collect();
+                values
+                    .iter()
+                    .any(|v| want.is_empty() || v == want)
+                    .then_some(values)
+            });
+            assert!(
+                values.is_some(),
+                "{file}: variable {} offers no {want:?}: {q}",
+                var["name"]
+            );
+            checked += 1;
+        }
         for panel in dash["panels"].as_array().expect("panels") {
             for target in panel["targets"].as_array().expect("targets") {
-                let expr = target["expr"]
-                    .as_str()
-                    .expect("expr")
-                    .replace("$__rate_interval", "1m")
-                    .replace("$__range", "10m")
-                    .replace("$namespace", "default")
-                    .replace("$workload", "example-service-a")
-                    .replace("$instance", ".*");
+                let exprs: Vec<String> = ["example-service-a", "example-service-b"]
+                    .iter()
+                    .map(|w| {
+                        let full = fill_with(target["expr"].as_str().expect("expr"), w);
+                        full.strip_suffix(" or vector(0)")
+                            .map_or(full.as_str(), str::trim)
+                            .to_owned()
+                    })
+                    .collect();
                 let res = wait_for(Duration::from_secs(10), || {
-                    let r = query(&expr);
-                    (!r.is_empty()).then_some(r)
+                    exprs.iter().find(|e| !query(e).is_empty())
                 });
                 assert!(
                     res.is_some(),
-                    "{file}: panel {:?} returns no data: {expr}",
-                    panel["title"]
+                    "{file}: panel {:?} returns no data: {}",
+                    panel["title"],
+                    exprs.join(" / ")
                 );
                 checked += 1;
             }
         }
     }
-    assert!(checked >= 30, "only {checked} panel queries");
+    assert!(checked >= 33, "only {checked} panel and variable queries");
 
     // The alert on plaintext accepted by a workload that requires mutual TLS fires.
     let firing = wait_for(Duration::from_secs(20), || {
@@ -361,5 +410,20 @@ fn a_busy_listen_address_is_a_clear_error() {
     assert_eq!(
         stderr.trim(),
         "mtls-auditor: --listen 127.0.0.1:19478: Address already in use (os error 98)"
+    );
+}
+
+/// Records and events are two writers: on one stdout their lines could interleave.
+#[test]
+fn records_and_events_cannot_share_stdout() {
+    require_root();
+    let out = Spawn::new(agent_bin().to_str().expect("utf8"))
+        .args(["run", "--listen", "off", "--output", "-", "--events", "-"])
+        .run(Duration::from_secs(30));
+    assert!(!out.status.success(), "both on stdout was accepted");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--output - and --events - would interleave on stdout"),
+        "{err}"
     );
 }

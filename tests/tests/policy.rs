@@ -121,7 +121,7 @@ fn seed_scenario_produces_every_verdict() {
     );
     let p = find("example-service-b", "example-service-c", 8080, "none");
     assert!(
-        p["policies"].to_string().contains(
+        s(&p, "verdict_reason").contains(
             "PeerAuthentication default/example-service-c-peer-auth spec.mtls.mode=PERMISSIVE"
         ),
         "{p}"

@@ -761,7 +761,7 @@ fn analyze_tls13(
                 SecurityClass::Tls,
                 Confidence::High,
                 format!(
-                    "TLS 1.3: the client's first encrypted flight is a bare Finished ({} bytes = 4 + {hash}), no certificate",
+                    "TLS 1.3: the client's first encrypted flight is a bare Finished ({first_inner} bytes = 4 + {hash}, in a record of {}), no certificate",
                     first.len
                 ),
             )
@@ -773,7 +773,7 @@ fn analyze_tls13(
                 SecurityClass::Tls,
                 Confidence::High,
                 format!(
-                    "TLS 1.3: the client's first encrypted flight is an empty Certificate + Finished ({} bytes)",
+                    "TLS 1.3: the client's first encrypted flight is an empty Certificate + Finished ({first_inner} bytes = 8 + 4 + {hash}, in a record of {})",
                     first.len
                 ),
             )

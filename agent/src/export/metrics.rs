@@ -312,7 +312,7 @@ impl Metrics {
                 None => "none",
             };
             self.handshakes
-                .with_label_values(&[tls.version.as_deref().unwrap_or("unknown"), auth, mesh])
+                .with_label_values(&[tls_version_label(tls.version.as_deref()), auth, mesh])
                 .inc();
         }
     }
@@ -394,5 +394,15 @@ mod tests {
         assert!(om.contains("mtls_auditor_events_received_total 3"));
         assert!(om.contains("mtls_auditor_kernel_errors_total{kind=\"load_failed\"} 0"));
         assert!(om.ends_with("# EOF\n"));
+    }
+}
+
+/// The `tls_version` label: the known versions, or `other` for any value off the
+/// wire (one label value, not 65,536).
+fn tls_version_label(v: Option<&str>) -> &str {
+    match v {
+        Some(v @ ("1.3" | "1.2" | "1.1" | "1.0" | "ssl3")) => v,
+        Some(_) => "other",
+        None => "unknown",
     }
 }

@@ -350,7 +350,12 @@ impl PolicySet {
             policies.push(d.source.clone());
             match d.mode {
                 PeerMode::Strict => raise(Requirement::MutualTls, d.source, &mut best),
-                PeerMode::Permissive => permissive = true,
+                PeerMode::Permissive => {
+                    // Requires nothing: the PERMISSIVE object is what decided so,
+                    // unless a client-side or native rule raises the requirement.
+                    permissive = true;
+                    best.1.clone_from(&d.source);
+                }
                 PeerMode::Disable | PeerMode::Unset => {}
             }
         }
