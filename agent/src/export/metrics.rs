@@ -364,6 +364,16 @@ fn escape(s: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// The `tls_version` label: the known versions, or `other` for any value off the
+/// wire (one label value, not 65,536).
+fn tls_version_label(v: Option<&str>) -> &str {
+    match v {
+        Some(v @ ("1.3" | "1.2" | "1.1" | "1.0" | "ssl3")) => v,
+        Some(_) => "other",
+        None => "unknown",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -397,12 +407,3 @@ mod tests {
     }
 }
 
-/// The `tls_version` label: the known versions, or `other` for any value off the
-/// wire (one label value, not 65,536).
-fn tls_version_label(v: Option<&str>) -> &str {
-    match v {
-        Some(v @ ("1.3" | "1.2" | "1.1" | "1.0" | "ssl3")) => v,
-        Some(_) => "other",
-        None => "unknown",
-    }
-}
