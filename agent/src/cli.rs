@@ -195,6 +195,13 @@ pub struct RunArgs {
     /// The node this agent runs on (its pods are watched). Default: the hostname.
     #[arg(long, env = "MTLS_AUDITOR_NODE_NAME")]
     pub node_name: Option<String>,
+    /// Kubernetes: watch every pod of the cluster, not only this node's, so that
+    /// connections to and from pods on other nodes name their pod, workload and
+    /// labels (and the policy is resolved with them). Costs a cluster-wide pod watch
+    /// per node: memory for every pod, and API-server load that grows with nodes
+    /// times pod churn.
+    #[arg(long, env = "MTLS_AUDITOR_REMOTE_PODS")]
+    pub remote_pods: bool,
     /// The cluster's DNS domain, for service FQDNs.
     #[arg(
         long,

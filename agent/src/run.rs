@@ -122,7 +122,12 @@ pub fn run(args: &RunArgs) -> Result<(), RunError> {
             let node = args.node_name.clone().unwrap_or_else(hostname);
             let mut state = ClusterState::new(&node);
             state.cluster_domain.clone_from(&args.cluster_domain);
-            info!(?source, node = %node, "Kubernetes mode: watching this node's pods, Services, EndpointSlices and Istio policy");
+            info!(
+                ?source,
+                node = %node,
+                pods = if args.remote_pods { "all" } else { "this node's" },
+                "Kubernetes mode: watching pods, Services, EndpointSlices and Istio policy"
+            );
             Some((Arc::new(RwLock::new(state)), client))
         }
         None => None,
@@ -162,7 +167,12 @@ pub fn run(args: &RunArgs) -> Result<(), RunError> {
             .read()
             .map(|s| s.node_name.clone())
             .unwrap_or_default();
-        crate::kube::spawn(client, Arc::clone(state), &node, reload.clone());
+        let scope = if args.remote_pods {
+            crate::kube::PodScope::Cluster
+        } else {
+            crate::kube::PodScope::Node
+        };
+        crate::kube::spawn(client, Arc::clone(state), &node, scope, reload.clone());
     }
 
     let shared = Arc::new(Shared {

@@ -353,7 +353,13 @@ pub fn assess(
         source_workload: name(&source),
         source_workload_namespace: ns(&source),
         destination_workload: name(&destination),
-        destination_workload_namespace: ns(&destination),
+        // An end no workload owns but a Service does (a pod on another node) is in
+        // the cluster: its namespace is the Service's. `unknown` is left for
+        // destinations outside what the agent knows.
+        destination_workload_namespace: match (&destination, services.first()) {
+            (None, Some(svc)) => svc.namespace.clone(),
+            _ => ns(&destination),
+        },
         source_pod: source.as_ref().and_then(|w| w.pod.clone()),
         destination_pod: destination.as_ref().and_then(|w| w.pod.clone()),
         source_container: source.as_ref().and_then(|w| w.container.clone()),

@@ -145,6 +145,7 @@ agent:
   records: "-"
   events: /var/log/mtls-auditor/events.jsonl
   eventsAll: true
+  remotePods: true
   eventsRate: 0.5
   listenAddress: "::"
   extraArgs: ["--linger-ms", "2000"]
@@ -208,6 +209,7 @@ dashboards:
     for a in [
         "--policy=/etc/mtls-auditor/policy",
         "--events-all",
+        "--remote-pods",
         "--output=-",
         "--linger-ms",
         "--listen=[::]:9477",

@@ -477,6 +477,90 @@ fn pods_services_and_istio_policy_from_the_api_server() {
     agent.stop_cleanly();
 }
 
+/// `--remote-pods`: every pod of the cluster is listed (no field selector), and an
+/// address of a pod on another node names that pod, its workload and its labels,
+/// which the policy sees: a workload-selector PERMISSIVE exception under a
+/// namespace-wide STRICT applies to it.
+#[test]
+fn remote_pods_are_attributed_by_ip_and_judged_with_their_labels() {
+    require_root();
+    let pair = NetnsPair::new("k8srp", 62);
+    // The server runs on this host in a plain cgroup: only its pod IP can name it.
+    let tree = pod_cgroups("k8s-rp", "remote-cart");
+    let api = FakeApi::start();
+    api.upsert(PODS, checkout_pod(&pair));
+    let mut cart = cart_pod(&pair, "cart");
+    cart["spec"]["nodeName"] = json!("other-node");
+    cart["metadata"]["name"] = json!("cart-7d9f8b6c5-remote");
+    api.upsert(PODS, cart);
+    api.upsert(
+        PEER_AUTHS,
+        json!({
+            "apiVersion": "security.istio.io/v1",
+            "kind": "PeerAuthentication",
+            "metadata": {"name": "shop-strict", "namespace": "shop", "uid": "1a2b3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d", "generation": 1},
+            "spec": {"mtls": {"mode": "STRICT"}}
+        }),
+    );
+    api.upsert(PEER_AUTHS, peer_authentication("PERMISSIVE"));
+
+    let dir = TempDir::new();
+    let kubeconfig = dir.path().join("kubeconfig");
+    api.kubeconfig(&kubeconfig);
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(&www).expect("mkdir");
+    std::fs::write(www.join("index.html"), "cart\n").expect("write");
+
+    let listen = "127.0.0.1:19486";
+    let agent = Agent::start(
+        AgentOptions::default()
+            .arg("--kubeconfig")
+            .arg(kubeconfig.to_str().expect("utf8"))
+            .arg("--node-name")
+            .arg(NODE)
+            .arg("--listen")
+            .arg(listen)
+            .arg("--remote-pods"),
+    );
+    wait_ready(&agent, listen, Duration::from_secs(20));
+    let reqs = api.requests();
+    let pod_lists: Vec<&String> = reqs
+        .iter()
+        .filter(|r| r.starts_with("/api/v1/pods?"))
+        .collect();
+    assert!(
+        !pod_lists.is_empty() && pod_lists.iter().all(|r| !r.contains("fieldSelector")),
+        "pods are listed cluster-wide with --remote-pods: {pod_lists:#?}"
+    );
+
+    let _cart = http_server(Some(&pair.b), Some(tree.leaf(2)), pair.b_v4(), 8080, &www);
+    let mut seen = 0;
+    let r = until(
+        &agent,
+        &pair,
+        &tree,
+        &mut seen,
+        "the remote pod attributed",
+        |r| s(r, "destination_pod") == "cart-7d9f8b6c5-remote",
+    );
+    for (k, v) in [
+        ("source_workload", "checkout"),
+        ("destination_workload", "cart"),
+        ("destination_workload_namespace", "shop"),
+        ("destination_canonical_service", "cart"),
+        ("expected_security_policy", "none"),
+        ("verdict", "permissive"),
+    ] {
+        assert_eq!(s(&r, k), v, "{k} in {r}");
+    }
+    assert!(
+        s(&r, "verdict_reason")
+            .contains("PeerAuthentication shop/cart-strict spec.mtls.mode=PERMISSIVE"),
+        "the selector's exception decides, not the namespace's STRICT: {r}"
+    );
+    agent.stop_cleanly();
+}
+
 /// Runs its arguments the way a container runtime runs the DaemonSet's agent: in a
 /// cgroup of its own with a private cgroup namespace (so /sys/fs/cgroup shows only
 /// that cgroup), the host's /sys/fs/cgroup bind-mounted (recursively, as hostPath

@@ -406,4 +406,3 @@ mod tests {
         assert!(om.ends_with("# EOF\n"));
     }
 }
-

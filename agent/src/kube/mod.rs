@@ -1,4 +1,4 @@
-//! In-cluster mode: pods of this node, Services, EndpointSlices and Istio's
+//! In-cluster mode: pods of this node (or all, `--remote-pods`), Services, EndpointSlices and Istio's
 //! PeerAuthentication and DestinationRule from the API server, through kube-runtime
 //! watchers. A watcher lists, then watches from the list's resourceVersion; on
 //! `410 Gone` (an expired resourceVersion) it lists again, on a dropped connection

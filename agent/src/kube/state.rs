@@ -1,5 +1,5 @@
-//! What the API server says, indexed for the pipeline: pods of this node by UID and
-//! IP, Services by cluster IP, EndpointSlice addresses, and Istio's policy objects.
+//! What the API server says, indexed for the pipeline: pods of this node (of every
+//! node with `--remote-pods`) by UID and IP, Services by cluster IP, EndpointSlice addresses, and Istio's policy objects.
 //! Written by the watchers, read on every finished connection.
 
 use std::{
@@ -18,7 +18,7 @@ use crate::{
     policy::model::{DestinationRule, PeerAuthentication},
 };
 
-/// A pod of this node.
+/// A pod the agent watches (of this node, or of any node with `--remote-pods`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodInfo {
     pub uid: String,

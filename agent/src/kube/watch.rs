@@ -246,10 +246,28 @@ fn index<K: Indexed>(
     }));
 }
 
+/// Which pods are watched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodScope {
+    /// The pods of this node (field selector on `spec.nodeName`).
+    Node,
+    /// Every pod of the cluster, so that ends on other nodes are attributed by IP.
+    Cluster,
+}
+
 /// Starts every watcher on the current tokio runtime. Policy changes are signalled
 /// on `policy_changed`.
-pub fn spawn(client: Client, state: SharedState, node_name: &str, policy_changed: Sender<Trigger>) {
-    let pods = watcher::Config::default().fields(&format!("spec.nodeName={node_name}"));
+pub fn spawn(
+    client: Client,
+    state: SharedState,
+    node_name: &str,
+    pods: PodScope,
+    policy_changed: Sender<Trigger>,
+) {
+    let pods = match pods {
+        PodScope::Node => watcher::Config::default().fields(&format!("spec.nodeName={node_name}")),
+        PodScope::Cluster => watcher::Config::default(),
+    };
     index::<Pod>(&client, pods, "pods", &state);
     index::<Service>(&client, watcher::Config::default(), "services", &state);
     index::<EndpointSlice>(
