@@ -30,6 +30,9 @@ pub struct Workload {
     /// The container, in a cluster, when the cgroup path names it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub container: Option<String>,
+    /// Port -> name: the pod's named container ports, or the inventory's `ports`.
+    #[serde(skip)]
+    pub port_names: BTreeMap<u16, String>,
 }
 
 /// A service: name, namespace and its cluster FQDN.
@@ -165,6 +168,7 @@ impl Inventory {
                         pod: None,
                         canonical_service: None,
                         container: None,
+                        port_names: w.ports.iter().map(|(n, p)| (*p, n.clone())).collect(),
                     },
                     cgroups,
                     netns_cookies,

@@ -480,7 +480,8 @@ fn pods_services_and_istio_policy_from_the_api_server() {
 /// `--remote-pods`: every pod of the cluster is listed (no field selector), and an
 /// address of a pod on another node names that pod, its workload and its labels,
 /// which the policy sees: a workload-selector PERMISSIVE exception under a
-/// namespace-wide STRICT applies to it.
+/// namespace-wide STRICT applies to it. A policy file beside the cluster exempts
+/// the pod's container port named `metrics`.
 #[test]
 fn remote_pods_are_attributed_by_ip_and_judged_with_their_labels() {
     require_root();
@@ -492,6 +493,10 @@ fn remote_pods_are_attributed_by_ip_and_judged_with_their_labels() {
     let mut cart = cart_pod(&pair, "cart");
     cart["spec"]["nodeName"] = json!("other-node");
     cart["metadata"]["name"] = json!("cart-7d9f8b6c5-remote");
+    cart["spec"]["containers"][0]["ports"] = json!([
+        {"name": "http", "containerPort": 8080, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": 9090, "protocol": "TCP"}
+    ]);
     api.upsert(PODS, cart);
     api.upsert(
         PEER_AUTHS,
@@ -510,6 +515,12 @@ fn remote_pods_are_attributed_by_ip_and_judged_with_their_labels() {
     let www = dir.path().join("www");
     std::fs::create_dir_all(&www).expect("mkdir");
     std::fs::write(www.join("index.html"), "cart\n").expect("write");
+    let policy = dir.path().join("exemptions.yaml");
+    std::fs::write(
+        &policy,
+        "apiVersion: mtls-auditor.io/v1alpha1\nkind: TransportPolicy\nmetadata:\n  name: scrapes\n  namespace: shop\nspec:\n  exemptions:\n  - name: metrics-scrapes\n    reason: Prometheus scrapes\n    match:\n      portNames: [metrics]\n",
+    )
+    .expect("write policy");
 
     let listen = "127.0.0.1:19486";
     let agent = Agent::start(
@@ -520,7 +531,9 @@ fn remote_pods_are_attributed_by_ip_and_judged_with_their_labels() {
             .arg(NODE)
             .arg("--listen")
             .arg(listen)
-            .arg("--remote-pods"),
+            .arg("--remote-pods")
+            .arg("--policy")
+            .arg(policy.to_str().expect("utf8")),
     );
     wait_ready(&agent, listen, Duration::from_secs(20));
     let reqs = api.requests();
@@ -558,6 +571,21 @@ fn remote_pods_are_attributed_by_ip_and_judged_with_their_labels() {
             .contains("PeerAuthentication shop/cart-strict spec.mtls.mode=PERMISSIVE"),
         "the selector's exception decides, not the namespace's STRICT: {r}"
     );
+
+    // The pod's port named `metrics` is exempt by name, from the file.
+    let _metrics = http_server(Some(&pair.b), Some(tree.leaf(2)), pair.b_v4(), 9090, &www);
+    curl(
+        Some(&pair.a),
+        Some(tree.leaf(1)),
+        &format!("http://{}:9090/", pair.b_v4()),
+        &["-o", "/dev/null"],
+    );
+    let recs = agent.wait_records(1, Duration::from_secs(15), |r| {
+        r["server"]["port"].as_u64() == Some(9090)
+    });
+    let m = &recs[0];
+    assert_eq!(s(m, "verdict"), "exempt", "{m}");
+    assert!(s(m, "verdict_reason").contains("metrics-scrapes"), "{m}");
     agent.stop_cleanly();
 }
 

@@ -31,6 +31,8 @@ pub struct PodInfo {
     pub ips: Vec<IpAddr>,
     /// Container ID (64 hex, without the `containerd://` scheme) -> container name.
     pub containers: HashMap<String, String>,
+    /// Named container ports: port -> name.
+    pub port_names: BTreeMap<u16, String>,
 }
 
 impl PodInfo {
@@ -62,6 +64,7 @@ impl PodInfo {
             pod: Some(self.name.clone()),
             canonical_service: Some(self.canonical_service()),
             container: None,
+            port_names: self.port_names.clone(),
         }
     }
 }
@@ -163,6 +166,17 @@ fn pod_info(pod: &Pod) -> Option<PodInfo> {
             .and_then(|s| s.host_network)
             .unwrap_or(false),
         ips,
+        port_names: pod
+            .spec
+            .iter()
+            .flat_map(|s| {
+                s.containers
+                    .iter()
+                    .chain(s.init_containers.iter().flatten())
+            })
+            .flat_map(|c| c.ports.iter().flatten())
+            .filter_map(|p| Some((u16::try_from(p.container_port).ok()?, p.name.clone()?)))
+            .collect(),
         containers: status
             .into_iter()
             .flat_map(|s| {
@@ -420,6 +434,7 @@ impl ClusterState {
             pod: None,
             canonical_service: None,
             container: None,
+            port_names: BTreeMap::new(),
         }
     }
 }

@@ -349,7 +349,7 @@ mod tests {
     #[test]
     fn expectations_combine_and_exemptions_win() {
         let yaml = format!(
-            "{}{}---\napiVersion: mtls-auditor.io/v1alpha1\nkind: TransportPolicy\nmetadata:\n  name: node\nspec:\n  rules:\n  - name: leaving\n    require: tls\n    match:\n      destinationCidrs: [\"192.0.2.0/24\"]\n  exemptions:\n  - name: probes\n    match:\n      ports: [15021]\n    reason: kubelet health probes\n",
+            "{}{}---\napiVersion: mtls-auditor.io/v1alpha1\nkind: TransportPolicy\nmetadata:\n  name: node\nspec:\n  rules:\n  - name: leaving\n    require: tls\n    match:\n      destinationCidrs: [\"192.0.2.0/24\"]\n  exemptions:\n  - name: probes\n    match:\n      ports: [15021]\n    reason: kubelet health probes\n  - name: scrapes\n    match:\n      portNames: [metrics]\n    reason: Prometheus scrapes\n",
             pa(
                 "default",
                 "ns",
@@ -375,6 +375,7 @@ mod tests {
             pod: None,
             canonical_service: None,
             container: None,
+            port_names: [(9090, "metrics".to_owned())].into(),
         };
         let c = Workload {
             name: "c".into(),
@@ -383,6 +384,7 @@ mod tests {
             pod: None,
             canonical_service: None,
             container: None,
+            port_names: BTreeMap::new(),
         };
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         let q = |dst: &'static Workload, addr: &str, port| Query {
@@ -418,5 +420,10 @@ mod tests {
         );
         let e = p.expect(&q(a, "10.0.0.1", 15021));
         assert_eq!(e.exempt.as_deref(), Some("probes"));
+        // By port name: a's port 9090 is named `metrics`; c names none.
+        let e = p.expect(&q(a, "10.0.0.1", 9090));
+        assert_eq!(e.exempt.as_deref(), Some("scrapes"));
+        let e = p.expect(&q(c, "10.0.0.2", 9090));
+        assert_eq!(e.exempt, None);
     }
 }

@@ -322,6 +322,10 @@ pub struct ConnMatch {
     /// Destination ports.
     #[serde(default)]
     pub ports: Vec<u16>,
+    /// Destination ports by name: a named container port of the destination pod
+    /// (in a cluster) or a port the inventory names for the destination workload.
+    #[serde(default)]
+    pub port_names: Vec<String>,
     #[serde(default)]
     pub destination: Option<WorkloadRef>,
     #[serde(default)]
@@ -424,6 +428,10 @@ pub struct WorkloadEntry {
     pub labels: BTreeMap<String, String>,
     #[serde(rename = "match")]
     pub workload_match: WorkloadMatch,
+    /// Named ports of the workload (`metrics: 9090`), for `portNames` in rules and
+    /// exemptions.
+    #[serde(default)]
+    pub ports: BTreeMap<String, u16>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -420,6 +420,11 @@ impl PolicySet {
         (m.destination_cidrs.is_empty() || in_nets(&m.destination_cidrs, q.destination_addr))
             && (m.source_cidrs.is_empty() || in_nets(&m.source_cidrs, q.source_addr))
             && (m.ports.is_empty() || m.ports.contains(&q.port))
+            && (m.port_names.is_empty()
+                || q.destination
+                    .as_ref()
+                    .and_then(|w| w.port_names.get(&q.port))
+                    .is_some_and(|n| m.port_names.contains(n)))
             && workload_ok(&m.destination, q.destination.as_ref())
             && workload_ok(&m.source, q.source.as_ref())
             && (m.processes.is_empty()
