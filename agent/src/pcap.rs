@@ -118,6 +118,8 @@ impl TcpConnection {
             server: side(&self.s2c, self.syn_seen),
             server_port: self.server.map_or(0, |s| s.port()),
             closing: self.closing(),
+            // Packets missing from the capture leave holes.
+            lost: self.c2s.stream.has_gap() || self.s2c.stream.has_gap(),
         }
     }
 }

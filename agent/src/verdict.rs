@@ -110,10 +110,17 @@ pub fn judge(observed: &Classification, expected: &Expectation) -> (Verdict, Str
             ),
         );
     }
+    // With part of the capture lost, whether the server refused is not known:
+    // flagged as a violation (never hidden as a rejection), and said so.
+    let caveat = if observed.outcome == Outcome::Incomplete {
+        " (capture incomplete: the server may have refused it)"
+    } else {
+        ""
+    };
     (
         Verdict::Violation,
         format!(
-            "observed {} but {} required by {}",
+            "observed {} but {} required by {}{caveat}",
             class.as_str(),
             requirement_str(expected.expected),
             expected.reason
@@ -182,6 +189,15 @@ mod tests {
             (
                 C::None,
                 Completed,
+                Requirement::MutualTls,
+                false,
+                false,
+                Verdict::Violation,
+            ),
+            // Part of the capture lost: never hidden as a rejection.
+            (
+                C::None,
+                Incomplete,
                 Requirement::MutualTls,
                 false,
                 false,

@@ -42,6 +42,7 @@ fuzz_target!(|data: &[u8]| {
         },
         server_port: u16::from(data[3]) * 60,
         closing,
+        lost: data[2] & 8 != 0,
     };
     let _ = classify(&input);
 });

@@ -164,6 +164,9 @@ pub struct ConnInput<'a> {
     pub server: Side<'a>,
     pub server_port: u16,
     pub closing: Closing,
+    /// Some of the connection's bytes or events never reached the agent (ring
+    /// buffer full, a hole in a stream): silence on the wire proves nothing.
+    pub lost: bool,
 }
 
 /// The verdict of the bytes.
@@ -246,6 +249,25 @@ fn only_tls_alerts(b: &[u8]) -> bool {
 
 /// Classifies one connection.
 pub fn classify(input: &ConnInput<'_>) -> Classification {
+    let mut cls = classify_bytes(input);
+    // An answer that went missing is not a refusal, and a side that looks silent
+    // may not have been.
+    if input.lost
+        && matches!(
+            cls.outcome,
+            Outcome::ServerRefused | Outcome::ClientGaveUp | Outcome::OneWay
+        )
+    {
+        cls.outcome = Outcome::Incomplete;
+        cls.evidence.push_str(
+            "; some of this connection's bytes or events were lost before the agent saw them, \
+             so how it ended is not known",
+        );
+    }
+    cls
+}
+
+fn classify_bytes(input: &ConnInput<'_>) -> Classification {
     let (client, server) = (&input.client, &input.server);
     if client.midstream || server.midstream {
         return Classification {
@@ -487,10 +509,30 @@ mod tests {
                 first: Some(Party::Server),
                 reset_by: None,
             },
+            lost: false,
         };
         let c = classify(&input);
         assert_eq!(c.connection_security_policy, SecurityClass::None);
         assert_eq!(c.outcome, Outcome::ServerRefused);
+    }
+
+    #[test]
+    fn a_lost_answer_is_not_a_refusal() {
+        let mut input = ConnInput {
+            client: Side::new(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"),
+            closing: Closing {
+                closed: true,
+                first: Some(Party::Server),
+                reset_by: None,
+            },
+            ..ConnInput::default()
+        };
+        assert_eq!(classify(&input).outcome, Outcome::ServerRefused);
+        input.lost = true;
+        let c = classify(&input);
+        assert_eq!(c.outcome, Outcome::Incomplete);
+        assert_eq!(c.connection_security_policy, SecurityClass::None);
+        assert!(c.evidence.contains("lost"), "{}", c.evidence);
     }
 
     #[test]

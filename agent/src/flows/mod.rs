@@ -209,11 +209,15 @@ impl Connection {
         let mut server = side(self.server_to_client());
         client.midstream |= preexisting;
         server.midstream |= preexisting;
+        let gap = |s: Option<&Stream>| s.is_some_and(Stream::has_gap);
         ConnInput {
             client,
             server,
             server_port: self.server.port(),
             closing: self.closing(),
+            lost: self.ends().any(|e| e.lost)
+                || gap(self.client_to_server())
+                || gap(self.server_to_client()),
         }
     }
 
