@@ -246,24 +246,54 @@ fn policy_reloads_on_change_and_keeps_the_last_good_one() {
         "the last good policy stays in force: {r}"
     );
 
-    // SIGHUP reloads too.
-    std::fs::write(&file, POLICY_STRICT).expect("write");
+    // The failed reload is counted in the metrics.
+    let metrics = ureq::get("http://127.0.0.1:9477/metrics")
+        .call()
+        .expect("metrics")
+        .into_body()
+        .read_to_string()
+        .expect("body");
+    assert!(
+        metrics.contains("mtls_auditor_policy_reloads_total{result=\"error\"} 1"),
+        "{metrics}"
+    );
+
+    // SIGHUP reloads too. The policy file becomes a link to a file elsewhere, whose
+    // changes the watcher cannot see: only the signal can bring them in.
+    let reloads = || agent.stderr().matches("policy reloaded").count();
+    let store = TempDir::new();
+    let target = store.path().join("next.yaml");
+    std::fs::write(&target, POLICY_EXEMPT).expect("write");
+    let before = reloads();
+    std::fs::remove_file(&file).expect("rm");
+    std::os::unix::fs::symlink(&target, &file).expect("symlink");
+    assert!(
+        wait_for(Duration::from_secs(10), || (reloads() > before)
+            .then_some(()))
+        .is_some(),
+        "no reload after the file became a link:\n{}",
+        agent.stderr()
+    );
     std::thread::sleep(Duration::from_millis(800));
-    let before = agent.stderr().matches("policy reloaded").count();
+    std::fs::write(&target, POLICY_STRICT).expect("write");
+    std::thread::sleep(Duration::from_millis(800));
+    let before = reloads();
+    let r = plaintext_connection(&agent, 4);
+    assert_eq!(
+        s(&r, "verdict"),
+        "exempt",
+        "the watcher did not see the change: {r}"
+    );
     // SAFETY: signalling the agent we started, by PID.
     unsafe { libc::kill(agent.pid() as i32, libc::SIGHUP) };
     assert!(
-        wait_for(Duration::from_secs(10), || (agent
-            .stderr()
-            .matches("policy reloaded")
-            .count()
-            > before)
+        wait_for(Duration::from_secs(10), || (reloads() > before)
             .then_some(()))
         .is_some(),
         "no reload after SIGHUP:\n{}",
         agent.stderr()
     );
-    let r = plaintext_connection(&agent, 4);
+    let r = plaintext_connection(&agent, 5);
     assert_eq!(s(&r, "verdict"), "violation", "{r}");
     agent.stop();
 }

@@ -2,7 +2,7 @@
 //! keeps the last good policy in force; the errors are logged and counted.
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -105,9 +105,11 @@ pub fn spawn(
         .name("policy-reload".into())
         .spawn(move || {
             // Watch the parent directories: editors replace files by renaming.
+            let watched = paths.clone();
             let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
                 if let Ok(ev) = ev
                     && !ev.kind.is_access()
+                    && ev.paths.iter().any(|p| relevant(&watched, p))
                 {
                     let _ = fs_tx.send(Trigger::FileChanged);
                 }
@@ -126,8 +128,31 @@ pub fn spawn(
             }
             reload_loop(&rx, &paths, &root_namespace, cluster.as_ref(), &out, &stats);
         })
+        .map_err(|e| warn!(error = %e, "cannot start the policy reloader: the policy stays as loaded"))
         .ok();
     tx
+}
+
+/// Whether a change at `changed` concerns the policy: a policy file itself (by
+/// name: editors write a temporary file and rename it into place), a `*.yaml` /
+/// `*.yml` in a policy directory, or the `..data` link a Kubernetes ConfigMap
+/// volume swaps on update. Other files beside them (an output file) are not.
+fn relevant(paths: &[PathBuf], changed: &Path) -> bool {
+    let Some(name) = changed.file_name() else {
+        return false;
+    };
+    let yaml = matches!(
+        changed.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml")
+    );
+    name.to_string_lossy().starts_with("..")
+        || paths.iter().any(|p| {
+            if p.is_dir() {
+                yaml
+            } else {
+                p.file_name() == Some(name)
+            }
+        })
 }
 
 fn reload_loop(
@@ -173,5 +198,34 @@ fn reload_loop(
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_policy_files_trigger_a_reload() {
+        let dir = std::env::temp_dir().join(format!("mtls-auditor-watch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = PathBuf::from("/etc/mtls-auditor/istio.yaml");
+        let paths = [file.clone(), dir.clone()];
+        assert!(relevant(&paths, &file));
+        assert!(relevant(&paths, Path::new("/etc/mtls-auditor/istio.yaml")));
+        assert!(
+            relevant(&paths, &dir.join("new.yml")),
+            "a new file in a policy directory"
+        );
+        assert!(relevant(&paths, &dir.join("..data")), "a ConfigMap update");
+        assert!(
+            !relevant(&paths, &dir.join("records.jsonl")),
+            "an output file beside them"
+        );
+        assert!(!relevant(
+            &[file],
+            Path::new("/etc/mtls-auditor/other.yaml")
+        ));
+        std::fs::remove_dir_all(&dir).ok();
     }
 }
