@@ -173,6 +173,9 @@ fn policy_explain(
         Ok((None, None))
     };
     let (source, source_addr) = lookup(from)?;
+    if source.is_none() && source_addr.is_none() {
+        bail!("--from `{from}`: expected namespace/workload from the inventory or an IP address");
+    }
     let (host, port) = split_port(to)?;
     let (mut destination, mut dest_addr) = lookup(host)?;
     let mut services = Vec::new();

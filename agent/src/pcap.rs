@@ -8,7 +8,7 @@
 
 use std::{
     fs::File,
-    io::{BufReader, Read},
+    io::BufReader,
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     time::Duration,
@@ -285,19 +285,34 @@ fn ts_ns(d: Duration) -> u64 {
 
 /// Reads a pcap or pcapng file into a tracker.
 pub fn read(path: &Path, budget: u32) -> Result<Tracker, PcapError> {
-    let open = || {
-        File::open(path).map_err(|source| PcapError::Open {
-            path: path.to_path_buf(),
-            source,
-        })
+    let file = File::open(path).map_err(|source| PcapError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    read_from(BufReader::new(file), path, budget)
+}
+
+/// Reads a pcap or pcapng capture from `input` (`path` names it in errors): what
+/// `read` does after opening the file, and what the `pcap_file` fuzz target feeds.
+pub fn read_from(
+    mut input: impl std::io::BufRead,
+    path: &Path,
+    budget: u32,
+) -> Result<Tracker, PcapError> {
+    let open_err = |source| PcapError::Open {
+        path: path.to_path_buf(),
+        source,
     };
+    let head = input.fill_buf().map_err(open_err)?;
     let mut magic = [0u8; 4];
-    open()?
-        .read_exact(&mut magic)
-        .map_err(|source| PcapError::Open {
+    if head.len() < 4 {
+        magic[..head.len()].copy_from_slice(head);
+        return Err(PcapError::Magic {
             path: path.to_path_buf(),
-            source,
-        })?;
+            magic,
+        });
+    }
+    magic.copy_from_slice(&head[..4]);
     let mut tracker = Tracker::new(budget);
     let fmt = |source| PcapError::Format {
         path: path.to_path_buf(),
@@ -305,7 +320,7 @@ pub fn read(path: &Path, budget: u32) -> Result<Tracker, PcapError> {
     };
     match magic {
         [0x0a, 0x0d, 0x0d, 0x0a] => {
-            let mut r = PcapNgReader::new(BufReader::new(open()?)).map_err(fmt)?;
+            let mut r = PcapNgReader::new(input).map_err(fmt)?;
             let mut links: Vec<DataLink> = Vec::new();
             while let Some(block) = r.next_block() {
                 match block.map_err(fmt)? {
@@ -330,7 +345,7 @@ pub fn read(path: &Path, budget: u32) -> Result<Tracker, PcapError> {
         | [0xa1, 0xb2, 0xc3, 0xd4]
         | [0x4d, 0x3c, 0xb2, 0xa1]
         | [0xa1, 0xb2, 0x3c, 0x4d] => {
-            let mut r = PcapReader::new(BufReader::new(open()?)).map_err(fmt)?;
+            let mut r = PcapReader::new(input).map_err(fmt)?;
             let link = r.header().datalink;
             if !matches!(
                 link,

@@ -260,3 +260,24 @@ fn explain_rejects_what_it_cannot_resolve() {
         "mtls-auditor: `default/nope`: no workload nope in namespace default in the inventory"
     );
 }
+
+#[test]
+fn explain_rejects_a_source_that_is_neither_a_workload_nor_an_address() {
+    let seed = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/seed");
+    let out = Command::new(env!("CARGO_BIN_EXE_mtls-auditor"))
+        .args(["policy", "explain", "--policy"])
+        .arg(&seed)
+        .args([
+            "--from",
+            "example-service-b",
+            "--to",
+            "example-service-a:8443",
+        ])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "mtls-auditor: --from `example-service-b`: expected namespace/workload from the inventory or an IP address"
+    );
+}

@@ -1,5 +1,5 @@
 //! A local HTTP server that speaks the Kubernetes list and watch protocol for the
-//! resources the agent reads: `resourceVersion`, paged lists, streaming watches
+//! resources the agent reads: `resourceVersion`, whole (unpaged) lists, streaming watches
 //! with ADDED/MODIFIED/DELETED and BOOKMARK events, `410 Gone` for expired
 //! versions, and connections dropped on demand. Objects are real-format JSON
 //! (pods with containerd and CRI-O container IDs, Services, EndpointSlices, Istio

@@ -294,6 +294,12 @@ fn pods_services_and_istio_policy_from_the_api_server() {
             && r.contains("fieldSelector=spec.nodeName=test-node")),
         "pods are not listed by node: {reqs:#?}"
     );
+    assert!(
+        reqs.iter()
+            .filter(|r| r.contains("watch=true"))
+            .all(|r| r.contains("allowWatchBookmarks=true")),
+        "every watch asks for bookmarks: {reqs:#?}"
+    );
 
     let _cart = http_server(Some(&pair.b), Some(tree.leaf(0)), pair.b_v4(), 8080, &www);
     let mut seen = 0;

@@ -164,11 +164,36 @@ fn fuzz(run: &FuzzRun, targets: &[String]) -> Result<()> {
     cmd_env("cargo", &args, &env)?;
     let max = format!("-max_total_time={}", run.seconds);
     for t in &targets {
+        seed(t)?;
         eprintln!("xtask: fuzzing {t} for {} s", run.seconds);
         let mut args = vec![toolchain.as_str(), "fuzz", "run"];
         args.extend_from_slice(build);
         args.extend_from_slice(&[t, "--", &max, "-print_final_stats=0"]);
         cmd_env("cargo", &args, &env)?;
+    }
+    Ok(())
+}
+
+/// Starts a target's corpus from real inputs where the repository has them: the
+/// test captures for the capture-file reader.
+fn seed(target: &str) -> Result<()> {
+    let root = project_root();
+    let seeds: &[&str] = match target {
+        "pcap_file" => &["agent/tests/data/handshakes.pcapng"],
+        _ => &[],
+    };
+    if seeds.is_empty() {
+        return Ok(());
+    }
+    let corpus = root.join("fuzz/corpus").join(target);
+    std::fs::create_dir_all(&corpus).with_context(|| format!("creating {}", corpus.display()))?;
+    for s in seeds {
+        let from = root.join(s);
+        let name = from
+            .file_name()
+            .ok_or_else(|| anyhow!("{s}: no file name"))?;
+        std::fs::copy(&from, corpus.join(name))
+            .with_context(|| format!("copying {} into {}", from.display(), corpus.display()))?;
     }
     Ok(())
 }

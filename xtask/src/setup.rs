@@ -97,6 +97,7 @@ fn manual_steps(root: &Path) -> String {
          \x20 rustup toolchain install {nightly} --profile minimal --component rust-src\n\
          \x20 apt-get install -y {}   # or your distribution's equivalents; LLVM 22 is required\n\
          \x20 apt-get install -y suricata   # Suricata 7 (bookworm-backports on Debian 12)\n\
+         \x20 apt-get install -y npm   # unless your nodejs brings npm (NodeSource's does)\n\
          \x20 PATH={LLVM_BIN}:$PATH cargo install bpf-linker --version {BPF_LINKER_VERSION} \\\n\
          \x20     --no-default-features --features llvm-22 --locked\n\
          \x20 cargo install cargo-fuzz --version {CARGO_FUZZ_VERSION} --locked\n\
@@ -126,16 +127,22 @@ fn rustup_has(toolchain: &str, component: Option<&str>) -> bool {
 }
 
 fn missing_packages() -> Vec<&'static str> {
-    APT_PACKAGES
+    let mut missing: Vec<&'static str> = APT_PACKAGES
         .iter()
         .map(|(p, _)| *p)
-        .filter(|p| {
-            let out = Command::new("dpkg-query")
-                .args(["-W", "-f=${Status}", p])
-                .output();
-            !out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
-        })
-        .collect()
+        .filter(|p| !package_installed(p))
+        .collect();
+    // Debian's nodejs comes without npm (NodeSource's includes it).
+    if !on_path("npm") && !package_installed("npm") {
+        missing.push("npm");
+    }
+    missing
+}
+
+/// Whether `program` is an executable in a `PATH` directory.
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(program).is_file()))
 }
 
 fn package_installed(p: &str) -> bool {

@@ -482,6 +482,64 @@ mod tests {
     }
 
     #[test]
+    fn mesh_markers_from_alpn_sni_and_port() {
+        let info = |alpn: &[&str], sni: Option<&str>| TlsInfo {
+            version: Some("1.3".into()),
+            cipher_suite: None,
+            sni: sni.map(str::to_owned),
+            alpn_offered: alpn.iter().map(|a| (*a).to_owned()).collect(),
+            alpn_selected: None,
+            ja4: None,
+            client_auth: tls::ClientAuth::Unknown,
+            certificate_requested: None,
+            client_certificate: None,
+            client_flight_bytes: None,
+            resumed: false,
+            hello_retry: false,
+            handshake_complete: true,
+        };
+        for alpn in ISTIO_ALPN {
+            assert_eq!(
+                mesh_marker(&info(&[alpn], None), 8080),
+                Some(MeshMarker::IstioSidecar),
+                "{alpn}"
+            );
+        }
+        assert_eq!(
+            mesh_marker(
+                &info(
+                    &["h2"],
+                    Some("outbound_.8080_._.cart.shop.svc.cluster.local")
+                ),
+                8080
+            ),
+            Some(MeshMarker::IstioSidecar)
+        );
+        assert_eq!(
+            mesh_marker(&info(&["transport.l5d.io/v1"], None), 4143),
+            Some(MeshMarker::Linkerd)
+        );
+        assert_eq!(
+            mesh_marker(
+                &info(
+                    &[],
+                    Some("web.default.serviceaccount.identity.linkerd.cluster.local")
+                ),
+                4143
+            ),
+            Some(MeshMarker::Linkerd)
+        );
+        assert_eq!(
+            mesh_marker(&info(&["h2"], None), 15008),
+            Some(MeshMarker::IstioHbone)
+        );
+        assert_eq!(
+            mesh_marker(&info(&["h2", "http/1.1"], Some("example.com")), 443),
+            None
+        );
+    }
+
+    #[test]
     fn midstream_is_unknown_and_incomplete() {
         let input = ConnInput {
             client: Side {

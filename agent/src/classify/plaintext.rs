@@ -203,7 +203,9 @@ pub fn detect(client: &[u8], server: &[u8]) -> Detected {
         // SMTP (or FTP): follow STARTTLS into the TLS handshake.
         if let Some(cmd) = find(&client.to_ascii_uppercase(), b"STARTTLS\r\n") {
             let client_tls = cmd + 10;
-            let banner_end = find(server, b"\r\n").map_or(server.len(), |e| e + 2);
+            // The banner may span lines (`220-...` then `220 ...`): it ends with the
+            // first `220 ` line.
+            let banner_end = after_reply(server, 0, b"220").unwrap_or(server.len());
             if let Some(server_tls) = after_reply(server, banner_end, b"220")
                 && client
                     .get(client_tls..)
@@ -307,6 +309,11 @@ mod tests {
         let d = detect(client, server);
         assert_eq!(d.protocol, Protocol::Smtp);
         let (c, s) = d.tls_after.unwrap();
+        assert_eq!(&client[c..c + 1], b"\x16");
+        assert_eq!(&server[s..s + 1], b"\x16");
+        // A banner over two lines: its second `220 ` line is not the STARTTLS reply.
+        let server = b"220-mx ESMTP\r\n220 mx ready\r\n250-mx\r\n250 STARTTLS\r\n220 2.0.0 Ready\r\n\x16\x03\x03";
+        let (c, s) = detect(client, server).tls_after.unwrap();
         assert_eq!(&client[c..c + 1], b"\x16");
         assert_eq!(&server[s..s + 1], b"\x16");
     }

@@ -80,6 +80,15 @@ struct ServiceInfo {
 /// (namespace, name) of an object.
 type NsName = (String, String);
 
+/// What an EndpointSlice says: which Service, which addresses, which ports (all
+/// when it lists none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Slice {
+    service: NsName,
+    addrs: Vec<IpAddr>,
+    ports: Vec<u16>,
+}
+
 /// The cluster as this node's agent sees it.
 #[derive(Debug, Default)]
 pub struct ClusterState {
@@ -89,8 +98,8 @@ pub struct ClusterState {
     pod_ips: HashMap<IpAddr, String>,
     services: HashMap<(String, String), ServiceInfo>,
     service_ips: HashMap<IpAddr, (String, String)>,
-    /// slice (namespace, name) -> (service, endpoint addresses)
-    slices: HashMap<NsName, (NsName, Vec<IpAddr>)>,
+    /// slice (namespace, name) -> its service, endpoint addresses and ports
+    slices: HashMap<NsName, Slice>,
     pub peer_authentications: Vec<PeerAuthentication>,
     pub destination_rules: Vec<DestinationRule>,
     /// Bumped on every change of the policy objects.
@@ -317,7 +326,7 @@ impl ClusterState {
         }
     }
 
-    fn slice_entry(es: &EndpointSlice) -> Option<(NsName, (NsName, Vec<IpAddr>))> {
+    fn slice_entry(es: &EndpointSlice) -> Option<(NsName, Slice)> {
         let ns = es
             .metadata
             .namespace
@@ -335,7 +344,20 @@ impl ClusterState {
             .flat_map(|e| e.addresses.iter())
             .filter_map(|a| a.parse().ok())
             .collect();
-        Some(((ns.clone(), es.metadata.name.clone()?), ((ns, svc), addrs)))
+        let ports = es
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| u16::try_from(p.port?).ok())
+            .collect();
+        Some((
+            (ns.clone(), es.metadata.name.clone()?),
+            Slice {
+                service: (ns, svc),
+                addrs,
+                ports,
+            },
+        ))
     }
 
     pub fn apply_slice(&mut self, es: &EndpointSlice) {
@@ -417,8 +439,8 @@ impl ClusterState {
         let mut out: Vec<Service> = self
             .slices
             .values()
-            .filter(|(_, addrs)| addrs.contains(&ip))
-            .map(|(svc, _)| self.service(svc))
+            .filter(|s| s.addrs.contains(&ip) && (s.ports.is_empty() || s.ports.contains(&port)))
+            .map(|s| self.service(&s.service))
             .collect();
         out.sort_by(|a, b| a.fqdn.cmp(&b.fqdn));
         out.dedup();
@@ -528,5 +550,52 @@ mod tests {
         let labels = p.metadata.labels.as_mut().unwrap();
         labels.insert("service.istio.io/canonical-name".into(), "checkout".into());
         assert_eq!(info(&p), "checkout");
+    }
+
+    #[test]
+    fn services_by_cluster_ip_and_port_and_by_endpoint_address_and_port() {
+        let svc: K8sService = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "cart", "namespace": "shop"},
+            "spec": {"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"], "ports": [{"port": 80}]}
+        }))
+        .expect("service");
+        let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "cart-x7f2k", "namespace": "shop", "labels": {"kubernetes.io/service-name": "cart"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.244.1.7"]}],
+            "ports": [{"name": "http", "port": 8080}]
+        }))
+        .expect("slice");
+        let mut st = ClusterState::new("n");
+        st.apply_service(&svc);
+        st.apply_slice(&slice);
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        let names = |v: Vec<Service>| v.into_iter().map(|s| s.fqdn).collect::<Vec<_>>();
+        assert_eq!(
+            names(st.services_for(ip("10.96.0.10"), 80)),
+            ["cart.shop.svc.cluster.local"]
+        );
+        assert!(
+            st.services_for(ip("10.96.0.10"), 9090).is_empty(),
+            "not a port of the service"
+        );
+        assert_eq!(
+            names(st.services_for(ip("10.244.1.7"), 8080)),
+            ["cart.shop.svc.cluster.local"]
+        );
+        assert!(
+            st.services_for(ip("10.244.1.7"), 9090).is_empty(),
+            "a pod's metrics port is not the service's"
+        );
+        st.delete_slice(&slice);
+        assert!(
+            st.services_for(ip("10.244.1.7"), 8080).is_empty(),
+            "slice deleted"
+        );
+        st.delete_service(&svc);
+        assert!(
+            st.services_for(ip("10.96.0.10"), 80).is_empty(),
+            "service deleted"
+        );
     }
 }
