@@ -143,27 +143,50 @@ impl EventPolicy {
         let Some(a) = &rec.assessment else {
             return Decision::Skip;
         };
+        self.admit(
+            a.verdict,
+            (&a.source_workload_namespace, &a.source_workload),
+            now_ns,
+        )
+    }
+
+    /// The decision for a connection with `verdict` from the source workload
+    /// `(namespace, name)`: a token bucket per source workload.
+    fn admit(&mut self, verdict: Verdict, source: (&str, &str), now_ns: u64) -> Decision {
         let wanted = self.all
             || matches!(
-                a.verdict,
+                verdict,
                 Verdict::Violation | Verdict::Rejected | Verdict::Permissive
             );
         if !wanted {
             return Decision::Skip;
         }
         if self.buckets.len() >= MAX_BUCKETS {
-            self.buckets.clear();
+            // Forget sources that owe no suppressed count and have been quiet long
+            // enough to have refilled; then any that owe none (a fresh bucket lets
+            // them burst again); only then all (their suppressed counts stay in
+            // events_suppressed_total).
+            let (rate, burst) = (self.rate_per_s, self.burst);
+            self.buckets.retain(|_, b| {
+                let idle_s = now_ns.saturating_sub(b.last_ns) as f64 / 1e9;
+                b.suppressed > 0 || b.tokens + idle_s * rate < burst
+            });
+            if self.buckets.len() >= MAX_BUCKETS {
+                self.buckets.retain(|_, b| b.suppressed > 0);
+            }
+            if self.buckets.len() >= MAX_BUCKETS {
+                self.buckets.clear();
+            }
         }
-        let key = (
-            a.source_workload_namespace.clone(),
-            a.source_workload.clone(),
-        );
         let burst = self.burst;
-        let b = self.buckets.entry(key).or_insert(Bucket {
-            tokens: burst,
-            last_ns: now_ns,
-            suppressed: 0,
-        });
+        let b = self
+            .buckets
+            .entry((source.0.to_owned(), source.1.to_owned()))
+            .or_insert(Bucket {
+                tokens: burst,
+                last_ns: now_ns,
+                suppressed: 0,
+            });
         let elapsed = now_ns.saturating_sub(b.last_ns) as f64 / 1e9;
         b.tokens = (b.tokens + elapsed * self.rate_per_s).min(burst);
         b.last_ns = now_ns;
@@ -176,5 +199,56 @@ impl EventPolicy {
             b.suppressed += 1;
             Decision::Suppressed
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn findings_are_rate_limited_per_source_and_carry_the_suppressed_count() {
+        let mut p = EventPolicy::new(false, 2.0, 3);
+        let b = ("default", "b");
+        assert_eq!(p.admit(Verdict::Compliant, b, 0), Decision::Skip);
+        assert_eq!(p.admit(Verdict::Exempt, b, 0), Decision::Skip);
+        // The burst, then suppression.
+        for _ in 0..3 {
+            assert_eq!(p.admit(Verdict::Violation, b, 0), Decision::Emit(0));
+        }
+        assert_eq!(p.admit(Verdict::Rejected, b, 0), Decision::Suppressed);
+        assert_eq!(p.admit(Verdict::Permissive, b, 0), Decision::Suppressed);
+        // Another source has its own bucket.
+        assert_eq!(
+            p.admit(Verdict::Violation, ("shop", "cart"), 0),
+            Decision::Emit(0)
+        );
+        // Half a second at 2/s refills one token: the next event says what it hid.
+        assert_eq!(p.admit(Verdict::Violation, b, S / 2), Decision::Emit(2));
+        assert_eq!(p.admit(Verdict::Violation, b, S / 2), Decision::Suppressed);
+    }
+
+    #[test]
+    fn every_connection_with_all_and_a_full_table_keeps_owed_counts() {
+        let mut p = EventPolicy::new(true, 1.0, 1);
+        assert_eq!(
+            p.admit(Verdict::Compliant, ("default", "b"), 0),
+            Decision::Emit(0)
+        );
+        assert_eq!(
+            p.admit(Verdict::Compliant, ("default", "b"), 0),
+            Decision::Suppressed
+        );
+        for i in 0..MAX_BUCKETS {
+            let name = format!("w{i}");
+            let _ = p.admit(Verdict::Compliant, ("ns", &name), 0);
+        }
+        // The table filled up; b still owes its suppressed count.
+        assert_eq!(
+            p.admit(Verdict::Compliant, ("default", "b"), 10 * S),
+            Decision::Emit(1)
+        );
     }
 }
