@@ -75,6 +75,8 @@ pub enum RunError {
         "--output - and --events - would interleave on stdout: send one of them to a file (or --output off)"
     )]
     BothOnStdout,
+    #[error("registering the metrics: {0}")]
+    Metrics(prometheus::Error),
 }
 
 fn output_of(path: Option<std::path::PathBuf>) -> Output {
@@ -176,7 +178,7 @@ pub fn run(args: &RunArgs) -> Result<(), RunError> {
     }
 
     let shared = Arc::new(Shared {
-        metrics: Metrics::new(args.max_label_values),
+        metrics: Metrics::new(args.max_label_values).map_err(RunError::Metrics)?,
         edges: Mutex::new(Edges::new(args.max_edges)),
         ready: AtomicBool::new(false),
         cluster: cluster.clone(),

@@ -84,34 +84,35 @@ pub struct Metrics {
     caps: Mutex<LabelCaps>,
 }
 
-fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(format!("{PREFIX}_{name}"), help), labels)
-        .expect("valid metric");
-    registry
-        .register(Box::new(c.clone()))
-        .expect("unique metric");
-    c
+type Made<T> = Result<T, prometheus::Error>;
+
+fn counter_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Made<IntCounterVec> {
+    let c = IntCounterVec::new(Opts::new(format!("{PREFIX}_{name}"), help), labels)?;
+    registry.register(Box::new(c.clone()))?;
+    Ok(c)
 }
 
-fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
-    let c = IntCounter::new(format!("{PREFIX}_{name}"), help).expect("valid metric");
-    registry
-        .register(Box::new(c.clone()))
-        .expect("unique metric");
-    c
+fn counter(registry: &Registry, name: &str, help: &str) -> Made<IntCounter> {
+    let c = IntCounter::new(format!("{PREFIX}_{name}"), help)?;
+    registry.register(Box::new(c.clone()))?;
+    Ok(c)
 }
 
-fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::new(format!("{PREFIX}_{name}"), help).expect("valid metric");
-    registry
-        .register(Box::new(g.clone()))
-        .expect("unique metric");
-    g
+fn gauge(registry: &Registry, name: &str, help: &str) -> Made<IntGauge> {
+    let g = IntGauge::new(format!("{PREFIX}_{name}"), help)?;
+    registry.register(Box::new(g.clone()))?;
+    Ok(g)
 }
 
 impl Metrics {
-    /// `max_label_values`: distinct values kept per label before `~other`.
-    pub fn new(max_label_values: usize) -> Self {
+    /// `max_label_values`: distinct values kept per label before `~other`. Fails
+    /// only on a name or label set Prometheus refuses (a bug caught by the tests).
+    pub fn new(max_label_values: usize) -> Made<Self> {
         let r = Registry::new();
         let build = IntGaugeVec::new(
             Opts::new(
@@ -119,9 +120,8 @@ impl Metrics {
                 "Build information; always 1.",
             ),
             &["version", "rustc"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(build.clone())).expect("unique metric");
+        )?;
+        r.register(Box::new(build.clone()))?;
         build
             .with_label_values(&[
                 env!("CARGO_PKG_VERSION"),
@@ -134,86 +134,86 @@ impl Metrics {
                 "connections_total",
                 "TCP connections seen, by reporter, workloads, destination port, observed and expected security and verdict.",
                 &CONNECTION_LABELS,
-            ),
+            )?,
             bytes: counter_vec(
                 &r,
                 "bytes_total",
                 "Payload bytes of finished connections, by the same labels and direction (client_to_server, server_to_client).",
                 &[&CONNECTION_LABELS[..], &["direction"]].concat(),
-            ),
+            )?,
             handshakes: counter_vec(
                 &r,
                 "tls_handshakes_total",
                 "TLS handshakes, by negotiated version, client authentication and mesh marker.",
                 &["tls_version", "client_auth", "mesh"],
-            ),
+            )?,
             events_received: counter(
                 &r,
                 "events_received_total",
                 "Ring-buffer events read from the kernel.",
-            ),
+            )?,
             events_lost: counter(
                 &r,
                 "events_lost_total",
                 "Kernel events lost because the ring buffer was full.",
-            ),
+            )?,
             decode_errors: counter(
                 &r,
                 "event_decode_errors_total",
                 "Ring-buffer records that did not decode.",
-            ),
+            )?,
             capture_truncations: counter(
                 &r,
                 "capture_truncations_total",
                 "Segments cut at the capture budget or chunk size.",
-            ),
+            )?,
             captured_bytes: counter(
                 &r,
                 "captured_bytes_total",
                 "Payload bytes sent up by the kernel.",
-            ),
+            )?,
             kernel_errors: counter_vec(
                 &r,
                 "kernel_errors_total",
                 "Failures counted by the kernel programs, by kind.",
                 &["kind"],
-            ),
-            flows_tracked: gauge(&r, "flows_tracked", "Connections currently tracked."),
-            probes_attached: gauge(&r, "probes_attached", "Kernel programs attached."),
+            )?,
+            flows_tracked: gauge(&r, "flows_tracked", "Connections currently tracked.")?,
+            probes_attached: gauge(&r, "probes_attached", "Kernel programs attached.")?,
             policy_reloads: counter_vec(
                 &r,
                 "policy_reloads_total",
                 "Policy reloads, by result (ok, error).",
                 &["result"],
-            ),
-            policy_loaded: gauge(&r, "policy_loaded", "1 when a policy is in force."),
+            )?,
+            policy_loaded: gauge(&r, "policy_loaded", "1 when a policy is in force.")?,
             records_dropped: counter(
                 &r,
                 "records_dropped_total",
                 "Connection records and events dropped because their writer could not keep up.",
-            ),
-            events_emitted: counter(&r, "verdict_events_total", "Verdict events written."),
+            )?,
+            events_emitted: counter(&r, "verdict_events_total", "Verdict events written.")?,
             events_suppressed: counter(
                 &r,
                 "verdict_events_suppressed_total",
                 "Verdict events suppressed by the per-workload rate limit.",
-            ),
+            )?,
             edges_overflow: counter(
                 &r,
                 "edges_overflow_total",
                 "Connections left out of the edges view because it holds --max-edges edges.",
-            ),
+            )?,
             label_overflow: counter_vec(
                 &r,
                 "label_overflow_total",
                 "Label values folded into ~other because the label reached its cap.",
                 &["label"],
-            ),
+            )?,
             ready: gauge(
                 &r,
                 "ready",
                 "1 once the probes are attached, the policy loaded and, in a cluster, the first lists of pods and Istio policy are in.",
-            ),
+            )?,
             caps: Mutex::new(LabelCaps {
                 max: max_label_values.max(1),
                 seen: HashMap::new(),
@@ -227,13 +227,14 @@ impl Metrics {
             "header_unparsed",
             "cb_flags_failed",
             "no_base",
+            "map_update_failed",
         ] {
             m.kernel_errors.with_label_values(&[kind]).inc_by(0);
         }
         for result in ["ok", "error"] {
             m.policy_reloads.with_label_values(&[result]).inc_by(0);
         }
-        m
+        Ok(m)
     }
 
     /// Counts a finished connection: once per end this node saw (Istio's
@@ -394,7 +395,7 @@ mod tests {
 
     #[test]
     fn both_formats_carry_every_family() {
-        let m = Metrics::new(10);
+        let m = Metrics::new(10).expect("the metrics register");
         m.events_received.inc_by(3);
         let text = m.prometheus_text();
         assert!(text.contains("# TYPE mtls_auditor_events_received_total counter"));
