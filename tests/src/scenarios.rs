@@ -26,6 +26,8 @@ pub struct Expect {
     pub outcome: Option<&'static str>,
     pub protocol: &'static str,
     pub mesh: Option<&'static str>,
+    /// `tls.resumed` must be this, when given.
+    pub resumed: Option<bool>,
 }
 
 /// One row of the matrix.
@@ -318,6 +320,7 @@ fn e(class: &'static str, outcome: &'static str, protocol: &'static str) -> Expe
         outcome: Some(outcome),
         protocol,
         mesh: None,
+        resumed: None,
     }
 }
 
@@ -668,8 +671,14 @@ pub fn matrix() -> Vec<Scenario> {
             port: 20015,
             tls: true,
             expect: vec![
-                e("mutual_tls", "completed", "tls"),
-                e("mutual_tls", "completed", "tls"),
+                Expect {
+                    resumed: Some(false),
+                    ..e("mutual_tls", "completed", "tls")
+                },
+                Expect {
+                    resumed: Some(true),
+                    ..e("mutual_tls", "completed", "tls")
+                },
             ],
             run: |ctx, port| {
                 let _s = ctx.s_server(port, &["-tls1_3", "-Verify", "1"]);
@@ -862,6 +871,7 @@ pub fn matrix() -> Vec<Scenario> {
                 outcome: None,
                 protocol: "ssh",
                 mesh: None,
+                resumed: None,
             }],
             run: |ctx, port| {
                 let _s = sshd(ctx, port);

@@ -32,6 +32,8 @@ fn matches(r: &Record, e: &scenarios::Expect) -> bool {
         && e.outcome.is_none_or(|o| o == outcome)
         && protocol == e.protocol
         && e.mesh.is_none_or(|m| m == mesh)
+        && e.resumed
+            .is_none_or(|want| r["tls"]["resumed"].as_bool() == Some(want))
 }
 
 fn short(r: Option<&Record>) -> String {
