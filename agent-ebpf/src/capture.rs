@@ -37,6 +37,8 @@ const IPPROTO_TCP: u32 = 6;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const LOOPBACK_IFINDEX: u32 = 1;
+/// `ENOENT`, as the map helpers return it (negated).
+const ENOENT: i32 = 2;
 const DATA_HEADER_LEN: u32 = size_of::<DataHeader>() as u32;
 
 // TCP states (include/net/tcp_states.h) in which a socket without our storage must
@@ -277,7 +279,10 @@ fn try_capture(ctx: &SkBuffContext, dir: u8) -> Result<(), Stat> {
     // Userspace decides after seeing the start of a stream, never before.
     if offset > 0 && MTLS_DECIDED.get_ptr(&cookie).is_some() {
         state.flags |= sock_flags::DECIDED;
-        if MTLS_DECIDED.remove(&cookie).is_err() {
+        // The other direction may have taken the mark first (ENOENT): not a failure.
+        if let Err(e) = MTLS_DECIDED.remove(&cookie)
+            && e != -ENOENT
+        {
             bump(Stat::MapUpdateFailed, 1);
         }
         bump(Stat::Decided, 1);

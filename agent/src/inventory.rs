@@ -279,6 +279,16 @@ impl Inventory {
         c.pod_by_ip(addr).map(state_workload)
     }
 
+    /// The namespace of an in-cluster pod the agent does not watch, from the
+    /// EndpointSlices that list its address.
+    pub fn endpoint_pod_namespace(&self, addr: IpAddr) -> Option<String> {
+        self.cluster
+            .as_ref()?
+            .read()
+            .ok()?
+            .endpoint_pod_namespace(addr)
+    }
+
     pub fn workload_by_name(&self, namespace: &str, name: &str) -> Option<Workload> {
         self.workloads
             .iter()

@@ -350,6 +350,13 @@ impl Probes {
         self.decided.insert(&cookie, &1, 0)
     }
 
+    /// Drops a decided mark the kernel never consumed (the socket sent nothing
+    /// more in its budget before it closed), so the LRU map keeps room for live
+    /// ones. Not finding it is the usual case.
+    pub fn clear_decided(&mut self, cookie: u64) {
+        let _ = self.decided.remove(&cookie);
+    }
+
     /// Human-readable names of what is attached.
     pub fn attached(&self) -> &[String] {
         &self.attached

@@ -433,6 +433,11 @@ impl Pipeline {
     /// Classifies (resumed TLS sessions inherit the class of the full handshake they
     /// resume), judges against the policy, and hands the result to every consumer.
     fn finish(&mut self, conn: &Connection, now: u64) {
+        if conn.settled.is_some() {
+            for end in conn.ends() {
+                self.probes.clear_decided(end.cookie);
+            }
+        }
         let mut cls = match &conn.settled {
             Some(cls) => classify::Classification::clone(cls),
             None => classify::classify(&conn.classify_input()),

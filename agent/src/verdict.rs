@@ -369,12 +369,15 @@ pub fn assess(
         source_workload: name(&source),
         source_workload_namespace: ns(&source),
         destination_workload: name(&destination),
-        // An end no workload owns but a Service does (a pod on another node) is in
-        // the cluster: its namespace is the Service's. `unknown` is left for
-        // destinations outside what the agent knows.
-        destination_workload_namespace: match (&destination, services.first()) {
-            (None, Some(svc)) => svc.namespace.clone(),
-            _ => ns(&destination),
+        // An end no workload owns but an EndpointSlice lists as a pod (a pod on
+        // another node) is in the cluster: its namespace is the pod's. `unknown`
+        // is left for destinations outside the cluster (a selector-less Service's
+        // endpoints included), whose connections only their client's node reports.
+        destination_workload_namespace: match &destination {
+            None => inv
+                .endpoint_pod_namespace(conn.server.ip())
+                .unwrap_or_else(|| "unknown".to_owned()),
+            Some(_) => ns(&destination),
         },
         source_pod: source.as_ref().and_then(|w| w.pod.clone()),
         destination_pod: destination.as_ref().and_then(|w| w.pod.clone()),

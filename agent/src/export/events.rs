@@ -166,15 +166,18 @@ impl EventPolicy {
             // enough to have refilled; then any that owe none (a fresh bucket lets
             // them burst again); only then all (their suppressed counts stay in
             // events_suppressed_total).
+            // Each step runs only while the table is above three quarters full, so
+            // the next sources find room without another sweep.
+            let low = MAX_BUCKETS * 3 / 4;
             let (rate, burst) = (self.rate_per_s, self.burst);
             self.buckets.retain(|_, b| {
                 let idle_s = now_ns.saturating_sub(b.last_ns) as f64 / 1e9;
                 b.suppressed > 0 || b.tokens + idle_s * rate < burst
             });
-            if self.buckets.len() >= MAX_BUCKETS {
+            if self.buckets.len() > low {
                 self.buckets.retain(|_, b| b.suppressed > 0);
             }
-            if self.buckets.len() >= MAX_BUCKETS {
+            if self.buckets.len() > low {
                 self.buckets.clear();
             }
         }

@@ -209,7 +209,8 @@ impl Connection {
         let mut server = side(self.server_to_client());
         client.midstream |= preexisting;
         server.midstream |= preexisting;
-        let gap = |s: Option<&Stream>| s.is_some_and(Stream::has_gap);
+        // A hole left by a segment cut at the chunk size is not a loss.
+        let gap = |s: Option<&Stream>| s.is_some_and(|s| s.has_gap() && !s.truncated);
         ConnInput {
             client,
             server,

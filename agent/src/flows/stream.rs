@@ -27,8 +27,10 @@ pub struct Stream {
     /// (stream offset, monotonic ns) of the first segments, ascending by offset:
     /// what orders the two directions for the classifier.
     pub chunks: Vec<(u32, u64)>,
-    /// Bytes that were captured before [`Stream::release`] freed them.
+    /// Bytes that were captured before [`Stream::release`] freed them, and whether
+    /// they had a hole.
     released: u64,
+    released_gap: bool,
 }
 
 /// Segment starts remembered per stream.
@@ -110,7 +112,7 @@ impl Stream {
 
     /// Whether some captured bytes are not reachable from offset 0.
     pub fn has_gap(&self) -> bool {
-        !matches!(self.ranges.as_slice(), [] | [(0, _)])
+        self.released_gap || !matches!(self.ranges.as_slice(), [] | [(0, _)])
     }
 
     /// Whether any byte was captured.
@@ -122,6 +124,7 @@ impl Stream {
     /// captured).
     pub fn release(&mut self) {
         self.released = self.captured();
+        self.released_gap = self.has_gap();
         self.buf = Vec::new();
         self.ranges = Vec::new();
         self.chunks = Vec::new();

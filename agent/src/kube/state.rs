@@ -87,6 +87,9 @@ struct Slice {
     service: NsName,
     addrs: Vec<IpAddr>,
     ports: Vec<u16>,
+    /// Addresses whose endpoint is a pod (`targetRef.kind: Pod`), with its
+    /// namespace: in-cluster ends, unlike a selector-less Service's endpoints.
+    pods: Vec<(IpAddr, String)>,
 }
 
 /// The cluster as this node's agent sees it.
@@ -163,6 +166,13 @@ fn pod_info(pod: &Pod) -> Option<PodInfo> {
     {
         ips.push(ip);
     }
+    // A finished pod's IP goes to the next pod: it is no longer its own.
+    if status
+        .and_then(|s| s.phase.as_deref())
+        .is_some_and(|p| p == "Succeeded" || p == "Failed")
+    {
+        ips.clear();
+    }
     Some(PodInfo {
         uid,
         name: meta.name.clone().unwrap_or_default(),
@@ -184,6 +194,7 @@ fn pod_info(pod: &Pod) -> Option<PodInfo> {
                     .chain(s.init_containers.iter().flatten())
             })
             .flat_map(|c| c.ports.iter().flatten())
+            .filter(|p| p.protocol.as_deref().is_none_or(|proto| proto == "TCP"))
             .filter_map(|p| Some((u16::try_from(p.container_port).ok()?, p.name.clone()?)))
             .collect(),
         containers: status
@@ -350,12 +361,32 @@ impl ClusterState {
             .flatten()
             .filter_map(|p| u16::try_from(p.port?).ok())
             .collect();
+        let pods = es
+            .endpoints
+            .iter()
+            .filter_map(|e| {
+                let t = e
+                    .target_ref
+                    .as_ref()
+                    .filter(|t| t.kind.as_deref() == Some("Pod"))?;
+                let pod_ns = t.namespace.clone().unwrap_or_else(|| ns.clone());
+                Some(
+                    e.addresses
+                        .iter()
+                        .filter_map(|a| a.parse().ok())
+                        .map(move |a| (a, pod_ns.clone()))
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .flatten()
+            .collect();
         Some((
             (ns.clone(), es.metadata.name.clone()?),
             Slice {
                 service: (ns, svc),
                 addrs,
                 ports,
+                pods,
             },
         ))
     }
@@ -445,6 +476,16 @@ impl ClusterState {
         out.sort_by(|a, b| a.fqdn.cmp(&b.fqdn));
         out.dedup();
         out
+    }
+
+    /// The namespace of the pod behind an EndpointSlice address: an in-cluster end
+    /// the agent does not watch (a pod on another node).
+    pub fn endpoint_pod_namespace(&self, ip: IpAddr) -> Option<String> {
+        self.slices
+            .values()
+            .flat_map(|s| s.pods.iter())
+            .find(|(a, _)| *a == ip)
+            .map(|(_, ns)| ns.clone())
     }
 
     /// The node itself, for local sockets that belong to no pod.
@@ -562,7 +603,10 @@ mod tests {
         let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "cart-x7f2k", "namespace": "shop", "labels": {"kubernetes.io/service-name": "cart"}},
             "addressType": "IPv4",
-            "endpoints": [{"addresses": ["10.244.1.7"]}],
+            "endpoints": [
+                {"addresses": ["10.244.1.7"], "targetRef": {"kind": "Pod", "name": "cart-1", "namespace": "shop"}},
+                {"addresses": ["10.244.1.8"]}
+            ],
             "ports": [{"name": "http", "port": 8080}]
         }))
         .expect("slice");
@@ -586,6 +630,15 @@ mod tests {
         assert!(
             st.services_for(ip("10.244.1.7"), 9090).is_empty(),
             "a pod's metrics port is not the service's"
+        );
+        assert_eq!(
+            st.endpoint_pod_namespace(ip("10.244.1.7")).as_deref(),
+            Some("shop")
+        );
+        assert_eq!(
+            st.endpoint_pod_namespace(ip("10.244.1.8")),
+            None,
+            "not a pod"
         );
         st.delete_slice(&slice);
         assert!(
