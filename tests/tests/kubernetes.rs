@@ -36,6 +36,13 @@ fn s(r: &Record, k: &str) -> String {
     r.get(k).and_then(Value::as_str).unwrap_or("").to_owned()
 }
 
+/// Asserts string fields of a record.
+fn assert_fields(r: &Record, want: &[(&str, &str)]) {
+    for (k, v) in want {
+        assert_eq!(s(r, k), *v, "{k} in {r}");
+    }
+}
+
 /// A pod as the API server returns it.
 #[allow(clippy::too_many_arguments)]
 fn pod(
@@ -313,23 +320,24 @@ fn pods_services_and_istio_policy_from_the_api_server() {
         "violation under STRICT",
         |r| s(r, "verdict") == "violation",
     );
-    for (k, v) in [
-        ("source_workload", "checkout"),
-        ("source_workload_namespace", "shop"),
-        ("source_pod", "checkout-0"),
-        ("source_container", "checkout"),
-        ("source_canonical_service", "checkout-svc"),
-        ("destination_workload", "cart"),
-        ("destination_workload_namespace", "shop"),
-        ("destination_pod", "cart-7d9f8b6c5-x2k4p"),
-        ("destination_container", "cart"),
-        ("destination_canonical_service", "cart"),
-        ("destination_service", "cart.shop.svc.cluster.local"),
-        ("expected_security_policy", "mutual_tls"),
-        ("connection_security_policy", "none"),
-    ] {
-        assert_eq!(s(&r, k), v, "{k} in {r}");
-    }
+    assert_fields(
+        &r,
+        &[
+            ("source_workload", "checkout"),
+            ("source_workload_namespace", "shop"),
+            ("source_pod", "checkout-0"),
+            ("source_container", "checkout"),
+            ("source_canonical_service", "checkout-svc"),
+            ("destination_workload", "cart"),
+            ("destination_workload_namespace", "shop"),
+            ("destination_pod", "cart-7d9f8b6c5-x2k4p"),
+            ("destination_container", "cart"),
+            ("destination_canonical_service", "cart"),
+            ("destination_service", "cart.shop.svc.cluster.local"),
+            ("expected_security_policy", "mutual_tls"),
+            ("connection_security_policy", "none"),
+        ],
+    );
     assert!(
         s(&r, "verdict_reason").contains("PeerAuthentication shop/cart-strict"),
         "{r}"
@@ -529,17 +537,10 @@ fn remote_pods_are_attributed_by_ip_and_judged_with_their_labels() {
     .expect("write policy");
 
     let listen = "127.0.0.1:19486";
-    let agent = Agent::start(
-        AgentOptions::default()
-            .arg("--kubeconfig")
-            .arg(kubeconfig.to_str().expect("utf8"))
-            .arg("--node-name")
-            .arg(NODE)
-            .arg("--listen")
-            .arg(listen)
-            .arg("--remote-pods")
-            .arg("--policy")
-            .arg(policy.to_str().expect("utf8")),
+    let agent = start_cluster_agent_with(
+        &kubeconfig,
+        listen,
+        &["--remote-pods", "--policy", policy.to_str().expect("utf8")],
     );
     wait_ready(&agent, listen, Duration::from_secs(20));
     let reqs = api.requests();
@@ -562,16 +563,17 @@ fn remote_pods_are_attributed_by_ip_and_judged_with_their_labels() {
         "the remote pod attributed",
         |r| s(r, "destination_pod") == "cart-7d9f8b6c5-remote",
     );
-    for (k, v) in [
-        ("source_workload", "checkout"),
-        ("destination_workload", "cart"),
-        ("destination_workload_namespace", "shop"),
-        ("destination_canonical_service", "cart"),
-        ("expected_security_policy", "none"),
-        ("verdict", "permissive"),
-    ] {
-        assert_eq!(s(&r, k), v, "{k} in {r}");
-    }
+    assert_fields(
+        &r,
+        &[
+            ("source_workload", "checkout"),
+            ("destination_workload", "cart"),
+            ("destination_workload_namespace", "shop"),
+            ("destination_canonical_service", "cart"),
+            ("expected_security_policy", "none"),
+            ("verdict", "permissive"),
+        ],
+    );
     assert!(
         s(&r, "verdict_reason")
             .contains("PeerAuthentication shop/cart-strict spec.mtls.mode=PERMISSIVE"),
@@ -825,15 +827,22 @@ fn bad_kubeconfig_and_cgroup_root_are_clear_errors() {
 
 /// The agent in cluster mode against the API server named in `kubeconfig`.
 fn start_cluster_agent(kubeconfig: &std::path::Path, listen: &str) -> Agent {
-    Agent::start(
-        AgentOptions::default()
-            .arg("--kubeconfig")
-            .arg(kubeconfig.to_str().expect("utf8"))
-            .arg("--node-name")
-            .arg(NODE)
-            .arg("--listen")
-            .arg(listen),
-    )
+    start_cluster_agent_with(kubeconfig, listen, &[])
+}
+
+/// `start_cluster_agent` with more arguments.
+fn start_cluster_agent_with(kubeconfig: &std::path::Path, listen: &str, extra: &[&str]) -> Agent {
+    let mut opts = AgentOptions::default()
+        .arg("--kubeconfig")
+        .arg(kubeconfig.to_str().expect("utf8"))
+        .arg("--node-name")
+        .arg(NODE)
+        .arg("--listen")
+        .arg(listen);
+    for a in extra {
+        opts = opts.arg(*a);
+    }
+    Agent::start(opts)
 }
 
 /// Waits until /readyz answers 200, or fails with what the agent said.

@@ -774,11 +774,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn two_local_ends_become_one_connection() {
-        let mut t = FlowTable::new(FlowConfig::default(), None);
-        let c = ([127, 0, 0, 1], 40000);
-        let s = ([127, 0, 0, 1], 8080);
+    /// Client end (cookie 1) and server end (cookie 2) of one connection.
+    fn open_pair(t: &mut FlowTable, c: ([u8; 4], u16), s: ([u8; 4], u16)) {
         t.on_event(Event::Conn(
             ConnKind::Established,
             conn_event(kind::ESTABLISHED, 1, role::CLIENT, c, s),
@@ -787,6 +784,14 @@ mod tests {
             ConnKind::Established,
             conn_event(kind::ESTABLISHED, 2, role::SERVER, s, c),
         ));
+    }
+
+    #[test]
+    fn two_local_ends_become_one_connection() {
+        let mut t = FlowTable::new(FlowConfig::default(), None);
+        let c = ([127, 0, 0, 1], 40000);
+        let s = ([127, 0, 0, 1], 8080);
+        open_pair(&mut t, c, s);
         assert_eq!(t.len(), 1);
         let req = b"GET / HTTP/1.1\r\n\r\n";
         t.on_event(Event::Data(data(1, direction::EGRESS, 0, req), req));
@@ -863,14 +868,7 @@ mod tests {
         let mut t = FlowTable::new(FlowConfig::default(), None);
         let c = ([10, 213, 0, 2], 40000);
         let s = ([10, 213, 0, 1], 8080);
-        t.on_event(Event::Conn(
-            ConnKind::Established,
-            conn_event(kind::ESTABLISHED, 1, role::CLIENT, c, s),
-        ));
-        t.on_event(Event::Conn(
-            ConnKind::Established,
-            conn_event(kind::ESTABLISHED, 2, role::SERVER, s, c),
-        ));
+        open_pair(&mut t, c, s);
         let judge = &mut |conn: &Connection| {
             let cls = crate::classify::classify(&conn.classify_input());
             cls.is_settled().then_some(cls)
