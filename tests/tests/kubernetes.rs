@@ -172,6 +172,26 @@ fn checkout_to_cart(
     recs[*seen - 1].clone()
 }
 
+/// One plaintext HTTP request from checkout (its pod cgroup) to port `port` of the
+/// other namespace, the first to that port: its record.
+fn first_request_from_checkout(
+    agent: &Agent,
+    pair: &NetnsPair,
+    tree: &CgroupTree,
+    port: u16,
+) -> Record {
+    curl(
+        Some(&pair.a),
+        Some(tree.leaf(1)),
+        &format!("http://{}:{port}/", pair.b_v4()),
+        &["-o", "/dev/null"],
+    );
+    let recs = agent.wait_records(1, Duration::from_secs(15), |r| {
+        r["server"]["port"].as_u64() == Some(u64::from(port))
+    });
+    recs[0].clone()
+}
+
 /// Repeats `checkout_to_cart` until `want` holds (the watch delivers within seconds).
 fn until(
     agent: &Agent,
@@ -582,16 +602,7 @@ fn remote_pods_are_attributed_by_ip_and_judged_with_their_labels() {
 
     // The pod's port named `metrics` is exempt by name, from the file.
     let _metrics = http_server(Some(&pair.b), Some(tree.leaf(2)), pair.b_v4(), 9090, &www);
-    curl(
-        Some(&pair.a),
-        Some(tree.leaf(1)),
-        &format!("http://{}:9090/", pair.b_v4()),
-        &["-o", "/dev/null"],
-    );
-    let recs = agent.wait_records(1, Duration::from_secs(15), |r| {
-        r["server"]["port"].as_u64() == Some(9090)
-    });
-    let m = &recs[0];
+    let m = &first_request_from_checkout(&agent, &pair, &tree, 9090);
     assert_eq!(s(m, "verdict"), "exempt", "{m}");
     assert!(s(m, "verdict_reason").contains("metrics-scrapes"), "{m}");
     agent.stop_cleanly();
@@ -714,16 +725,7 @@ fn agent_works_with_the_daemonset_capabilities_and_mounts() {
     assert!(ready.is_some(), "never ready:\n{}", agent.stderr());
 
     let _cart = http_server(Some(&pair.b), Some(tree.leaf(0)), pair.b_v4(), 8080, &www);
-    curl(
-        Some(&pair.a),
-        Some(tree.leaf(1)),
-        &format!("http://{}:8080/", pair.b_v4()),
-        &["-o", "/dev/null"],
-    );
-    let recs = agent.wait_records(1, Duration::from_secs(15), |r| {
-        r["server"]["port"].as_u64() == Some(8080)
-    });
-    let r = &recs[0];
+    let r = &first_request_from_checkout(&agent, &pair, &tree, 8080);
     // Paths are the host's, resolved through the read-only bind mount.
     assert_eq!(
         r["server"]["local"]["cgroup"].as_str().unwrap_or(""),
