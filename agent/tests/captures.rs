@@ -127,5 +127,13 @@ fn missing_and_bad_files_are_clear_errors() {
         err.to_string().contains("not a pcap or pcapng file"),
         "{err}"
     );
+    // Shorter than a magic number.
+    std::fs::write(&dir, b"\xd4\xc3").unwrap();
+    let err = pcap::classify_file(&dir, 1024).unwrap_err();
+    assert!(
+        err.to_string()
+            .ends_with("not a pcap or pcapng file (magic [d4, c3, 00, 00])"),
+        "{err}"
+    );
     std::fs::remove_file(&dir).unwrap();
 }
