@@ -19,11 +19,8 @@ use clap::{Arg, ArgAction, ArgMatches, Command, parser::ValueSource};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("config file {}: {source}", file.display())]
-    Read {
-        file: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("config file {0}")]
+    Read(crate::input::InputError),
     #[error("config file {}:{line}:{column}: {message}", file.display())]
     At {
         file: PathBuf,
@@ -51,10 +48,8 @@ pub fn arguments(
     matches: &ArgMatches,
     file: &Path,
 ) -> Result<Vec<OsString>, ConfigError> {
-    let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
-        file: file.to_path_buf(),
-        source,
-    })?;
+    let text =
+        crate::input::read_text(file, crate::input::MAX_TEXT_FILE).map_err(ConfigError::Read)?;
     let at = |(line, column): (usize, usize), message: String| ConfigError::At {
         file: file.to_path_buf(),
         line,

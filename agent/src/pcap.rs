@@ -7,7 +7,6 @@
 //! `Stream` the live agent uses, keeping the first `budget` bytes.
 
 use std::{
-    fs::File,
     io::BufReader,
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
@@ -31,8 +30,10 @@ use crate::{
 
 #[derive(Debug, Error)]
 pub enum PcapError {
+    #[error(transparent)]
+    Input(crate::input::InputError),
     #[error("{path}: {source}")]
-    Open {
+    Read {
         path: PathBuf,
         source: std::io::Error,
     },
@@ -285,10 +286,9 @@ fn ts_ns(d: Duration) -> u64 {
 
 /// Reads a pcap or pcapng file into a tracker.
 pub fn read(path: &Path, budget: u32) -> Result<Tracker, PcapError> {
-    let file = File::open(path).map_err(|source| PcapError::Open {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    // Captures can be large: no size cap, but only a regular file (a FIFO or a
+    // device would block or never end).
+    let (file, _) = crate::input::open_regular(path, u64::MAX).map_err(PcapError::Input)?;
     read_from(BufReader::new(file), path, budget)
 }
 
@@ -299,7 +299,7 @@ pub fn read_from(
     path: &Path,
     budget: u32,
 ) -> Result<Tracker, PcapError> {
-    let open_err = |source| PcapError::Open {
+    let open_err = |source| PcapError::Read {
         path: path.to_path_buf(),
         source,
     };

@@ -188,15 +188,26 @@ pub fn load(paths: &[PathBuf]) -> (PolicyFiles, Vec<Diagnostic>) {
     let mut out = PolicyFiles::default();
     let mut diags = Vec::new();
     for path in expand(paths, &mut diags) {
-        match std::fs::read_to_string(&path) {
+        match crate::input::read_text(&path, crate::input::MAX_TEXT_FILE) {
             Ok(text) => load_text(&path, &text, &mut out, &mut diags),
-            Err(e) => diags.push(Diagnostic {
-                severity: Severity::Error,
-                file: path.clone(),
-                line: 0,
-                column: 0,
-                message: format!("cannot read: {e}"),
-            }),
+            Err(e) => {
+                let (line, column) = match &e {
+                    crate::input::InputError::NotUtf8 { line, column, .. } => (*line, *column),
+                    _ => (0, 0),
+                };
+                // The error names the path itself; the diagnostic prints it first.
+                let message = e.to_string();
+                let message = message
+                    .strip_prefix(&format!("{}: ", path.display()))
+                    .unwrap_or(&message);
+                diags.push(Diagnostic {
+                    severity: Severity::Error,
+                    file: path.clone(),
+                    line,
+                    column,
+                    message: format!("cannot read: {message}"),
+                });
+            }
         }
     }
     super::validate::validate(&out, &mut diags);
