@@ -28,5 +28,7 @@ pub mod policy;
 #[cfg(feature = "agent")]
 pub mod probes;
 #[cfg(feature = "agent")]
+pub mod record;
+#[cfg(feature = "agent")]
 pub mod run;
 pub mod verdict;

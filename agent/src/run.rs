@@ -32,7 +32,7 @@ use crate::{
     cli::{OutputFormat, RunArgs},
     clock::Clock,
     export::{
-        self, ConnectionRecord, ExportError, Format, JsonLines, Output, Writer,
+        self, ExportError, Format, JsonLines, Output, Writer,
         edges::Edges,
         events::{Decision, EventPolicy, VerdictEvent},
         http::{self, Shared},
@@ -43,7 +43,7 @@ use crate::{
     kube::{ClusterState, SharedState},
     policy::{PolicySet, watch},
     probes::{ProbeConfig, ProbeError, Probes},
-    verdict,
+    record::Stages,
 };
 
 #[derive(Debug, Error)]
@@ -409,6 +409,23 @@ impl Pipeline {
                     let cls = classify::classify(&conn.classify_input());
                     cls.is_settled().then_some(cls)
                 });
+                // What is settled is counted now, not when it closes.
+                for cookie in self.table.take_newly_settled() {
+                    let Some(conn) = self.table.connection_of(cookie) else {
+                        continue;
+                    };
+                    let record = Stages {
+                        resumptions: &mut self.resumptions,
+                        hops: &self.hops,
+                        table: &self.table,
+                        policy: self.policy.as_deref(),
+                        builtin: &self.builtin,
+                        clock: &self.clock,
+                    }
+                    .record(conn);
+                    self.shared.metrics.observe_open(&record);
+                    self.table.mark_counted(cookie);
+                }
                 let mut finished = Vec::new();
                 if stopping {
                     self.table.flush(&mut |conn| finished.push(conn));
@@ -446,58 +463,33 @@ impl Pipeline {
         }
     }
 
-    /// Classifies (resumed TLS sessions inherit the class of the full handshake they
-    /// resume), judges against the policy, and hands the result to every consumer.
+    fn stages(&mut self) -> Stages<'_> {
+        Stages {
+            resumptions: &mut self.resumptions,
+            hops: &self.hops,
+            table: &self.table,
+            policy: self.policy.as_deref(),
+            builtin: &self.builtin,
+            clock: &self.clock,
+        }
+    }
+
+    /// Makes the record of a finished connection and hands it to every consumer.
     fn finish(&mut self, conn: &Connection, now: u64) {
         if conn.settled.is_some() {
             for end in conn.ends() {
                 self.probes.clear_decided(end.cookie);
             }
         }
-        let mut own = match &conn.settled {
-            Some(cls) => classify::Classification::clone(cls),
-            None => classify::classify(&conn.classify_input()),
-        };
-        self.resumptions.apply(
-            (conn.client.ip(), conn.server.ip(), conn.server.port()),
-            &mut own,
-        );
-        let mut facts = self.hops.facts(conn, &own);
-        // An app's redirected connection is what its proxy sent upstream.
-        let (cls, app_protocol) = if facts.hop == Hop::AppToProxy {
-            let inventory = self.policy.as_deref().map(|p| &p.inventory);
-            let same_service = |a: SocketAddr, b: SocketAddr| {
-                inventory.is_some_and(|inv| {
-                    let of_a = inv.services_for(a.ip(), a.port());
-                    !of_a.is_empty()
-                        && inv
-                            .services_for(b.ip(), b.port())
-                            .iter()
-                            .any(|s| of_a.iter().any(|t| t.fqdn == s.fqdn))
-                })
-            };
-            let (logical, link) =
-                self.hops
-                    .upstream_evidence(conn, &self.table, &same_service, &|c| {
-                        classify::classify(&c.classify_input())
-                    });
-            facts.upstream = link;
-            (logical, Some(own.protocol))
-        } else {
-            (own, None)
-        };
-        if facts.hop == Hop::ProxyUpstream {
-            self.hops.upstream_finished(conn, &cls);
+        let record = self.stages().record(conn);
+        if record.hop == Hop::ProxyUpstream {
+            self.hops.upstream_finished(conn, &record.classification);
         }
-        let builtin = self.builtin.check(&facts, conn, &self.hops);
-        let client_has_proxy = self.hops.client_has_proxy(conn, &facts);
-        let assessment = self
-            .policy
-            .as_deref()
-            .map(|p| verdict::assess(conn, &cls, p, &facts, builtin, client_has_proxy));
-        let record =
-            ConnectionRecord::with_hop(conn, &self.clock, cls, assessment, facts, app_protocol);
-        self.shared.metrics.observe(&record);
+        if conn.counted {
+            self.shared.metrics.observe_bytes(&record);
+        } else {
+            self.shared.metrics.observe(&record);
+        }
         let counted = record.reporters().any();
         if counted
             && let Ok(mut e) = self.shared.edges.lock()

@@ -186,17 +186,20 @@ def header(head, name):
 
 
 class Pool:
-    """Idle upstream connections per destination, reused across downstream ones."""
+    """Idle upstream connections per destination, reused across downstream ones
+    and closed after `upstream_idle_timeout_s` unused (Envoy's idle_timeout)."""
 
-    def __init__(self):
+    def __init__(self, idle_timeout):
         self.lock = threading.Lock()
         self.idle = {}
+        self.timeout = idle_timeout
+        threading.Thread(target=self.reap, daemon=True).start()
 
     def get(self, key):
         with self.lock:
             conns = self.idle.get(key) or []
             while conns:
-                c = conns.pop()
+                c, _ = conns.pop()
                 # A pooled connection the upstream closed is readable (EOF).
                 if not select.select([c.sock], [], [], 0)[0]:
                     return c
@@ -205,10 +208,20 @@ class Pool:
 
     def put(self, key, conn):
         with self.lock:
-            self.idle.setdefault(key, []).append(conn)
+            self.idle.setdefault(key, []).append((conn, time.monotonic()))
+
+    def reap(self):
+        while True:
+            time.sleep(min(self.timeout / 4, 1.0))
+            now = time.monotonic()
+            with self.lock:
+                for key, conns in self.idle.items():
+                    for c, since in [x for x in conns if now - x[1] > self.timeout]:
+                        c.sock.close()
+                    self.idle[key] = [x for x in conns if now - x[1] <= self.timeout]
 
 
-POOL = Pool()
+POOL = Pool(float(CONFIG.get("upstream_idle_timeout_s", 3600)))
 
 
 def http_outbound(down, addr, port, route):

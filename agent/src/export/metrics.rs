@@ -258,15 +258,35 @@ impl Metrics {
     /// data path once, see [`crate::hops::Hop::reporters`]), plus its bytes and its
     /// TLS handshake.
     pub fn observe(&self, rec: &ConnectionRecord) {
-        self.hops.with_label_values(&[rec.hop.as_str()]).inc();
-        // An app_to_proxy record borrows its upstream's handshake: counted there.
-        if rec.hop != crate::hops::Hop::AppToProxy {
-            self.observe_handshake(&rec.classification);
-        }
-        self.observe_connection(rec);
+        self.observe_parts(rec, true, true);
     }
 
-    fn observe_connection(&self, rec: &ConnectionRecord) {
+    /// Counts a connection that is still open but whose class is settled: its
+    /// connection and handshake now, its bytes when it finishes
+    /// ([`Metrics::observe_bytes`]). Long-lived connections (pooled proxy
+    /// connections, database pools) are then counted when they are known, not
+    /// hours later when they close.
+    pub fn observe_open(&self, rec: &ConnectionRecord) {
+        self.observe_parts(rec, true, false);
+    }
+
+    /// The bytes of a finished connection already counted by [`Metrics::observe_open`].
+    pub fn observe_bytes(&self, rec: &ConnectionRecord) {
+        self.observe_parts(rec, false, true);
+    }
+
+    fn observe_parts(&self, rec: &ConnectionRecord, connection: bool, bytes: bool) {
+        if connection {
+            self.hops.with_label_values(&[rec.hop.as_str()]).inc();
+            // An app_to_proxy record borrows its upstream's handshake: counted there.
+            if rec.hop != crate::hops::Hop::AppToProxy {
+                self.observe_handshake(&rec.classification);
+            }
+        }
+        self.observe_reporters(rec, connection, bytes);
+    }
+
+    fn observe_reporters(&self, rec: &ConnectionRecord, connection: bool, bytes: bool) {
         let cls: &Classification = &rec.classification;
         let super::Judged {
             source_workload: sw,
@@ -318,7 +338,12 @@ impl Metrics {
                 expected,
                 verdict,
             ];
-            self.connections.with_label_values(&labels).inc();
+            if connection {
+                self.connections.with_label_values(&labels).inc();
+            }
+            if !bytes {
+                continue;
+            }
             let mut with_dir = labels.to_vec();
             with_dir.push("client_to_server");
             self.bytes

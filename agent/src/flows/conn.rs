@@ -103,6 +103,9 @@ pub struct Connection {
     /// ([`super::FlowTable::settle`]): the captured prefixes are freed and the kernel stops
     /// capturing this connection.
     pub settled: Option<Box<Classification>>,
+    /// Counted in the metrics already (when it settled, while still open): its
+    /// record adds only its bytes.
+    pub counted: bool,
     /// Bytes arrived since the last [`super::FlowTable::settle`] looked at this connection.
     pub(super) new_data: bool,
 }

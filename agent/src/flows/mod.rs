@@ -95,6 +95,7 @@ pub struct FlowTable {
     listeners: HashMap<u16, Vec<Listener>>,
     cgroups: Option<CgroupResolver>,
     decided: Vec<u64>,
+    newly_settled: Vec<u64>,
     /// Connections that received bytes since the last `settle` (may name ids
     /// reused since; `new_data` is what counts).
     touched: Vec<ConnId>,
@@ -124,6 +125,7 @@ impl FlowTable {
             listeners: HashMap::new(),
             cgroups,
             decided: Vec::new(),
+            newly_settled: Vec::new(),
             touched: Vec::new(),
             stats: FlowStats::default(),
         }
@@ -148,6 +150,21 @@ impl FlowTable {
     /// Socket cookies the kernel may stop capturing.
     pub fn take_decided(&mut self) -> std::vec::Drain<'_, u64> {
         self.decided.drain(..)
+    }
+
+    /// A cookie of each connection that [`FlowTable::settle`] settled since the
+    /// last call (for [`FlowTable::connection_of`]).
+    pub fn take_newly_settled(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.newly_settled)
+    }
+
+    /// Notes that the connection of `cookie` has been counted in the metrics.
+    pub fn mark_counted(&mut self, cookie: u64) {
+        if let Some(&id) = self.ends.get(&cookie)
+            && let Some(c) = self.conns.get_mut(id)
+        {
+            c.counted = true;
+        }
     }
 
     /// Feeds one kernel event.
@@ -294,6 +311,7 @@ impl FlowTable {
             last_ns: ev.hdr.ts_ns,
             open: false,
             settled: None,
+            counted: false,
             new_data: false,
         };
         match role {
@@ -600,6 +618,9 @@ impl FlowTable {
             let Some(cls) = judge(conn) else { continue };
             conn.settled = Some(Box::new(cls));
             settled += 1;
+            if let Some(e) = conn.ends().next() {
+                self.newly_settled.push(e.cookie);
+            }
             for end in conn.client_end.iter_mut().chain(conn.server_end.iter_mut()) {
                 end.egress.release();
                 end.ingress.release();

@@ -147,6 +147,9 @@ pub struct Interceptor {
     /// Path below the cgroup v2 root of the proxy's socket.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<String>,
+    /// The proxy's container, in a cluster (`istio-proxy`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
 }
 
 /// What this stage says about one finished connection.
@@ -381,6 +384,7 @@ impl Hops {
                 accepted_on: i.accepted_on,
                 nat: i.nat,
                 cgroup: s.cgroup.clone(),
+                container: None,
             })
         });
         let same_netns = match (&conn.client_end, server) {
