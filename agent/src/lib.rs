@@ -28,4 +28,5 @@ pub mod policy;
 pub mod probes;
 #[cfg(feature = "agent")]
 pub mod run;
+pub mod text;
 pub mod verdict;

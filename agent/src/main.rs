@@ -256,36 +256,48 @@ fn label<T: serde::Serialize>(v: &T) -> String {
 }
 
 /// The command line, with `run --config FILE`'s settings added where neither the
-/// command line nor the environment set them.
-fn parse_command_line() -> anyhow::Result<Cli> {
+/// command line nor the environment set them, and what to warn about once logging
+/// is set up. A refused value names the flag and where it came from.
+fn parse_command_line() -> anyhow::Result<(Cli, Vec<String>)> {
     let mut cmd = Cli::command();
     cmd.build();
-    let matches = cmd.clone().get_matches();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let matches = match cmd.clone().try_get_matches_from(&argv) {
+        Ok(m) => m,
+        Err(e) => match mtls_auditor::config::describe_value_error(&cmd, &e, &argv) {
+            Some(msg) => bail!(msg),
+            None => e.exit(),
+        },
+    };
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let Command::Run(args) = &cli.command else {
-        return Ok(cli);
+        return Ok((cli, Vec::new()));
     };
     let (Some(file), Some(run), Some(run_matches)) = (
         &args.config,
         cmd.find_subcommand("run"),
         matches.subcommand_matches("run"),
     ) else {
-        return Ok(cli);
+        return Ok((cli, Vec::new()));
     };
     let extra = mtls_auditor::config::arguments(run, run_matches, file)?;
-    let argv: Vec<_> = std::env::args_os().chain(extra).collect();
-    Cli::from_arg_matches(&cmd.try_get_matches_from(argv)?).map_err(Into::into)
+    let argv: Vec<_> = argv.into_iter().chain(extra.args).collect();
+    let cli = Cli::from_arg_matches(&cmd.try_get_matches_from(argv)?)?;
+    Ok((cli, extra.warnings))
 }
 
 fn main() -> ExitCode {
-    let cli = match parse_command_line() {
-        Ok(cli) => cli,
+    let (cli, warnings) = match parse_command_line() {
+        Ok(parsed) => parsed,
         Err(err) => {
             eprintln!("mtls-auditor: {err}");
             return ExitCode::FAILURE;
         }
     };
     init_logging(&cli.log.log_level, cli.log.log_format);
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
     let result: anyhow::Result<()> = match &cli.command {
         Command::Run(args) => run::run(args).map_err(Into::into),
         Command::Classify(args) => classify_pcap(args),
