@@ -53,6 +53,11 @@ pub struct EdgesArgs {
     /// Only edges with this verdict (compliant, violation, rejected, permissive, exempt, unknown).
     #[arg(long, value_parser = ["compliant", "violation", "rejected", "permissive", "exempt", "unknown"])]
     pub verdict: Option<String>,
+    /// Give up when the agent has not answered in full within this time
+    /// (connecting, the answer and its body: a listener that never answers or
+    /// drips its answer is an error, not a hang).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
 }
 
 /// Where the agent listens unless told otherwise.
@@ -174,6 +179,12 @@ pub struct RunArgs {
     /// disable). Loopback by default.
     #[arg(long, env = "MTLS_AUDITOR_LISTEN", default_value = DEFAULT_LISTEN, value_parser = listen_address)]
     pub listen: String,
+    /// Connections the HTTP listener keeps open at once (lowered to stay 256 below
+    /// the open-file limit). At the cap a new connection takes the place of the one
+    /// idle longest, so idle or slow clients cannot lock a scrape out.
+    #[arg(long, env = "MTLS_AUDITOR_HTTP_MAX_CONNECTIONS", default_value_t = crate::export::http::DEFAULT_MAX_CONNECTIONS,
+          value_parser = at_least_one)]
+    pub http_max_connections: usize,
     /// Distinct values kept per metric label before new ones become `~other`.
     #[arg(long, env = "MTLS_AUDITOR_MAX_LABEL_VALUES", default_value_t = 1000,
           value_parser = at_least_one)]
@@ -227,6 +238,13 @@ pub struct RunArgs {
     /// /sys/fs/cgroup and point here.
     #[arg(long, env = "MTLS_AUDITOR_CGROUP_ROOT", value_parser = cgroup_root)]
     pub cgroup_root: Option<PathBuf>,
+    /// The lock that keeps a second agent from starting on this node (two agents
+    /// would both attach and count every connection twice): the agent holds an
+    /// exclusive lock on this file while it runs and writes its PID in it.
+    /// Default: /run/mtls-auditor/agent.lock (if /run cannot be written, a warning).
+    /// In a container, mount the host's /run/mtls-auditor there.
+    #[arg(long, env = "MTLS_AUDITOR_INSTANCE_LOCK", value_name = "PATH")]
+    pub instance_lock: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

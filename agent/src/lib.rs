@@ -20,6 +20,8 @@ pub mod config;
 pub mod export;
 pub mod flows;
 pub mod input;
+#[cfg(feature = "agent")]
+pub mod instance;
 pub mod inventory;
 pub mod kube;
 pub mod pcap;

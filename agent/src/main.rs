@@ -68,6 +68,73 @@ fn classify_pcap(args: &ClassifyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Largest edges answer read (about 300 bytes an edge: a million edges).
+const MAX_EDGES_ANSWER: u64 = 512 * 1024 * 1024;
+
+/// GETs the edges from the agent within `--timeout` for everything (connecting,
+/// the answer, its body), so a listener that never answers or drips a byte at a
+/// time cannot hold the command. A busy agent (503 or 429: too many edges requests
+/// at once) is asked again until the deadline.
+fn fetch_edges(url: &str, args: &EdgesArgs) -> anyhow::Result<String> {
+    use std::time::{Duration, Instant};
+    let deadline = Instant::now() + args.timeout;
+    let timeout = humantime::format_duration(args.timeout);
+    let what = |e: ureq::Error| -> anyhow::Error {
+        let timed_out = matches!(e, ureq::Error::Timeout(_))
+            || matches!(&e, ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::TimedOut);
+        if timed_out {
+            anyhow!(
+                "no complete answer from the agent at {} within {timeout} (--timeout): is `mtls-auditor run` listening there?",
+                args.agent
+            )
+        } else {
+            anyhow!(
+                "asking the agent at {} (is `mtls-auditor run` listening there?): {e}",
+                args.agent
+            )
+        }
+    };
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(what(ureq::Error::Timeout(ureq::Timeout::Global)));
+        }
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(left))
+            .timeout_connect(Some(left.min(Duration::from_secs(5))))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut response = agent.get(url).call().map_err(what)?;
+        let status = response.status();
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(MAX_EDGES_ANSWER)
+            .read_to_string()
+            .map_err(|e| match e {
+                ureq::Error::BodyExceedsLimit(_) => anyhow!(
+                    "the agent at {} answered more than {MAX_EDGES_ANSWER} bytes",
+                    args.agent
+                ),
+                e => what(e).context("reading the agent's answer"),
+            })?;
+        if status.is_success() {
+            return Ok(body);
+        }
+        let busy = status.as_u16() == 503 || status.as_u16() == 429;
+        let pause = Duration::from_millis(200);
+        if !busy || deadline.saturating_duration_since(Instant::now()) <= pause {
+            bail!(
+                "the agent at {} answered {status}: {}",
+                args.agent,
+                mtls_auditor::text::escape(body.trim())
+            );
+        }
+        std::thread::sleep(pause);
+    }
+}
+
 fn edges(args: &EdgesArgs) -> anyhow::Result<()> {
     let mut url = format!("http://{}/api/v1/edges", args.agent);
     let mut query = Vec::new();
@@ -80,17 +147,7 @@ fn edges(args: &EdgesArgs) -> anyhow::Result<()> {
     if !query.is_empty() {
         url = format!("{url}?{}", query.join("&"));
     }
-    let body = ureq::get(&url)
-        .call()
-        .with_context(|| {
-            format!(
-                "asking the agent at {} (is `mtls-auditor run` listening there?)",
-                args.agent
-            )
-        })?
-        .into_body()
-        .read_to_string()
-        .context("reading the agent's answer")?;
+    let body = fetch_edges(&url, args)?;
     let edges: Vec<mtls_auditor::export::edges::Edge> =
         serde_json::from_str(&body).context("the agent's answer is not a list of edges")?;
     let mut out = std::io::stdout().lock();
