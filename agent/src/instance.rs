@@ -105,7 +105,7 @@ fn lock(path: &Path) -> Result<InstanceLock, InstanceError> {
 /// "PID 1234", from the holder's lock file.
 fn holder(file: &File) -> String {
     let mut text = String::new();
-    let read = Read::take(&*file, 32)
+    let read = Read::take(file, 32)
         .read_to_string(&mut text)
         .map(|_| text.trim().parse::<u32>());
     match read {

@@ -185,7 +185,11 @@ fn two_hundred_edges_fetches_do_not_starve_the_scrape() {
         let edges: Vec<serde_json::Value> = serde_json::from_str(&body).ok()?;
         let ours = edges
             .iter()
-            .filter(|e| e["source"].as_str().is_some_and(|s| s.starts_with("127.1.")))
+            .filter(|e| {
+                e["source"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("127.1."))
+            })
             .count();
         (status == 200 && ours >= 2000).then_some(())
     })
