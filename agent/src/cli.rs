@@ -53,6 +53,11 @@ pub struct EdgesArgs {
     /// Only edges with this verdict (compliant, violation, rejected, permissive, exempt, unknown).
     #[arg(long, value_parser = ["compliant", "violation", "rejected", "permissive", "exempt", "unknown"])]
     pub verdict: Option<String>,
+    /// Give up when the agent has not answered in full within this time
+    /// (connecting, the answer and its body: a listener that never answers or
+    /// drips its answer is an error, not a hang).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
 }
 
 /// Where the agent listens unless told otherwise.
@@ -107,7 +112,10 @@ pub struct ClassifyArgs {
 #[derive(Debug, Args)]
 pub struct LogArgs {
     /// Log filter (tracing env-filter syntax), e.g. `info` or `mtls_auditor=debug`.
-    #[arg(long, global = true, env = "MTLS_AUDITOR_LOG", default_value = "info")]
+    /// A bare word must be a level (off, error, warn, info, debug, trace); filter a
+    /// target with TARGET=LEVEL.
+    #[arg(long, global = true, env = "MTLS_AUDITOR_LOG", default_value = "info",
+          value_parser = log_filter)]
     pub log_level: String,
     /// Log format on stderr.
     #[arg(long, global = true, env = "MTLS_AUDITOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -133,14 +141,17 @@ pub struct RunArgs {
           value_parser = clap::value_parser!(u32).range(1..=agent_common::MAX_CAPTURE_BUDGET as i64))]
     pub capture_budget: u32,
     /// Size of the kernel-to-agent ring buffer in bytes (a power of two).
-    #[arg(long, env = "MTLS_AUDITOR_RING_BYTES", default_value_t = agent_common::DEFAULT_RING_BYTES)]
+    #[arg(long, env = "MTLS_AUDITOR_RING_BYTES", default_value_t = agent_common::DEFAULT_RING_BYTES,
+          value_parser = ring_bytes)]
     pub ring_bytes: u32,
     /// Where connection records go: `-` for stdout, a file path (appended to), or
     /// `off` (metrics and events only).
     #[arg(long, short, env = "MTLS_AUDITOR_OUTPUT", default_value = "-")]
     pub output: String,
-    /// How often the agent drains the ring buffer when the kernel does not wake it.
-    #[arg(long, env = "MTLS_AUDITOR_POLL_MS", default_value_t = 20)]
+    /// How often the agent drains the ring buffer when the kernel does not wake it
+    /// (1 to 10000 ms).
+    #[arg(long, env = "MTLS_AUDITOR_POLL_MS", default_value_t = 20,
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub poll_ms: u64,
     /// How long a closed connection with one end on this node waits for its other end.
     #[arg(long, env = "MTLS_AUDITOR_LINGER_MS", default_value_t = 1000)]
@@ -187,13 +198,22 @@ pub struct RunArgs {
     pub format: OutputFormat,
     /// HTTP listener for /metrics, /healthz, /readyz and /api/v1/edges (`off` to
     /// disable). Loopback by default.
-    #[arg(long, env = "MTLS_AUDITOR_LISTEN", default_value = DEFAULT_LISTEN)]
+    #[arg(long, env = "MTLS_AUDITOR_LISTEN", default_value = DEFAULT_LISTEN, value_parser = listen_address)]
     pub listen: String,
+    /// Connections the HTTP listener keeps open at once (lowered to stay 256 below
+    /// the open-file limit). At the cap a new connection takes the place of the one
+    /// idle longest, so idle or slow clients cannot lock a scrape out.
+    #[arg(long, env = "MTLS_AUDITOR_HTTP_MAX_CONNECTIONS", default_value_t = crate::export::http::DEFAULT_MAX_CONNECTIONS,
+          value_parser = at_least_one)]
+    pub http_max_connections: usize,
     /// Distinct values kept per metric label before new ones become `~other`.
-    #[arg(long, env = "MTLS_AUDITOR_MAX_LABEL_VALUES", default_value_t = 1000)]
+    #[arg(long, env = "MTLS_AUDITOR_MAX_LABEL_VALUES", default_value_t = 1000,
+          value_parser = at_least_one)]
     pub max_label_values: usize,
-    /// Edges kept for `mtls-auditor edges`.
-    #[arg(long, env = "MTLS_AUDITOR_MAX_EDGES", default_value_t = 10_000)]
+    /// Edges kept for `mtls-auditor edges`. Past it the least recently seen edges
+    /// are folded into `~other` rows (one per observed, expected and verdict).
+    #[arg(long, env = "MTLS_AUDITOR_MAX_EDGES", default_value_t = 10_000,
+          value_parser = at_least_one)]
     pub max_edges: usize,
     /// Verdict events (JSON lines, schema mtls-auditor.event/v1): `-` for stdout or
     /// a file. Violations, rejections and permissive connections; see --events-all.
@@ -202,11 +222,14 @@ pub struct RunArgs {
     /// Make every judged connection an event, not only the findings.
     #[arg(long, env = "MTLS_AUDITOR_EVENTS_ALL")]
     pub events_all: bool,
-    /// Events per second per source workload (sustained), beyond the burst.
-    #[arg(long, env = "MTLS_AUDITOR_EVENTS_RATE", default_value_t = 10.0)]
+    /// Events per second per source workload (sustained), beyond the burst; 0: the
+    /// burst only.
+    #[arg(long, env = "MTLS_AUDITOR_EVENTS_RATE", default_value_t = 10.0, value_parser = events_rate,
+          allow_negative_numbers = true)]
     pub events_rate: f64,
     /// Events a source workload may emit at once before the rate applies.
-    #[arg(long, env = "MTLS_AUDITOR_EVENTS_BURST", default_value_t = 100)]
+    #[arg(long, env = "MTLS_AUDITOR_EVENTS_BURST", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..))]
     pub events_burst: u32,
     /// Kubernetes: read pods, Services, EndpointSlices and Istio's policy from the
     /// API server this kubeconfig names. Inside a pod with a service account the
@@ -234,8 +257,15 @@ pub struct RunArgs {
     /// resolve to paths under it. Default: the cgroup2 mount in /proc/self/mountinfo.
     /// In a container with its own cgroup namespace, mount the host's
     /// /sys/fs/cgroup and point here.
-    #[arg(long, env = "MTLS_AUDITOR_CGROUP_ROOT")]
+    #[arg(long, env = "MTLS_AUDITOR_CGROUP_ROOT", value_parser = cgroup_root)]
     pub cgroup_root: Option<PathBuf>,
+    /// The lock that keeps a second agent from starting on this node (two agents
+    /// would both attach and count every connection twice): the agent holds an
+    /// exclusive lock on this file while it runs and writes its PID in it.
+    /// Default: /run/mtls-auditor/agent.lock (if /run cannot be written, a warning).
+    /// In a container, mount the host's /run/mtls-auditor there.
+    #[arg(long, env = "MTLS_AUDITOR_INSTANCE_LOCK", value_name = "PATH")]
+    pub instance_lock: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -248,4 +278,84 @@ impl RunArgs {
     pub fn output_path(&self) -> Option<PathBuf> {
         (self.output != "-").then(|| PathBuf::from(&self.output))
     }
+}
+
+// Value checks of the flags. They run for the command line, the environment and
+// the config file alike (the file's values go through the flag's own parser), so a
+// bad value is refused before anything starts and its message names where it came
+// from.
+
+/// The ring buffer size: a power of two the kernel accepts.
+fn ring_bytes(s: &str) -> Result<u32, String> {
+    let n: u32 = s
+        .parse()
+        .map_err(|e| format!("not a number of bytes ({e})"))?;
+    if n.is_power_of_two() && n >= 4096 {
+        Ok(n)
+    } else {
+        Err(format!(
+            "not a power of two of at least 4096 (e.g. {})",
+            agent_common::DEFAULT_RING_BYTES
+        ))
+    }
+}
+
+/// `IP:PORT`, or `off` (also empty) for no listener. Kept as the text: `run` parses
+/// it again.
+fn listen_address(s: &str) -> Result<String, String> {
+    if s.is_empty() || s == "off" || s.parse::<std::net::SocketAddr>().is_ok() {
+        Ok(s.to_owned())
+    } else {
+        Err("not an IP address and port such as 127.0.0.1:9477 or [::1]:9477, nor `off`".into())
+    }
+}
+
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("not a count ({e})")),
+    }
+}
+
+fn events_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r >= 0.0 => Ok(r),
+        Ok(_) => Err("must be a number of events per second of at least 0".into()),
+        Err(e) => Err(format!("not a number ({e})")),
+    }
+}
+
+fn cgroup_root(s: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(s);
+    if crate::cgroups::cgroup2_at(&p).is_some() {
+        Ok(p)
+    } else if !p.exists() {
+        Err("no such directory".into())
+    } else {
+        Err(format!(
+            "not a cgroup v2 hierarchy (nor is {s}/unified); mount the host's /sys/fs/cgroup there"
+        ))
+    }
+}
+
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// A tracing env-filter whose every directive parses. A bare word must be a level:
+/// env-filter would read `verbose` as "everything of target `verbose`", which turns
+/// every other log off without a word.
+fn log_filter(s: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::builder()
+        .parse(s)
+        .map_err(|e| format!("`{s}` is not a log filter: {e}"))?;
+    for directive in s.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let bare = !directive.contains(['=', '[', ':']);
+        if bare && !LEVELS.contains(&directive.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "`{directive}` is not a level ({}); to filter a target write TARGET=LEVEL, e.g. mtls_auditor=debug",
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    Ok(s.to_owned())
 }

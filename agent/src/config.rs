@@ -41,13 +41,23 @@ pub fn keys(run: &Command) -> Vec<&Arg> {
         .collect()
 }
 
-/// The arguments `file` adds to `run`'s command line: one `--key=value` per value
-/// of each key that neither the command line nor the environment set (`matches`).
+/// What a config file adds to `run`'s command line.
+#[derive(Debug, Default)]
+pub struct FileArguments {
+    /// One `--key=value` per value of each key that neither the command line nor
+    /// the environment set.
+    pub args: Vec<OsString>,
+    /// What to log once logging is set up (e.g. an empty file).
+    pub warnings: Vec<String>,
+}
+
+/// The arguments `file` adds to `run`'s command line (see [`FileArguments`]);
+/// `matches` says what the command line and the environment set.
 pub fn arguments(
     run: &Command,
     matches: &ArgMatches,
     file: &Path,
-) -> Result<Vec<OsString>, ConfigError> {
+) -> Result<FileArguments, ConfigError> {
     let text =
         crate::input::read_text(file, crate::input::MAX_TEXT_FILE).map_err(ConfigError::Read)?;
     let at = |(line, column): (usize, usize), message: String| ConfigError::At {
@@ -61,7 +71,15 @@ pub fn arguments(
         at(pos, e.to_string())
     })?;
     let map = match doc {
-        yaml_serde::Value::Null => return Ok(Vec::new()),
+        yaml_serde::Value::Null => {
+            return Ok(FileArguments {
+                args: Vec::new(),
+                warnings: vec![format!(
+                    "config file {} has no settings (it is empty or only comments): every setting keeps its default",
+                    file.display()
+                )],
+            });
+        }
         yaml_serde::Value::Mapping(m) => m,
         _ => {
             return Err(at(
@@ -76,7 +94,7 @@ pub fn arguments(
         let yaml_serde::Value::String(key) = key else {
             return Err(at((1, 1), format!("key {key:?} is not a flag name")));
         };
-        let pos = key_position(&text, &key);
+        let (pos, value_pos) = key_position(&text, &key);
         let Some(arg) = keys.iter().find(|a| a.get_long() == Some(key.as_str())) else {
             let allowed: Vec<_> = keys.iter().filter_map(|a| a.get_long()).collect();
             return Err(at(
@@ -87,21 +105,24 @@ pub fn arguments(
                 ),
             ));
         };
-        let values = scalars(&value).map_err(|m| at(pos, format!("{key}: {m}")))?;
+        let values = scalars(&value).map_err(|m| at(value_pos, format!("{key}: {m}")))?;
         let takes_many = matches!(arg.get_action(), ArgAction::Append);
         if values.len() > 1 && !takes_many {
-            return Err(at(pos, format!("{key}: takes one value, not a list")));
+            return Err(at(value_pos, format!("{key}: takes one value, not a list")));
         }
         let set_elsewhere = matches!(
             matches.value_source(arg.get_id().as_str()),
             Some(ValueSource::CommandLine | ValueSource::EnvVariable)
         );
-        let args = as_arguments(arg, &key, &values).map_err(|m| at(pos, m))?;
+        let args = as_arguments(arg, &key, &values).map_err(|m| at(value_pos, m))?;
         if !set_elsewhere {
             extra.extend(args);
         }
     }
-    Ok(extra)
+    Ok(FileArguments {
+        args: extra,
+        warnings: Vec::new(),
+    })
 }
 
 /// A key's value as strings: a scalar, or a list of scalars.
@@ -138,25 +159,120 @@ fn as_arguments(arg: &Arg, key: &str, values: &[String]) -> Result<Vec<OsString>
         .iter()
         .map(|v| format!("--{key}={v}").into())
         .collect();
-    check.try_get_matches_from(&args).map_err(|e| {
-        let rendered = e.render().to_string();
-        let first = rendered.lines().next().unwrap_or_default();
-        let why = first.strip_prefix("error: ").unwrap_or(first);
-        format!("{key}: {why}")
-    })?;
+    check
+        .try_get_matches_from(&args)
+        .map_err(|e| match BadValue::of(&e) {
+            Some(bad) => format!("{key} {}: {}", crate::text::escape(&bad.value), bad.why),
+            None => {
+                let rendered = e.render().to_string();
+                let first = rendered.lines().next().unwrap_or_default();
+                let why = first.strip_prefix("error: ").unwrap_or(first);
+                format!("{key}: {why}")
+            }
+        })?;
     Ok(args)
 }
 
-/// Line and column of a top-level `key:` in the file (1, 1 when not found).
-fn key_position(text: &str, key: &str) -> (usize, usize) {
-    text.lines()
-        .enumerate()
-        .find(|(_, l)| {
-            let l = l.trim_start_matches(['"', '\'']);
-            l.strip_prefix(key)
-                .is_some_and(|rest| rest.trim_start_matches(['"', '\'']).starts_with(':'))
-        })
-        .map_or((1, 1), |(i, _)| (i + 1, 1))
+/// Line and column of a top-level `key:` in the file, and of its value (the first
+/// character after the colon, or of the next line for a block value); (1, 1) when
+/// not found.
+fn key_position(text: &str, key: &str) -> ((usize, usize), (usize, usize)) {
+    let lines: Vec<&str> = text.lines().collect();
+    let Some((i, rest)) = lines.iter().enumerate().find_map(|(i, l)| {
+        let l = l.trim_start_matches(['"', '\'']);
+        let rest = l.strip_prefix(key)?.trim_start_matches(['"', '\'']);
+        rest.strip_prefix(':').map(|r| (i, r))
+    }) else {
+        return ((1, 1), (1, 1));
+    };
+    let line = lines[i];
+    let key_pos = (i + 1, 1);
+    let column_of = |l: &str, tail: &str| l[..l.len() - tail.len()].chars().count() + 1;
+    let value = rest.trim_start();
+    if !value.is_empty() && !value.starts_with('#') {
+        return (key_pos, (i + 1, column_of(line, value)));
+    }
+    // A block value: the next line that is neither blank nor a comment.
+    let next = lines.iter().enumerate().skip(i + 1).find_map(|(j, l)| {
+        let t = l.trim_start();
+        (!t.is_empty() && !t.starts_with('#')).then(|| (j + 1, column_of(l, t)))
+    });
+    (key_pos, next.unwrap_or(key_pos))
+}
+
+/// A value that a flag's parser refused: which flag, what value, why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadValue {
+    /// `--ring-bytes`
+    pub flag: String,
+    pub value: String,
+    pub why: String,
+}
+
+impl BadValue {
+    /// The refused value of a clap error about a value; `None` for other errors
+    /// (unknown flags, missing values...).
+    pub fn of(e: &clap::Error) -> Option<Self> {
+        use clap::error::{ContextKind, ContextValue, ErrorKind};
+        let string = |k| match e.get(k) {
+            Some(ContextValue::String(s)) => Some(s.clone()),
+            _ => None,
+        };
+        let flag = string(ContextKind::InvalidArg)?
+            .split_whitespace()
+            .next()?
+            .to_owned();
+        let value = string(ContextKind::InvalidValue)?;
+        let why = match e.kind() {
+            ErrorKind::ValueValidation => std::error::Error::source(e)
+                .map_or_else(|| "invalid value".to_owned(), ToString::to_string),
+            ErrorKind::InvalidValue => match e.get(ContextKind::ValidValue) {
+                Some(ContextValue::Strings(v)) => format!("expected one of {}", v.join(", ")),
+                _ => "invalid value".to_owned(),
+            },
+            _ => return None,
+        };
+        Some(Self { flag, value, why })
+    }
+}
+
+/// A clap error about a flag's value, said as where the value came from: the
+/// command line (`--listen 12: ...`) or its `MTLS_AUDITOR_*` variable
+/// (`MTLS_AUDITOR_LISTEN=12 (--listen): ...`). `None` for other errors, which clap
+/// reports itself.
+pub fn describe_value_error(cmd: &Command, e: &clap::Error, argv: &[OsString]) -> Option<String> {
+    let bad = BadValue::of(e)?;
+    let long = bad.flag.strip_prefix("--")?;
+    let arg = find_arg(cmd, long)?;
+    let short = arg.get_short().map(|c| format!("-{c}"));
+    let on_command_line = argv.iter().filter_map(|a| a.to_str()).any(|a| {
+        a == bad.flag
+            || a.strip_prefix(bad.flag.as_str())
+                .is_some_and(|r| r.starts_with('='))
+            || short
+                .as_deref()
+                .is_some_and(|s| a.starts_with(s) && !a.starts_with("--"))
+    });
+    let value = crate::text::escape(&bad.value);
+    let env = arg
+        .get_env()
+        .filter(|name| std::env::var_os(name).is_some());
+    Some(match env {
+        Some(name) if !on_command_line => format!(
+            "{}={value} ({}): {}",
+            name.to_string_lossy(),
+            bad.flag,
+            bad.why
+        ),
+        _ => format!("{} {value}: {}", bad.flag, bad.why),
+    })
+}
+
+/// The argument of `cmd` or of one of its subcommands whose long name is `long`.
+fn find_arg<'a>(cmd: &'a Command, long: &str) -> Option<&'a Arg> {
+    cmd.get_arguments()
+        .find(|a| a.get_long() == Some(long))
+        .or_else(|| cmd.get_subcommands().find_map(|c| find_arg(c, long)))
 }
 
 #[cfg(test)]
@@ -181,7 +297,7 @@ mod tests {
         let run = cmd.find_subcommand("run").expect("run");
         let result = arguments(run, m.subcommand_matches("run").expect("run"), &file);
         std::fs::remove_dir_all(&dir).ok();
-        let extra = result?;
+        let extra = result?.args;
         let full: Vec<OsString> = argv.iter().map(OsString::from).chain(extra).collect();
         let cli = Cli::from_arg_matches(&Cli::command().try_get_matches_from(full).expect("full"))
             .expect("cli");
@@ -213,21 +329,29 @@ mod tests {
             ),
             (
                 "\n\ncapture-budget: lots\n",
-                ":3:1: capture-budget: invalid value 'lots' for '--capture-budget <CAPTURE_BUDGET>'",
+                ":3:17: capture-budget lots: invalid digit found in string",
             ),
             (
                 "format: yaml\n",
-                ":1:1: format: invalid value 'yaml' for '--format <FORMAT>'",
+                ":1:9: format yaml: expected one of json, table",
             ),
             (
                 "listen: [a, b]\n",
-                ":1:1: listen: takes one value, not a list",
+                ":1:9: listen: takes one value, not a list",
             ),
             (
                 "events-all: maybe\n",
-                ":1:1: events-all: expected true or false",
+                ":1:13: events-all: expected true or false",
             ),
             ("output:\n", ":1:1: output: has no value"),
+            (
+                "policy:\n  # two\n  - /a\nring-bytes: [1000]\n",
+                ":4:13: ring-bytes 1000: not a power of two of at least 4096",
+            ),
+            (
+                "policy:\n\n  - /a\n  - [x]\n",
+                ":3:3: policy: expected a string, a number, a boolean or a list of them",
+            ),
             (
                 "- capture-budget\n",
                 ":1:1: expected a mapping of flag names",

@@ -21,6 +21,8 @@ pub mod export;
 pub mod flows;
 pub mod hops;
 pub mod input;
+#[cfg(feature = "agent")]
+pub mod instance;
 pub mod inventory;
 pub mod kube;
 pub mod pcap;
@@ -31,4 +33,5 @@ pub mod probes;
 pub mod record;
 #[cfg(feature = "agent")]
 pub mod run;
+pub mod text;
 pub mod verdict;

@@ -68,6 +68,73 @@ fn classify_pcap(args: &ClassifyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Largest edges answer read (about 300 bytes an edge: a million edges).
+const MAX_EDGES_ANSWER: u64 = 512 * 1024 * 1024;
+
+/// GETs the edges from the agent within `--timeout` for everything (connecting,
+/// the answer, its body), so a listener that never answers or drips a byte at a
+/// time cannot hold the command. A busy agent (503 or 429: too many edges requests
+/// at once) is asked again until the deadline.
+fn fetch_edges(url: &str, args: &EdgesArgs) -> anyhow::Result<String> {
+    use std::time::{Duration, Instant};
+    let deadline = Instant::now() + args.timeout;
+    let timeout = humantime::format_duration(args.timeout);
+    let what = |e: ureq::Error| -> anyhow::Error {
+        let timed_out = matches!(e, ureq::Error::Timeout(_))
+            || matches!(&e, ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::TimedOut);
+        if timed_out {
+            anyhow!(
+                "no complete answer from the agent at {} within {timeout} (--timeout): is `mtls-auditor run` listening there?",
+                args.agent
+            )
+        } else {
+            anyhow!(
+                "asking the agent at {} (is `mtls-auditor run` listening there?): {e}",
+                args.agent
+            )
+        }
+    };
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(what(ureq::Error::Timeout(ureq::Timeout::Global)));
+        }
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(left))
+            .timeout_connect(Some(left.min(Duration::from_secs(5))))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut response = agent.get(url).call().map_err(what)?;
+        let status = response.status();
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(MAX_EDGES_ANSWER)
+            .read_to_string()
+            .map_err(|e| match e {
+                ureq::Error::BodyExceedsLimit(_) => anyhow!(
+                    "the agent at {} answered more than {MAX_EDGES_ANSWER} bytes",
+                    args.agent
+                ),
+                e => what(e).context("reading the agent's answer"),
+            })?;
+        if status.is_success() {
+            return Ok(body);
+        }
+        let busy = status.as_u16() == 503 || status.as_u16() == 429;
+        let pause = Duration::from_millis(200);
+        if !busy || deadline.saturating_duration_since(Instant::now()) <= pause {
+            bail!(
+                "the agent at {} answered {status}: {}",
+                args.agent,
+                mtls_auditor::text::escape(body.trim())
+            );
+        }
+        std::thread::sleep(pause);
+    }
+}
+
 fn edges(args: &EdgesArgs) -> anyhow::Result<()> {
     let mut url = format!("http://{}/api/v1/edges", args.agent);
     let mut query = Vec::new();
@@ -80,17 +147,7 @@ fn edges(args: &EdgesArgs) -> anyhow::Result<()> {
     if !query.is_empty() {
         url = format!("{url}?{}", query.join("&"));
     }
-    let body = ureq::get(&url)
-        .call()
-        .with_context(|| {
-            format!(
-                "asking the agent at {} (is `mtls-auditor run` listening there?)",
-                args.agent
-            )
-        })?
-        .into_body()
-        .read_to_string()
-        .context("reading the agent's answer")?;
+    let body = fetch_edges(&url, args)?;
     let edges: Vec<mtls_auditor::export::edges::Edge> =
         serde_json::from_str(&body).context("the agent's answer is not a list of edges")?;
     let mut out = std::io::stdout().lock();
@@ -257,36 +314,48 @@ fn label<T: serde::Serialize>(v: &T) -> String {
 }
 
 /// The command line, with `run --config FILE`'s settings added where neither the
-/// command line nor the environment set them.
-fn parse_command_line() -> anyhow::Result<Cli> {
+/// command line nor the environment set them, and what to warn about once logging
+/// is set up. A refused value names the flag and where it came from.
+fn parse_command_line() -> anyhow::Result<(Cli, Vec<String>)> {
     let mut cmd = Cli::command();
     cmd.build();
-    let matches = cmd.clone().get_matches();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let matches = match cmd.clone().try_get_matches_from(&argv) {
+        Ok(m) => m,
+        Err(e) => match mtls_auditor::config::describe_value_error(&cmd, &e, &argv) {
+            Some(msg) => bail!(msg),
+            None => e.exit(),
+        },
+    };
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let Command::Run(args) = &cli.command else {
-        return Ok(cli);
+        return Ok((cli, Vec::new()));
     };
     let (Some(file), Some(run), Some(run_matches)) = (
         &args.config,
         cmd.find_subcommand("run"),
         matches.subcommand_matches("run"),
     ) else {
-        return Ok(cli);
+        return Ok((cli, Vec::new()));
     };
     let extra = mtls_auditor::config::arguments(run, run_matches, file)?;
-    let argv: Vec<_> = std::env::args_os().chain(extra).collect();
-    Cli::from_arg_matches(&cmd.try_get_matches_from(argv)?).map_err(Into::into)
+    let argv: Vec<_> = argv.into_iter().chain(extra.args).collect();
+    let cli = Cli::from_arg_matches(&cmd.try_get_matches_from(argv)?)?;
+    Ok((cli, extra.warnings))
 }
 
 fn main() -> ExitCode {
-    let cli = match parse_command_line() {
-        Ok(cli) => cli,
+    let (cli, warnings) = match parse_command_line() {
+        Ok(parsed) => parsed,
         Err(err) => {
             eprintln!("mtls-auditor: {err}");
             return ExitCode::FAILURE;
         }
     };
     init_logging(&cli.log.log_level, cli.log.log_format);
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
     let result: anyhow::Result<()> = match &cli.command {
         Command::Run(args) => run::run(args).map_err(Into::into),
         Command::Classify(args) => classify_pcap(args),

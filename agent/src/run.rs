@@ -51,6 +51,8 @@ pub enum RunError {
     #[error(transparent)]
     Probes(#[from] ProbeError),
     #[error(transparent)]
+    Instance(#[from] crate::instance::InstanceError),
+    #[error(transparent)]
     Export(#[from] ExportError),
     #[error("starting the async runtime: {0}")]
     Runtime(std::io::Error),
@@ -116,6 +118,7 @@ pub fn run(args: &RunArgs) -> Result<(), RunError> {
         })?)
     };
 
+    let _instance = crate::instance::acquire(args.instance_lock.as_deref())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -199,12 +202,13 @@ pub fn run(args: &RunArgs) -> Result<(), RunError> {
         .map_err(RunError::Runtime)?;
     // Bind before attaching: a busy address is an error at start.
     let server = match listen {
-        Some(addr) => Some(rt.block_on(http::bind(addr, Arc::clone(&shared))).map_err(
-            |source| RunError::Listen {
-                addr: addr.to_string(),
-                source,
-            },
-        )?),
+        Some(addr) => Some(
+            rt.block_on(http::bind(addr, Arc::clone(&shared), args))
+                .map_err(|source| RunError::Listen {
+                    addr: addr.to_string(),
+                    source,
+                })?,
+        ),
         None => None,
     };
 
@@ -491,11 +495,8 @@ impl Pipeline {
             self.shared.metrics.observe(&record);
         }
         let counted = record.reporters().any();
-        if counted
-            && let Ok(mut e) = self.shared.edges.lock()
-            && !e.record(&record)
-        {
-            self.shared.metrics.edges_overflow.inc();
+        if counted && let Ok(mut e) = self.shared.edges.lock() {
+            self.shared.metrics.edges_overflow.inc_by(e.record(&record));
         }
         if !record.raises_events() {
             if counted || !self.table_format {

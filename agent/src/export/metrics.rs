@@ -36,6 +36,16 @@ pub const CONNECTION_LABELS: [&str; 9] = [
     "verdict",
 ];
 
+/// Reasons of `http_shed_total`.
+pub const SHED_REASONS: [&str; 6] = [
+    "idle_evicted",
+    "refused",
+    "header_timeout",
+    "idle_timeout",
+    "edges_busy",
+    "body_too_large",
+];
+
 /// Value a capped label takes once its cap is reached.
 pub const OVERFLOW: &str = "~other";
 
@@ -83,6 +93,8 @@ pub struct Metrics {
     pub edges_overflow: IntCounter,
     pub label_overflow: IntCounterVec,
     pub ready: IntGauge,
+    pub http_connections: IntGauge,
+    pub http_shed: IntCounterVec,
     caps: Mutex<LabelCaps>,
 }
 
@@ -214,7 +226,7 @@ impl Metrics {
             edges_overflow: counter(
                 &r,
                 "edges_overflow_total",
-                "Connections left out of the edges view because it holds --max-edges edges.",
+                "Connections folded into the edges view's ~other rows: those of edges evicted, least recently seen first, from a view full at --max-edges.",
             )?,
             label_overflow: counter_vec(
                 &r,
@@ -226,6 +238,17 @@ impl Metrics {
                 &r,
                 "ready",
                 "1 once the probes are attached, the policy loaded and, in a cluster, the first lists of pods and Istio policy are in.",
+            )?,
+            http_connections: gauge(
+                &r,
+                "http_connections",
+                "Connections open to the HTTP listener (at most --http-max-connections).",
+            )?,
+            http_shed: counter_vec(
+                &r,
+                "http_shed_total",
+                "HTTP connections closed or requests refused to keep the listener answering, by reason: idle_evicted (an idle connection closed to admit a new one at --http-max-connections), refused (a new connection closed: every slot busy), header_timeout, idle_timeout, edges_busy (an edges request answered 503), body_too_large.",
+                &["reason"],
             )?,
             caps: Mutex::new(LabelCaps {
                 max: max_label_values.max(1),
@@ -246,6 +269,9 @@ impl Metrics {
         }
         for result in ["ok", "error"] {
             m.policy_reloads.with_label_values(&[result]).inc_by(0);
+        }
+        for reason in SHED_REASONS {
+            m.http_shed.with_label_values(&[reason]).inc_by(0);
         }
         for hop in crate::hops::Hop::ALL {
             m.hops.with_label_values(&[hop.as_str()]).inc_by(0);

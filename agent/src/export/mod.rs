@@ -369,10 +369,27 @@ pub fn table_row(r: &ConnectionRecord) -> String {
             r.classification.evidence.as_str(),
         ),
     };
-    format!(
-        "{time:<13} {src:<30} {dst:<38} {:<14} {:<11} {expected:<11} {verdict:<11} {reason}",
+    table_line([
+        time,
+        &src,
+        &dst,
         r.hop.as_str(),
-        r.classification.connection_security_policy.as_str()
+        r.classification.connection_security_policy.as_str(),
+        expected,
+        verdict,
+        reason,
+    ])
+}
+
+/// A table row from its fields (time, source, destination, hop, observed,
+/// expected, verdict, reason), control characters escaped: names and reasons come
+/// from the wire, the cluster and policy files, and a crafted one must not forge
+/// rows or move the cursor.
+fn table_line(fields: [&str; 8]) -> String {
+    let [time, src, dst, hop, observed, expected, verdict, reason] =
+        fields.map(crate::text::escape);
+    format!(
+        "{time:<13} {src:<30} {dst:<38} {hop:<14} {observed:<11} {expected:<11} {verdict:<11} {reason}"
     )
 }
 
@@ -519,4 +536,28 @@ fn write_loop<T>(
         }
     }
     let _ = out.flush();
+}
+
+#[cfg(test)]
+mod table_tests {
+    #[test]
+    fn crafted_names_stay_on_their_row() {
+        let line = super::table_line([
+            "15:19:31.898",
+            "default/a\n15:19:31.899  default/forged",
+            "ns/\u{1b}[1A\u{1b}[2Kdb:8080",
+            "direct",
+            "none",
+            "mutual_tls",
+            "violation",
+            "required by PeerAuthentication x/\r\u{9b}y",
+        ]);
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        assert!(
+            line.contains("default/a\\n15:19:31.899  default/forged"),
+            "{line}"
+        );
+        assert!(line.contains("ns/\\u{1b}[1A\\u{1b}[2Kdb:8080"), "{line}");
+        assert!(line.ends_with("x/\\r\\u{9b}y"), "{line}");
+    }
 }
