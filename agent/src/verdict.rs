@@ -154,6 +154,7 @@ mod tests {
             exempt: exempt.then(|| "x".to_owned()),
             reason: "PeerAuthentication default/p spec.mtls.mode=STRICT".into(),
             policies: vec![],
+            auto_mtls: None,
         }
     }
 
