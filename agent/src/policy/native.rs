@@ -26,12 +26,15 @@ pub struct Compiled {
     source: Vec<IpNet>,
 }
 
+/// Entries of one prefix length and family: masked network -> entries.
+type NetGroup = ((u8, bool), HashMap<u128, Vec<u32>>);
+
 /// Entries filed by key; a lookup gathers the candidates in declaration order.
 #[derive(Debug, Default)]
 struct Filed {
     by_port: HashMap<u16, Vec<u32>>,
     /// (prefix length, IPv6) -> masked network -> entries.
-    by_net: Vec<((u8, bool), HashMap<u128, Vec<u32>>)>,
+    by_net: Vec<NetGroup>,
     general: Vec<u32>,
 }
 
