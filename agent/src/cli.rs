@@ -65,9 +65,11 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:9477";
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
-    /// Validate policy files (Istio PeerAuthentication and DestinationRule, our
-    /// TransportPolicy and Inventory). Errors name file, line and column; exits
-    /// non-zero on any error. Conflicts are warnings.
+    /// Validate policy files (Istio PeerAuthentication, DestinationRule,
+    /// ServiceEntry and the `istio` mesh ConfigMap, our TransportPolicy and
+    /// Inventory) against Istio's validation rules and ours. Errors name file,
+    /// line and column and the Istio rule; exits non-zero on any error.
+    /// Conflicts, and files with no policy, are warnings.
     Check {
         /// Files or directories (their *.yaml / *.yml).
         #[arg(required = true)]
@@ -159,8 +161,10 @@ pub struct RunArgs {
     /// How often kernel counters are logged (0: only at exit).
     #[arg(long, env = "MTLS_AUDITOR_STATS_INTERVAL_S", default_value_t = 60)]
     pub stats_interval_s: u64,
-    /// Policy files or directories (Istio PeerAuthentication/DestinationRule, our
-    /// TransportPolicy and Inventory). Reloaded when they change and on SIGHUP.
+    /// Policy files or directories (Istio PeerAuthentication, DestinationRule,
+    /// ServiceEntry and the `istio` mesh ConfigMap, whose `enableAutoMtls: false`
+    /// turns auto-mTLS off; our TransportPolicy and Inventory). Reloaded when they
+    /// change and on SIGHUP.
     /// Without policy files or a cluster, connections are classified but not judged;
     /// in a cluster, Istio's objects from the API server are judged by as well.
     #[arg(long = "policy", env = "MTLS_AUDITOR_POLICY", value_delimiter = ',')]

@@ -11,7 +11,11 @@ use tracing::debug;
 
 use crate::{
     kube::SharedState,
-    policy::{PolicyFiles, parse_net},
+    policy::{
+        PolicyFiles,
+        model::{Location, Resolution},
+        parse_net,
+    },
 };
 
 /// A workload: what Istio calls `source_workload` / `destination_workload`.
@@ -33,14 +37,27 @@ pub struct Workload {
     /// Port -> name: the pod's named container ports, or the inventory's `ports`.
     #[serde(skip)]
     pub port_names: BTreeMap<u16, String>,
+    /// The workload runs a mesh sidecar: in a cluster the pod has Istio's
+    /// `sidecar.istio.io/status` annotation or an `istio-proxy` container (also
+    /// as a native sidecar init container); standalone, the inventory says
+    /// `sidecar: true`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub sidecar: bool,
 }
 
-/// A service: name, namespace and its cluster FQDN.
+/// A service: name, namespace and its cluster FQDN (or a ServiceEntry host).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Service {
     pub name: String,
     pub namespace: String,
     pub fqdn: String,
+    /// Headless (`clusterIP: None`, or a ServiceEntry with `resolution: NONE`):
+    /// Istio's passthrough cluster.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub headless: bool,
+    /// Outside the mesh (a ServiceEntry's `MESH_EXTERNAL`): no auto-mTLS.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub mesh_external: bool,
 }
 
 /// What is known about one local end of a connection.
@@ -169,6 +186,7 @@ impl Inventory {
                         canonical_service: None,
                         container: None,
                         port_names: w.ports.iter().map(|(n, p)| (*p, n.clone())).collect(),
+                        sidecar: w.sidecar,
                     },
                     cgroups,
                     netns_cookies,
@@ -182,6 +200,8 @@ impl Inventory {
                         name: s.name.clone(),
                         namespace: s.namespace.clone(),
                         fqdn: String::new(),
+                        headless: s.headless,
+                        mesh_external: s.mesh_external,
                     },
                     addresses: nets(&s.addresses),
                     ports: s.ports.clone(),
@@ -191,6 +211,31 @@ impl Inventory {
         let domain = inv.cluster_domain.clone();
         for s in &mut inv.services {
             s.service.fqdn = format!("{}.{}.svc.{domain}", s.service.name, s.service.namespace);
+        }
+        // Istio ServiceEntries: each host is a service of the entry's namespace,
+        // found by the entry's addresses (and ports).
+        for located in &files.service_entries {
+            let se = &located.object;
+            let spec = &se.spec;
+            let external = spec.location != Some(Location::MeshInternal);
+            let headless = spec.resolution.is_none_or(|r| r == Resolution::None);
+            for host in &spec.hosts {
+                inv.services.push(CompiledService {
+                    service: Service {
+                        name: host.clone(),
+                        namespace: se.metadata.ns().to_owned(),
+                        fqdn: host.clone(),
+                        headless,
+                        mesh_external: external,
+                    },
+                    addresses: nets(&spec.addresses),
+                    ports: spec
+                        .ports
+                        .iter()
+                        .filter_map(|p| u16::try_from(p.number).ok())
+                        .collect(),
+                });
+            }
         }
         inv
     }

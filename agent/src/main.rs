@@ -171,14 +171,24 @@ fn policy_check(paths: &[std::path::PathBuf]) -> anyhow::Result<()> {
         .filter(|d| d.severity == Severity::Error)
         .count();
     let warnings = diags.len() - errors;
+    let mut more = String::new();
+    if !files.service_entries.is_empty() {
+        more.push_str(&format!(", {} ServiceEntry", files.service_entries.len()));
+    }
+    if !files.mesh_configs.is_empty() {
+        more.push_str(&format!(", {} mesh config", files.mesh_configs.len()));
+    }
     writeln!(
         out,
-        "{} PeerAuthentication, {} DestinationRule, {} TransportPolicy, {} Inventory; {errors} error(s), {warnings} warning(s)",
+        "{} PeerAuthentication, {} DestinationRule, {} TransportPolicy, {} Inventory{more}; {errors} error(s), {warnings} warning(s)",
         files.peer_authentications.len(),
         files.destination_rules.len(),
         files.transport_policies.len(),
         files.inventories.len()
     )?;
+    if files.is_empty() && errors == 0 {
+        writeln!(out, "no policy objects found: nothing was checked")?;
+    }
     if errors > 0 {
         bail!("policy check failed: {errors} error(s)");
     }
@@ -261,10 +271,12 @@ fn policy_explain(
         client_has_proxy: None,
     };
     let e = set.expect(&q);
+    // Names come from files and the cluster: escape control characters.
+    let p = |s: &str| policy::printable(s).into_owned();
     let name = |w: Option<&mtls_auditor::inventory::Workload>, fallback: &str| {
         w.map_or_else(
-            || fallback.to_owned(),
-            |w| format!("{}/{}", w.namespace, w.name),
+            || p(fallback),
+            |w| format!("{}/{}", p(&w.namespace), p(&w.name)),
         )
     };
     let mut out = std::io::stdout().lock();
@@ -275,18 +287,18 @@ fn policy_explain(
         name(destination.as_ref(), host),
         services
             .first()
-            .map(|s| format!(" ({})", s.fqdn))
+            .map(|s| format!(" ({})", p(&s.fqdn)))
             .unwrap_or_default()
     )?;
     if let Some(ex) = &e.exempt {
-        writeln!(out, "exempt:     {ex}")?;
+        writeln!(out, "exempt:     {}", p(ex))?;
     }
     writeln!(
         out,
         "expected:   {}",
         mtls_auditor::verdict::requirement_str(e.expected)
     )?;
-    writeln!(out, "decided by: {}", e.reason)?;
+    writeln!(out, "decided by: {}", p(&e.reason))?;
     writeln!(
         out,
         "permissive: {}",
@@ -296,10 +308,16 @@ fn policy_explain(
             "no"
         }
     )?;
+    if e.auto_mtls.is_some() {
+        writeln!(
+            out,
+            "client:     auto-mTLS: the client's sidecar sends ISTIO_MUTUAL (plaintext here would mean it was bypassed)"
+        )?;
+    }
     if !e.policies.is_empty() {
         writeln!(out, "policies:")?;
-        for p in &e.policies {
-            writeln!(out, "  - {p}")?;
+        for x in &e.policies {
+            writeln!(out, "  - {}", p(x))?;
         }
     }
     Ok(())

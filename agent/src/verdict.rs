@@ -154,6 +154,7 @@ mod tests {
             exempt: exempt.then(|| "x".to_owned()),
             reason: "PeerAuthentication default/p spec.mtls.mode=STRICT".into(),
             policies: vec![],
+            auto_mtls: None,
         }
     }
 
@@ -374,6 +375,7 @@ pub fn assess(
             exempt: Some(b.name().to_owned()),
             reason: format!("built-in exemption {b}: {reason}"),
             policies: Vec::new(),
+            auto_mtls: None,
         },
         None => policy.expect(&q),
     };

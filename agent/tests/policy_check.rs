@@ -234,7 +234,7 @@ fn explain_names_the_deciding_objects() {
     assert!(a.contains("expected:   mutual_tls"), "{a}");
     assert!(a.contains("decided by: PeerAuthentication default/example-service-a-peer-auth spec.mtls.mode=STRICT"), "{a}");
     assert!(a.contains("DestinationRule default/example-service-a-destination-rule spec.trafficPolicy.tls.mode=ISTIO_MUTUAL"), "{a}");
-    let c = run("10.213.52.1:8080");
+    let c = run("10.213.51.3:8080");
     assert!(c.contains("expected:   none"), "{c}");
     assert!(c.contains("permissive: yes"), "{c}");
     assert!(
@@ -280,4 +280,164 @@ fn explain_rejects_a_source_that_is_neither_a_workload_nor_an_address() {
         String::from_utf8_lossy(&out.stderr).trim(),
         "mtls-auditor: --from `example-service-b`: expected namespace/workload from the inventory or an IP address"
     );
+}
+
+/// Runs `policy check` and fails the test if it does not finish in time (a hang
+/// on a FIFO or /dev/zero is the bug this guards against).
+fn check_in_time(paths: &[&Path]) -> (bool, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mtls-auditor"))
+        .arg("policy")
+        .arg("check")
+        .args(paths)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run mtls-auditor");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("policy check of {paths:?} did not finish");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("output");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn fifos_devices_and_empty_input_get_a_message_not_a_hang() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fifo = dir.path().join("p.yaml");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("path");
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let (ok, stdout, _) = check_in_time(&[&fifo]);
+    assert!(!ok);
+    assert!(
+        stdout.contains("p.yaml: error: cannot read: is a FIFO (named pipe), not a regular file"),
+        "{stdout}"
+    );
+    let (ok, stdout, _) = check_in_time(&[Path::new("/dev/zero")]);
+    assert!(!ok);
+    assert!(
+        stdout.contains("/dev/zero: error: cannot read: is a character device, not a regular file"),
+        "{stdout}"
+    );
+    // Empty: a warning, and the summary says nothing was checked.
+    let empty = dir.path().join("empty.yaml");
+    std::fs::write(&empty, "").expect("write");
+    let (ok, stdout, _) = check_in_time(&[&empty]);
+    assert!(ok, "{stdout}");
+    assert!(
+        stdout.contains("empty.yaml: warning: empty file: no policy objects"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.ends_with("no policy objects found: nothing was checked\n"),
+        "{stdout}"
+    );
+    let none = tempfile::tempdir().expect("tempdir");
+    let (ok, stdout, _) = check_in_time(&[none.path()]);
+    assert!(ok);
+    assert!(
+        stdout.contains("warning: directory has no *.yaml or *.yml file: no policy from here"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.ends_with("no policy objects found: nothing was checked\n"),
+        "{stdout}"
+    );
+}
+
+/// The YAML mistakes whose messages used to mislead.
+#[test]
+fn yaml_mistakes_are_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let head = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n  name: p\n  namespace: default\n";
+    let cases: &[(&str, Vec<u8>, &str)] = &[
+        (
+            "bom.yaml",
+            [b"\xef\xbb\xbf".as_slice(), head.as_bytes()].concat(),
+            "0 error(s)",
+        ),
+        (
+            "nul.yaml",
+            format!("{head}  labels:\n    a: \"x\0\"\n").into_bytes(),
+            "nul.yaml:7:10: error: control character U+0000 is not allowed in YAML",
+        ),
+        (
+            "latin1.yaml",
+            [head.as_bytes(), b"  labels:\n    a: caf\xe9\n"].concat(),
+            "latin1.yaml:7:11: error: cannot read: not UTF-8 text: invalid byte at line 7, column 11",
+        ),
+        (
+            "seq.yaml",
+            format!("{head}spec:\n  mtls:\n    mode: [STRICT]\n").into_bytes(),
+            "seq.yaml:8:11: error: spec.mtls.mode: invalid type: sequence, expected one of `UNSET`, `DISABLE`, `PERMISSIVE`, `STRICT`",
+        ),
+        (
+            "tab.yaml",
+            format!("{head}spec:\n\tmtls: {{}}\n").into_bytes(),
+            "tab.yaml:7:1: error: a tab in the indentation: YAML indents with spaces only",
+        ),
+        (
+            "scalar.yaml",
+            b"strict please\n".to_vec(),
+            "scalar.yaml:1:1: error: a policy document must be a Kubernetes object (a mapping with `apiVersion` and `kind`), not a string (\"strict please\")",
+        ),
+        (
+            "deep.yaml",
+            format!(
+                "{head}spec: {}1{}\n",
+                "[".repeat(100_000),
+                "]".repeat(100_000)
+            )
+            .into_bytes(),
+            "deep.yaml:6:71: error: flow collections",
+        ),
+    ];
+    for (name, bytes, want) in cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).expect("write");
+        let (_, stdout, _) = check_in_time(&[&path]);
+        assert!(stdout.contains(want), "{name}: {stdout}");
+    }
+}
+
+#[test]
+fn an_exemption_without_a_match_is_an_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("t.yaml");
+    std::fs::write(&path, "apiVersion: mtls-auditor.io/v1alpha1\nkind: TransportPolicy\nmetadata:\n  name: t\nspec:\n  exemptions:\n  - name: everything\n    match: {}\n").expect("write");
+    let (ok, stdout, _) = check(&[&path]);
+    assert!(!ok);
+    assert!(stdout.contains("t.yaml:7:5: error: spec.exemptions[0] (everything): no `match` (or an empty one) would exempt every connection; give a `match`, or `all: true` to exempt everything on purpose"), "{stdout}");
+}
+
+#[test]
+fn explain_escapes_control_characters_in_names() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("inv.yaml");
+    std::fs::write(&path, "apiVersion: mtls-auditor.io/v1alpha1\nkind: Inventory\nmetadata:\n  name: inv\nspec:\n  workloads:\n  - name: \"web\\n10:00 forged row\\u001b[2J\"\n    namespace: default\n    match:\n      addresses: [\"10.9.0.1\"]\n  services:\n  - name: api\n    namespace: default\n    addresses: [\"10.9.0.2\"]\n").expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_mtls-auditor"))
+        .args(["policy", "explain", "--policy"])
+        .arg(&path)
+        .args(["--from", "10.9.0.1", "--to", "10.9.0.2:80"])
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.starts_with("connection: default/web\\n10:00 forged row\\u{1b}[2J -> "),
+        "{stdout}"
+    );
+    assert!(!stdout.contains('\u{1b}'));
 }

@@ -1,5 +1,6 @@
-//! Policy files: arbitrary text through the multi-document loader, validation and a
-//! lookup. Every problem must be a diagnostic, never a panic.
+//! Policy files: arbitrary text through the multi-document loader, validation and
+//! lookups (server side, DestinationRule index). Every problem must be a
+//! diagnostic, never a panic. Seeded with the repository's policy examples.
 #![no_main]
 
 use std::path::Path;
@@ -19,4 +20,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let set = PolicySet::new(files, "istio-system");
     let _ = set.peer_mode("default", &Default::default(), 8080);
+    let _ = set.namespace_mode("default");
+    let _ = set.destination_rules_for("default", "reviews.default.svc.cluster.local", "default");
+    let _ = set.destination_rules_for("istio-system", "*.example.com", "default");
 });

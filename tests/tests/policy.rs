@@ -36,57 +36,88 @@ fn seed_scenario_produces_every_verdict() {
         .lines()
         .map(|l| serde_json::from_str(l).expect("JSON line"))
         .collect();
-    let find = |src: &str, dst: &str, port: u64, observed: &str| -> Record {
+    let find = |src: &str, dst: &str, port: u64, hop: &str, observed: &str| -> Record {
         records
             .iter()
             .find(|r| {
                 s(r, "source_workload") == src
                     && s(r, "destination_workload") == dst
                     && r["destination_port"].as_u64() == Some(port)
+                    && s(r, "hop") == hop
                     && s(r, "connection_security_policy") == observed
             })
             .cloned()
             .unwrap_or_else(|| {
-                panic!("no {src} -> {dst}:{port} ({observed}) in:\n{text}\n{stderr}")
+                panic!("no {src} -> {dst}:{port} {hop} ({observed}) in:\n{text}\n{stderr}")
             })
     };
+    // The seed runs on the sidecar data path (docs/mesh.md).
     let cases = [
+        // b's app through both sidecars: judged by the mutual TLS b's proxy sent.
         (
             "example-service-b",
             "example-service-a",
-            8443,
+            8080,
+            "app_to_proxy",
             "mutual_tls",
             "compliant",
             "mutual_tls",
         ),
-        (
-            "example-service-b",
-            "example-service-a",
-            8443,
-            "none",
-            "rejected",
-            "mutual_tls",
-        ),
-        (
-            "example-service-b",
-            "example-service-a",
-            8443,
-            "tls",
-            "rejected",
-            "mutual_tls",
-        ),
+        // That mutual TLS connection, where it arrived: at 8080, not 15006.
         (
             "example-service-b",
             "example-service-a",
             8080,
+            "proxy_upstream",
+            "mutual_tls",
+            "compliant",
+            "mutual_tls",
+        ),
+        // a's sidecar delivering to a's app from 127.0.0.6.
+        (
+            "example-service-a",
+            "example-service-a",
+            8080,
+            "proxy_to_app",
+            "none",
+            "exempt",
+            "none",
+        ),
+        // A port both pods exclude from capture: plaintext reaches the app.
+        (
+            "example-service-b",
+            "example-service-a",
+            9090,
+            "direct",
             "none",
             "violation",
             "mutual_tls",
         ),
+        // A client without a sidecar, refused by a's STRICT sidecar.
         (
-            "example-service-b",
+            "legacy-client",
+            "example-service-a",
+            8080,
+            "proxy_inbound",
+            "none",
+            "rejected",
+            "mutual_tls",
+        ),
+        (
+            "legacy-client",
+            "example-service-a",
+            8080,
+            "proxy_inbound",
+            "tls",
+            "rejected",
+            "mutual_tls",
+        ),
+        // ... and accepted by c's PERMISSIVE one.
+        (
+            "legacy-client",
             "example-service-c",
             8080,
+            "proxy_inbound",
             "none",
             "permissive",
             "none",
@@ -95,20 +126,40 @@ fn seed_scenario_produces_every_verdict() {
             "example-service-a",
             "example-service-a",
             8081,
+            "direct",
             "none",
             "exempt",
             "none",
         ),
     ];
-    for (src, dst, port, observed, verdict, expected) in cases {
-        let r = find(src, dst, port, observed);
+    for (src, dst, port, hop, observed, verdict, expected) in cases {
+        let r = find(src, dst, port, hop, observed);
         assert_eq!(s(&r, "verdict"), verdict, "{r}");
         assert_eq!(s(&r, "expected_security_policy"), expected, "{r}");
         assert_eq!(s(&r, "source_workload_namespace"), "default", "{r}");
         assert_eq!(s(&r, "destination_workload_namespace"), "default", "{r}");
     }
+    // No false finding on the mesh's own path.
+    for r in &records {
+        let hop = s(r, "hop");
+        if matches!(
+            hop.as_str(),
+            "app_to_proxy" | "proxy_upstream" | "proxy_to_app"
+        ) {
+            assert!(
+                matches!(s(r, "verdict").as_str(), "compliant" | "exempt"),
+                "{r}"
+            );
+        }
+    }
     // The reason names the deciding object and field.
-    let v = find("example-service-b", "example-service-a", 8080, "none");
+    let v = find(
+        "example-service-b",
+        "example-service-a",
+        9090,
+        "direct",
+        "none",
+    );
     assert!(
         s(&v, "verdict_reason").contains(
             "PeerAuthentication default/example-service-a-peer-auth spec.mtls.mode=STRICT"
@@ -119,13 +170,25 @@ fn seed_scenario_produces_every_verdict() {
         s(&v, "destination_service"),
         "example-service-a.default.svc.cluster.local"
     );
-    let p = find("example-service-b", "example-service-c", 8080, "none");
+    let p = find(
+        "legacy-client",
+        "example-service-c",
+        8080,
+        "proxy_inbound",
+        "none",
+    );
     assert!(
         s(&p, "verdict_reason").contains(
             "PeerAuthentication default/example-service-c-peer-auth spec.mtls.mode=PERMISSIVE"
         ),
         "{p}"
     );
+    // The kubelet's probe of a's sidecar health port.
+    let probe = records
+        .iter()
+        .find(|r| r["destination_port"].as_u64() == Some(15021))
+        .unwrap_or_else(|| panic!("no probe in:\n{text}"));
+    assert_eq!(s(probe, "verdict"), "exempt", "{probe}");
     // Everything the scenario made is gone.
     let netns = std::process::Command::new("ip")
         .args(["netns", "list"])

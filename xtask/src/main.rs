@@ -180,6 +180,13 @@ fn seed(target: &str) -> Result<()> {
     let root = project_root();
     let seeds: &[&str] = match target {
         "pcap_file" => &["agent/tests/data/handshakes.pcapng"],
+        "policy_yaml" => &[
+            "agent/tests/data/policy/istio-docs.yaml",
+            "examples/seed/istio-policies.yaml",
+            "examples/seed/inventory.yaml",
+            "examples/transport-policy.yaml",
+            "examples/istio-mesh-config.yaml",
+        ],
         _ => &[],
     };
     if seeds.is_empty() {

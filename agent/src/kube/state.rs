@@ -33,6 +33,9 @@ pub struct PodInfo {
     pub containers: HashMap<String, String>,
     /// Named container ports: port -> name.
     pub port_names: BTreeMap<u16, String>,
+    /// Istio injected a sidecar: the `sidecar.istio.io/status` annotation, or a
+    /// container (or native sidecar init container) named `istio-proxy`.
+    pub sidecar: bool,
 }
 
 impl PodInfo {
@@ -65,6 +68,7 @@ impl PodInfo {
             canonical_service: Some(self.canonical_service()),
             container: None,
             port_names: self.port_names.clone(),
+            sidecar: self.sidecar,
         }
     }
 }
@@ -75,6 +79,8 @@ struct ServiceInfo {
     namespace: String,
     ips: Vec<IpAddr>,
     ports: Vec<u16>,
+    /// `clusterIP: None`.
+    headless: bool,
 }
 
 /// (namespace, name) of an object.
@@ -173,7 +179,19 @@ fn pod_info(pod: &Pod) -> Option<PodInfo> {
     {
         ips.clear();
     }
+    let spec = pod.spec.as_ref();
+    let sidecar = meta
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key("sidecar.istio.io/status"))
+        || spec.is_some_and(|s| {
+            s.containers
+                .iter()
+                .chain(s.init_containers.iter().flatten())
+                .any(|c| c.name == "istio-proxy")
+        });
     Some(PodInfo {
+        sidecar,
         uid,
         name: meta.name.clone().unwrap_or_default(),
         namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
@@ -278,6 +296,7 @@ impl ClusterState {
         ips.sort();
         ips.dedup();
         Some(ServiceInfo {
+            headless: spec.cluster_ip.as_deref() == Some("None"),
             name: svc.metadata.name.clone()?,
             namespace: svc
                 .metadata
@@ -452,6 +471,8 @@ impl ClusterState {
             name: key.1.clone(),
             namespace: key.0.clone(),
             fqdn: format!("{}.{}.svc.{}", key.1, key.0, self.cluster_domain),
+            headless: self.services.get(key).is_some_and(|s| s.headless),
+            mesh_external: false,
         }
     }
 
@@ -498,6 +519,7 @@ impl ClusterState {
             canonical_service: None,
             container: None,
             port_names: BTreeMap::new(),
+            sidecar: false,
         }
     }
 }
@@ -591,6 +613,31 @@ mod tests {
         let labels = p.metadata.labels.as_mut().unwrap();
         labels.insert("service.istio.io/canonical-name".into(), "checkout".into());
         assert_eq!(info(&p), "checkout");
+    }
+
+    #[test]
+    fn sidecars_are_seen_by_annotation_container_or_native_sidecar() {
+        let base = || pod("cart-1", None, None);
+        assert!(!pod_info(&base()).unwrap().sidecar);
+        let mut p = base();
+        p.metadata.annotations =
+            Some([("sidecar.istio.io/status".to_owned(), "{}".to_owned())].into());
+        assert!(pod_info(&p).unwrap().sidecar, "annotation");
+        for native in [false, true] {
+            let mut p = base();
+            let c: k8s_openapi::api::core::v1::Container =
+                serde_json::from_value(serde_json::json!({"name": "istio-proxy"})).unwrap();
+            let mut spec = k8s_openapi::api::core::v1::PodSpec::default();
+            if native {
+                spec.init_containers = Some(vec![c]);
+            } else {
+                spec.containers = vec![c];
+            }
+            p.spec = Some(spec);
+            let info = pod_info(&p).unwrap();
+            assert!(info.sidecar, "istio-proxy container (native: {native})");
+            assert!(info.workload().sidecar);
+        }
     }
 
     #[test]

@@ -1,31 +1,22 @@
-//! What a connection should be, resolved the way Istio resolves it.
+//! What a connection should be, resolved the way Istio resolves it: the server
+//! side from PeerAuthentication ([`super::peer`]), the client side from
+//! DestinationRules ([`super::destination`]) or, without a TLS setting, from
+//! Istio's auto-mTLS; this project's `TransportPolicy` rules add requirements and
+//! its exemptions override all ([`super::native`]).
 //!
-//! Server side, PeerAuthentication for the destination workload and port
-//! (pilot's `ComposePeerAuthentication`): start from PERMISSIVE; the oldest
-//! mesh-wide policy (root namespace, no selector) overrides unless UNSET; then the
-//! oldest namespace-wide policy; then the oldest policy whose selector matches the
-//! workload, whose `portLevelMtls` entry for the port wins over its `mtls` (an UNSET
-//! port entry inherits).
-//!
-//! Client side, DestinationRule for the destination host: rules in the client's
-//! namespace first, then the service's namespace, then the root namespace (each
-//! only if exported to the client's namespace); within a namespace the most
-//! specific host wins (exact, then the longest wildcard), then the oldest.
-//! `portLevelSettings[port].tls` wins over `trafficPolicy.tls`. Short hosts are
-//! relative to the rule's namespace.
-//!
-//! Native `TransportPolicy` rules add requirements; exemptions override all.
+//! Everything is indexed when the policy loads ([`PolicySet::new`]); answering a
+//! [`Query`] costs a few hash lookups, whatever the number of objects.
 
 use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::Serialize;
 
 use super::{
-    load::{Located, PolicyFiles},
-    model::{
-        ConnMatch, DestinationRule, Direction, PeerAuthentication, PeerMode, Requirement, TlsMode,
-    },
-    validate::{age_key, namespace, parse_net},
+    destination::{ConsolidatedRule, DestinationIndex, subset_for, tls_for},
+    load::PolicyFiles,
+    model::{Direction, PeerMode, Requirement, TlsMode},
+    native::NativeIndex,
+    peer::{PeerDecision, PeerIndex},
 };
 use crate::inventory::{Inventory, Service, Workload};
 
@@ -63,6 +54,14 @@ pub struct Expectation {
     pub reason: String,
     /// Every object that had a say.
     pub policies: Vec<String>,
+    /// Set when Istio's auto-mTLS makes the client's sidecar send mutual TLS
+    /// (the client has a sidecar, no DestinationRule sets TLS for the
+    /// destination, the destination has a sidecar and is not DISABLE): the
+    /// sentence that says so. `expected` is then at least `mutual_tls`, so
+    /// plaintext seen here is the client's problem (its traffic left without its
+    /// sidecar), not a `permissive` finding, even into a PERMISSIVE server.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auto_mtls: Option<String>,
 }
 
 pub fn rank(r: Requirement) -> u8 {
@@ -73,61 +72,109 @@ pub fn rank(r: Requirement) -> u8 {
     }
 }
 
-fn requirement_str(r: Requirement) -> &'static str {
-    match r {
-        Requirement::MutualTls => "mutual_tls",
-        Requirement::Tls => "tls",
-        Requirement::None => "none",
-    }
+/// The kind of proxy that originates a client's connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientProxy {
+    /// No mesh proxy: the DestinationRule is the declared intent, no more.
+    None,
+    /// An Istio sidecar (`istio-proxy`).
+    Sidecar,
+    /// An Istio gateway (applies `credentialName`).
+    Gateway,
 }
 
-/// Loaded policy, ready to answer questions.
+/// What the client side should send, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientDecision {
+    /// The TLS the client originates, as Istio would configure it: `None` for
+    /// plaintext (no TLS setting applies, DISABLE, or a setting a sidecar ignores).
+    pub mode: Option<TlsMode>,
+    /// The DestinationRule entry used, `DestinationRule ns/name`.
+    pub rule: Option<String>,
+    /// Auto-mTLS chose `ISTIO_MUTUAL`.
+    pub auto_mtls: bool,
+    /// The sentence naming the object and field that decided (or auto-mTLS).
+    pub reason: Option<String>,
+}
+
+/// Loaded policy, indexed, ready to answer questions.
 pub struct PolicySet {
     pub files: PolicyFiles,
     pub root_namespace: String,
     pub inventory: Inventory,
+    /// Istio's `meshConfig.enableAutoMtls` (default on); the policy files' mesh
+    /// config map (`ConfigMap` `istio`, key `mesh`) can turn it off.
+    pub auto_mtls: bool,
+    peer: PeerIndex,
+    destination: DestinationIndex,
+    native: NativeIndex,
 }
 
-/// The result of the PeerAuthentication lookup.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerDecision {
-    pub mode: PeerMode,
-    /// `PeerAuthentication ns/name spec.field=MODE`, or the default.
-    pub source: String,
+impl std::fmt::Debug for PolicySet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicySet")
+            .field("root_namespace", &self.root_namespace)
+            .field("objects", &self.files.object_count())
+            .field("auto_mtls", &self.auto_mtls)
+            .finish_non_exhaustive()
+    }
 }
 
-fn oldest<'a>(
-    items: impl Iterator<Item = (usize, &'a Located<PeerAuthentication>)>,
-) -> Option<&'a Located<PeerAuthentication>> {
-    items
-        .min_by_key(|(i, l)| age_key(&l.object.metadata, *i))
-        .map(|(_, l)| l)
+fn mode_requirement(mode: TlsMode) -> Requirement {
+    match mode {
+        TlsMode::IstioMutual | TlsMode::Mutual => Requirement::MutualTls,
+        TlsMode::Simple => Requirement::Tls,
+        TlsMode::Disable => Requirement::None,
+    }
 }
 
-fn pa_ref(pa: &PeerAuthentication, field: &str, mode: PeerMode) -> String {
-    format!(
-        "PeerAuthentication {}/{} {field}={}",
-        namespace(&pa.metadata),
-        pa.metadata.name,
-        mode.as_str()
-    )
-}
-
-fn has_selector(pa: &PeerAuthentication) -> bool {
-    pa.spec
-        .selector
-        .as_ref()
-        .is_some_and(|s| !s.match_labels.is_empty())
+/// Istio labels a pod's endpoint `security.istio.io/tlsMode: istio` when it has a
+/// sidecar; `disabled` turns auto-mTLS to it off.
+fn accepts_istio_mtls(w: &Workload) -> bool {
+    w.sidecar
+        && w.labels
+            .get("security.istio.io/tlsMode")
+            .is_none_or(|m| m != "disabled")
 }
 
 impl PolicySet {
     pub fn new(files: PolicyFiles, root_namespace: &str) -> Self {
         let inventory = Inventory::from_files(&files);
+        let auto_mtls = files
+            .mesh_configs
+            .first()
+            .and_then(|m| m.object.enable_auto_mtls)
+            .unwrap_or(true);
+        let peer = PeerIndex::new(&files.peer_authentications, root_namespace);
+        let destination = DestinationIndex::new(
+            &files.destination_rules,
+            root_namespace,
+            &inventory.cluster_domain,
+        );
+        let native = NativeIndex::new(&files.transport_policies);
         Self {
             files,
             root_namespace: root_namespace.to_owned(),
             inventory,
+            auto_mtls,
+            peer,
+            destination,
+            native,
         }
+    }
+
+    /// Rebuilds the indexes after `inventory` changed (its cluster domain decides
+    /// how short DestinationRule hosts expand).
+    pub fn with_inventory(mut self, inventory: Inventory) -> Self {
+        if inventory.cluster_domain != self.inventory.cluster_domain {
+            self.destination = DestinationIndex::new(
+                &self.files.destination_rules,
+                &self.root_namespace,
+                &inventory.cluster_domain,
+            );
+        }
+        self.inventory = inventory;
+        self
     }
 
     /// PeerAuthentication mode for a workload (namespace, labels) and port.
@@ -137,60 +184,51 @@ impl PolicySet {
         labels: &BTreeMap<String, String>,
         port: u16,
     ) -> PeerDecision {
-        let pas = &self.files.peer_authentications;
-        let mesh = oldest(pas.iter().enumerate().filter(|(_, p)| {
-            namespace(&p.object.metadata) == self.root_namespace && !has_selector(&p.object)
-        }));
-        let ns_wide = oldest(
-            pas.iter()
-                .enumerate()
-                .filter(|(_, p)| namespace(&p.object.metadata) == ns && !has_selector(&p.object)),
-        );
-        let workload = oldest(pas.iter().enumerate().filter(|(_, p)| {
-            namespace(&p.object.metadata) == ns
-                && has_selector(&p.object)
-                && p.object
-                    .spec
-                    .selector
-                    .as_ref()
-                    .is_some_and(|s| s.matches(labels))
-        }));
-        let mut out = PeerDecision {
-            mode: PeerMode::Permissive,
-            source: "Istio default (no PeerAuthentication applies): PERMISSIVE".into(),
-        };
-        // Narrower policies override wider ones; UNSET inherits.
-        for pa in [mesh, ns_wide, workload].into_iter().flatten() {
-            let m = pa
-                .object
-                .spec
-                .mtls
-                .as_ref()
-                .map_or(PeerMode::Unset, |m| m.mode());
-            if m != PeerMode::Unset {
-                out = PeerDecision {
-                    mode: m,
-                    source: pa_ref(&pa.object, "spec.mtls.mode", m),
-                };
-            }
-        }
-        // Port-level modes only count on a workload-selected policy, as in Istio.
-        if let Some(pa) = workload
-            && let Some(pm) = pa.object.spec.port_level_mtls.get(&port)
-        {
-            let pm = pm.mode();
-            if pm != PeerMode::Unset {
-                out = PeerDecision {
-                    mode: pm,
-                    source: pa_ref(&pa.object, &format!("spec.portLevelMtls[{port}].mode"), pm),
-                };
-            }
-        }
-        out
+        self.peer
+            .mode(&self.files.peer_authentications, ns, labels, port)
+    }
+
+    /// Istio's namespace-level mTLS mode (`None`: no mesh-wide or namespace-wide
+    /// policy, Istio's MTLSUnknown).
+    pub fn namespace_mode(&self, ns: &str) -> Option<PeerMode> {
+        self.peer
+            .namespace_mode(&self.files.peer_authentications, ns)
+    }
+
+    /// The PeerAuthentications Istio selects for a workload, oldest first.
+    pub fn peer_authentications_for(
+        &self,
+        ns: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Vec<&super::load::Located<super::model::PeerAuthentication>> {
+        self.peer
+            .for_workload(&self.files.peer_authentications, ns, labels)
+    }
+
+    /// The consolidated DestinationRules a client namespace sees for a service.
+    pub fn destination_rules_for(
+        &self,
+        client_ns: &str,
+        host: &str,
+        service_ns: &str,
+    ) -> Vec<&ConsolidatedRule> {
+        self.destination.for_service(client_ns, host, service_ns)
+    }
+
+    /// The DestinationRule entry a client (namespace, labels) uses for a host.
+    pub fn destination_rule_for(
+        &self,
+        client_ns: &str,
+        client_labels: &BTreeMap<String, String>,
+        host: &Service,
+    ) -> Option<&ConsolidatedRule> {
+        self.destination
+            .for_client(client_ns, client_labels, &host.fqdn, &host.namespace)
     }
 
     /// The DestinationRule TLS mode a client in `client_ns` (with `client_labels`)
-    /// uses for `host:port`.
+    /// uses for `host:port`, as written in the rule (no proxy semantics), and the
+    /// field that says so.
     pub fn client_tls(
         &self,
         client_ns: &str,
@@ -198,95 +236,138 @@ impl PolicySet {
         host: &Service,
         port: u16,
     ) -> Option<(TlsMode, String)> {
-        let drs = &self.files.destination_rules;
-        let domain = &self.inventory.cluster_domain;
-        for ns in [
-            client_ns,
-            host.namespace.as_str(),
-            self.root_namespace.as_str(),
-        ] {
-            let candidates: Vec<(usize, &Located<DestinationRule>, usize)> = drs
-                .iter()
-                .enumerate()
-                .filter(|(_, d)| namespace(&d.object.metadata) == ns)
-                .filter(|(_, d)| exported_to(&d.object, client_ns))
-                .filter(|(_, d)| {
-                    d.object.spec.workload_selector.as_ref().is_none_or(|s| {
-                        namespace(&d.object.metadata) == client_ns && s.matches(client_labels)
-                    })
-                })
-                .filter_map(|(i, d)| {
-                    let pattern =
-                        expand_host(&d.object.spec.host, namespace(&d.object.metadata), domain);
-                    host_specificity(&pattern, &host.fqdn).map(|s| (i, d, s))
-                })
-                .collect();
-            let Some(best) = candidates.iter().map(|c| c.2).max() else {
-                continue;
-            };
-            // Rules with a workload selector beat those without; then the oldest.
-            let chosen = candidates
-                .iter()
-                .filter(|c| c.2 == best)
-                .min_by_key(|(i, d, _)| {
-                    (
-                        d.object.spec.workload_selector.is_none(),
-                        age_key(&d.object.metadata, *i),
-                    )
-                })
-                .map(|c| c.1);
-            let Some(dr) = chosen else { continue };
-            let name = format!(
-                "DestinationRule {}/{}",
-                namespace(&dr.object.metadata),
-                dr.object.metadata.name
-            );
-            let tp = dr.object.spec.traffic_policy.as_ref();
-            if let Some(port_tls) = tp
-                .and_then(|t| {
-                    t.port_level_settings
-                        .iter()
-                        .find(|p| p.port.as_ref().is_some_and(|x| x.number == port))
-                })
-                .and_then(|p| p.tls.as_ref())
-                .and_then(|t| t.mode)
-            {
-                return Some((
-                    port_tls,
-                    format!(
-                        "{name} spec.trafficPolicy.portLevelSettings[{port}].tls.mode={} (host {})",
-                        port_tls.as_str(),
-                        dr.object.spec.host
-                    ),
-                ));
-            }
-            if let Some(mode) = tp.and_then(|t| t.tls.as_ref()).and_then(|t| t.mode) {
-                return Some((
-                    mode,
-                    format!(
-                        "{name} spec.trafficPolicy.tls.mode={} (host {})",
-                        mode.as_str(),
-                        dr.object.spec.host
-                    ),
-                ));
-            }
-            // The rule applies but says nothing about TLS: no client requirement.
+        let rule = self.destination_rule_for(client_ns, client_labels, host)?;
+        let (tls, field) = tls_for(rule, None, port);
+        let t = tls?;
+        Some((
+            t.mode(),
+            format!(
+                "{} {field}.mode={} (host {})",
+                rule.label(),
+                t.mode().as_str(),
+                rule.host_as_written
+            ),
+        ))
+    }
+
+    /// Istio's `BestEffortInferServiceMTLSMode`: `None` (MTLSUnknown) for a
+    /// service outside the mesh; DISABLE for a passthrough (headless) service
+    /// whose endpoint has no sidecar (Istio looks at every endpoint, the auditor
+    /// at the one connected to); else the namespace-level mode of the service's
+    /// namespace, PERMISSIVE when there is none.
+    pub fn service_mtls_mode(
+        &self,
+        host: &Service,
+        destination: Option<&Workload>,
+    ) -> Option<PeerMode> {
+        if host.mesh_external {
             return None;
         }
-        None
+        if host.headless && !destination.is_some_and(accepts_istio_mtls) {
+            return Some(PeerMode::Disable);
+        }
+        Some(
+            self.namespace_mode(&host.namespace)
+                .unwrap_or(PeerMode::Permissive),
+        )
+    }
+
+    /// What a client sends to `host:port` (a destination workload, when known,
+    /// picks the subset and decides auto-mTLS), as Istio configures the client's
+    /// proxy (`buildUpstreamTLSSettings`, `buildUpstreamClusterTLSContext`, the
+    /// endpoints' `tlsMode`).
+    pub fn client_side(
+        &self,
+        client: Option<&Workload>,
+        proxy: ClientProxy,
+        host: &Service,
+        destination: Option<&Workload>,
+        port: u16,
+    ) -> ClientDecision {
+        let empty = BTreeMap::new();
+        let (cns, clabels) =
+            client.map_or(("default", &empty), |w| (w.namespace.as_str(), &w.labels));
+        let rule = self.destination_rule_for(cns, clabels, host);
+        let subset = rule.and_then(|r| subset_for(r, destination.map_or(&empty, |w| &w.labels)));
+        let (tls, field) = rule.map_or((None, String::new()), |r| tls_for(r, subset, port));
+        if let (Some(r), Some(t)) = (rule, tls) {
+            let mode = t.mode();
+            let at = format!(
+                "{} {field}.mode={} (host {})",
+                r.label(),
+                mode.as_str(),
+                r.host_as_written
+            );
+            // A secret credential on a sidecar: Istio builds no TLS at all unless
+            // the rule has a workload selector (credentialName is for gateways).
+            if proxy == ClientProxy::Sidecar
+                && matches!(mode, TlsMode::Simple | TlsMode::Mutual)
+                && t.secret_credential().is_some()
+                && r.spec.workload_selector.is_none()
+            {
+                return ClientDecision {
+                    mode: None,
+                    rule: Some(r.label()),
+                    auto_mtls: false,
+                    reason: Some(format!(
+                        "{at} with credentialName: a sidecar ignores it (only gateways, or a DestinationRule with a workloadSelector, use credentialName) and sends plaintext"
+                    )),
+                };
+            }
+            return ClientDecision {
+                mode: (mode != TlsMode::Disable).then_some(mode),
+                rule: Some(r.label()),
+                auto_mtls: false,
+                reason: Some(at),
+            };
+        }
+        let no_tls = ClientDecision {
+            mode: None,
+            rule: rule.map(ConsolidatedRule::label),
+            auto_mtls: false,
+            reason: None,
+        };
+        if proxy == ClientProxy::None || !self.auto_mtls || host.mesh_external {
+            return no_tls;
+        }
+        if self.service_mtls_mode(host, destination) == Some(PeerMode::Disable) {
+            return no_tls;
+        }
+        // Per endpoint: only to a sidecar whose port is not DISABLE.
+        let Some(dst) = destination.filter(|w| accepts_istio_mtls(w)) else {
+            return no_tls;
+        };
+        let dst_mode = self.peer_mode(&dst.namespace, &dst.labels, port);
+        if !host.headless && dst_mode.mode == PeerMode::Disable {
+            return no_tls;
+        }
+        let who = client.map_or_else(
+            || "the client".to_owned(),
+            |w| format!("client {}/{}", w.namespace, w.name),
+        );
+        let no_rule = match rule {
+            Some(r) => format!("{} sets no TLS for port {port}", r.label()),
+            None => format!("no DestinationRule sets TLS for {}:{port}", host.fqdn),
+        };
+        ClientDecision {
+            mode: Some(TlsMode::IstioMutual),
+            rule: rule.map(ConsolidatedRule::label),
+            auto_mtls: true,
+            reason: Some(format!(
+                "auto-mTLS: {who} has a sidecar and {no_rule}; the destination {}/{} has a sidecar and its port {port} is {} ({}), so Istio sends ISTIO_MUTUAL",
+                dst.namespace,
+                dst.name,
+                dst_mode.mode.as_str(),
+                dst_mode.source
+            )),
+        }
     }
 
     /// What `q` requires.
     pub fn expect(&self, q: &Query<'_>) -> Expectation {
         let mut policies = Vec::new();
         // Exemptions first: they override everything.
-        let builtin_loopback = self.files.transport_policies.iter().all(|t| {
-            t.object
-                .spec
-                .exempt_loopback_within_workload
-                .unwrap_or(true)
-        });
-        if builtin_loopback
+        if self.native.exempt_loopback_within_workload
             && q.source_addr.is_loopback()
             && q.destination_addr.is_loopback()
             && q.source.is_some()
@@ -303,32 +384,29 @@ impl PolicySet {
                 exempt: Some("loopback-within-workload".into()),
                 reason: format!("built-in exemption: loopback hop inside workload {w}"),
                 policies,
+                auto_mtls: None,
             };
         }
-        for tp in &self.files.transport_policies {
-            for e in &tp.object.spec.exemptions {
-                if self.matches(&e.conn_match, q) {
-                    let name = format!(
-                        "TransportPolicy {}/{}",
-                        namespace(&tp.object.metadata),
-                        tp.object.metadata.name
-                    );
-                    return Expectation {
-                        expected: Requirement::None,
-                        permissive: false,
-                        exempt: Some(e.name.clone()),
-                        reason: format!(
-                            "{name} spec.exemptions[{}]{}",
-                            e.name,
-                            e.reason
-                                .as_ref()
-                                .map(|r| format!(": {r}"))
-                                .unwrap_or_default()
-                        ),
-                        policies: vec![name],
-                    };
-                }
-            }
+        let tps = &self.files.transport_policies;
+        if let Some(c) = self.native.exemption(tps, q) {
+            let tp = &tps[c.policy].object;
+            let e = &tp.spec.exemptions[c.entry];
+            let name = format!("TransportPolicy {}/{}", tp.metadata.ns(), tp.metadata.name);
+            return Expectation {
+                expected: Requirement::None,
+                permissive: false,
+                exempt: Some(e.name.clone()),
+                reason: format!(
+                    "{name} spec.exemptions[{}]{}",
+                    e.name,
+                    e.reason
+                        .as_ref()
+                        .map(|r| format!(": {r}"))
+                        .unwrap_or_default()
+                ),
+                policies: vec![name],
+                auto_mtls: None,
+            };
         }
 
         let mut best: (Requirement, String) =
@@ -343,14 +421,10 @@ impl PolicySet {
         let server = q
             .destination
             .as_ref()
-            .map(|w| (w.namespace.clone(), w.labels.clone()))
-            .or_else(|| {
-                q.services
-                    .first()
-                    .map(|s| (s.namespace.clone(), BTreeMap::new()))
-            });
+            .map(|w| (w.namespace.as_str(), &w.labels))
+            .or_else(|| q.services.first().map(|s| (s.namespace.as_str(), &EMPTY)));
         if let Some((ns, labels)) = server {
-            let d = self.peer_mode(&ns, &labels, q.port);
+            let d = self.peer_mode(ns, labels, q.port);
             policies.push(d.source.clone());
             match d.mode {
                 PeerMode::Strict => raise(Requirement::MutualTls, d.source, &mut best),
@@ -363,43 +437,49 @@ impl PolicySet {
                 PeerMode::Disable | PeerMode::Unset => {}
             }
         }
-        // Client side: DestinationRules configure the client's proxy; a client
-        // without one is not bound by them.
-        if let Some(svc) = q
-            .services
-            .first()
-            .filter(|_| q.client_has_proxy != Some(false))
-        {
-            let (cns, clabels) = q
-                .source
-                .as_ref()
-                .map(|w| (w.namespace.clone(), w.labels.clone()))
-                .unwrap_or_else(|| ("default".into(), BTreeMap::new()));
-            if let Some((mode, why)) = self.client_tls(&cns, &clabels, svc, q.port) {
+        // Client side. DestinationRules configure the client's proxy: a client
+        // known to have none (a local pod no proxy intercepts in) is not bound by
+        // them; one whose proxy is unknown takes them as the declared intent.
+        let mut auto_mtls = None;
+        let known_without_proxy =
+            q.client_has_proxy == Some(false) && !q.source.as_ref().is_some_and(|w| w.sidecar);
+        if let Some(svc) = q.services.first().filter(|_| !known_without_proxy) {
+            let proxy = if q.client_has_proxy == Some(true)
+                || q.source.as_ref().is_some_and(|w| w.sidecar)
+            {
+                ClientProxy::Sidecar
+            } else {
+                ClientProxy::None
+            };
+            let c = self.client_side(
+                q.source.as_ref(),
+                proxy,
+                svc,
+                q.destination.as_ref(),
+                q.port,
+            );
+            if let Some(why) = c.reason {
                 policies.push(why.clone());
-                let req = match mode {
-                    TlsMode::IstioMutual | TlsMode::Mutual => Requirement::MutualTls,
-                    TlsMode::Simple => Requirement::Tls,
-                    TlsMode::Disable => Requirement::None,
-                };
+                let req = c.mode.map_or(Requirement::None, mode_requirement);
+                if c.auto_mtls {
+                    auto_mtls = Some(why.clone());
+                }
                 raise(req, why, &mut best);
             }
         }
         // Native rules.
-        for tp in &self.files.transport_policies {
-            for r in &tp.object.spec.rules {
-                if self.matches(&r.conn_match, q) {
-                    let why = format!(
-                        "TransportPolicy {}/{} spec.rules[{}].require={}",
-                        namespace(&tp.object.metadata),
-                        tp.object.metadata.name,
-                        r.name,
-                        requirement_str(r.require)
-                    );
-                    policies.push(why.clone());
-                    raise(r.require, why, &mut best);
-                }
-            }
+        for c in self.native.matching_rules(tps, q) {
+            let tp = &tps[c.policy].object;
+            let r = &tp.spec.rules[c.entry];
+            let why = format!(
+                "TransportPolicy {}/{} spec.rules[{}].require={}",
+                tp.metadata.ns(),
+                tp.metadata.name,
+                r.name,
+                r.require.as_str()
+            );
+            policies.push(why.clone());
+            raise(r.require, why, &mut best);
         }
         Expectation {
             expected: best.0,
@@ -407,76 +487,12 @@ impl PolicySet {
             exempt: None,
             reason: best.1,
             policies,
+            auto_mtls,
         }
     }
-
-    fn matches(&self, m: &ConnMatch, q: &Query<'_>) -> bool {
-        let in_nets = |list: &[String], addr: IpAddr| {
-            list.iter()
-                .filter_map(|s| parse_net(s))
-                .any(|n| n.contains(&addr))
-        };
-        let workload_ok = |r: &Option<super::model::WorkloadRef>, w: Option<&Workload>| match r {
-            None => true,
-            Some(r) => w.is_some_and(|w| {
-                r.namespace.as_ref().is_none_or(|n| *n == w.namespace)
-                    && r.name.as_ref().is_none_or(|n| *n == w.name)
-                    && r.match_labels
-                        .iter()
-                        .all(|(k, v)| w.labels.get(k) == Some(v))
-            }),
-        };
-        (m.destination_cidrs.is_empty() || in_nets(&m.destination_cidrs, q.destination_addr))
-            && (m.source_cidrs.is_empty() || in_nets(&m.source_cidrs, q.source_addr))
-            && (m.ports.is_empty() || m.ports.contains(&q.port))
-            && (m.port_names.is_empty()
-                || q.destination
-                    .as_ref()
-                    .and_then(|w| w.port_names.get(&q.port))
-                    .is_some_and(|n| m.port_names.contains(n)))
-            && workload_ok(&m.destination, q.destination.as_ref())
-            && workload_ok(&m.source, q.source.as_ref())
-            && (m.processes.is_empty()
-                || m.processes.iter().any(|p| {
-                    Some(p.as_str()) == q.client_process || Some(p.as_str()) == q.server_process
-                }))
-            && m.direction.is_none_or(|d| d == q.direction)
-            && m.loopback.is_none_or(|l| {
-                l == (q.source_addr.is_loopback() && q.destination_addr.is_loopback())
-            })
-    }
 }
 
-/// `exportTo`: empty or `*` is everywhere, `.` the rule's own namespace.
-fn exported_to(dr: &DestinationRule, client_ns: &str) -> bool {
-    let own = namespace(&dr.metadata);
-    dr.spec.export_to.is_empty()
-        || dr
-            .spec
-            .export_to
-            .iter()
-            .any(|e| e == "*" || e == client_ns || (e == "." && own == client_ns))
-}
+static EMPTY: BTreeMap<String, String> = BTreeMap::new();
 
-/// A DestinationRule host as an FQDN pattern: short names are relative to the
-/// rule's namespace; names with dots and wildcards are taken as written.
-pub fn expand_host(host: &str, ns: &str, domain: &str) -> String {
-    if host.contains('.') || host.contains('*') {
-        host.to_owned()
-    } else {
-        format!("{host}.{ns}.svc.{domain}")
-    }
-}
-
-/// How specifically `pattern` matches `fqdn`: exact beats wildcards, longer
-/// wildcards beat shorter ones. `None` when it does not match.
-pub fn host_specificity(pattern: &str, fqdn: &str) -> Option<usize> {
-    if pattern == fqdn {
-        return Some(usize::MAX);
-    }
-    if pattern == "*" {
-        return Some(0);
-    }
-    let suffix = pattern.strip_prefix('*')?;
-    fqdn.ends_with(suffix).then_some(suffix.len())
-}
+/// Istio's short-host resolution, for callers that name a host.
+pub use super::destination::resolve_host as expand_host;

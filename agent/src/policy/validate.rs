@@ -1,12 +1,157 @@
-//! Checks beyond the types: values that must parse, and conflicts Istio resolves by
-//! age ("the oldest wins"), reported as warnings.
+//! Checks beyond the types. Per object, while its document's text is at hand
+//! (so every finding has its line): Istio's validation rules
+//! ([`super::validate_istio`]) and this project's (addresses, globs, exemptions
+//! that would exempt everything). Across objects: conflicts Istio resolves by
+//! age ("the oldest wins") or merges, reported as warnings that say the outcome.
 
-use std::collections::BTreeMap;
+use std::{cell::RefCell, collections::BTreeMap, path::Path};
 
 use super::{
-    load::{Diagnostic, Located, PolicyFiles, Severity, locate},
-    model::{ConnMatch, Metadata},
+    load::{Diagnostic, Located, PolicyFiles, Severity},
+    model::{ConnMatch, Inventory, Metadata, TransportPolicy},
+    order::AgeKey,
 };
+
+/// Where an object's findings go: its file, its document's text and first line.
+pub(crate) struct Spot<'a> {
+    pub file: &'a Path,
+    pub text: &'a str,
+    pub first_line: usize,
+    pub diags: RefCell<&'a mut Vec<Diagnostic>>,
+}
+
+impl Spot<'_> {
+    /// Line and column of a field: each needle is searched from where the
+    /// previous one was found (`["spec", "subsets", "name: v1"]`); the last one
+    /// found is the answer.
+    pub fn at(&self, path: &[&str]) -> (usize, usize) {
+        let lines: Vec<&str> = self.text.lines().collect();
+        let mut from = 0usize;
+        let mut found = (self.first_line, 1);
+        for needle in path {
+            let keyed = format!("{needle}:");
+            let hit = lines
+                .iter()
+                .enumerate()
+                .skip(from)
+                .find_map(|(i, l)| l.find(&keyed).or_else(|| l.find(needle)).map(|c| (i, c)));
+            if let Some((i, c)) = hit {
+                found = (self.first_line + i, c + 1);
+                from = i;
+            }
+        }
+        found
+    }
+
+    fn push(&self, severity: Severity, path: &[&str], message: String) {
+        let (line, column) = self.at(path);
+        self.diags.borrow_mut().push(Diagnostic {
+            severity,
+            file: self.file.to_path_buf(),
+            line,
+            column,
+            message,
+        });
+    }
+
+    pub fn error(&self, path: &[&str], message: String) {
+        self.push(Severity::Error, path, message);
+    }
+
+    pub fn warning(&self, path: &[&str], message: String) {
+        self.push(Severity::Warning, path, message);
+    }
+}
+
+/// An address or CIDR.
+pub fn parse_net(s: &str) -> Option<ipnet::IpNet> {
+    s.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
+}
+
+fn cidrs(spot: &Spot<'_>, list: &[String], field: &str) {
+    for c in list {
+        if parse_net(c).is_none() {
+            spot.error(&[c], format!("{field}: `{c}` is not an IP address or CIDR"));
+        }
+    }
+}
+
+fn conn_match(spot: &Spot<'_>, m: &ConnMatch, field: &str) {
+    cidrs(
+        spot,
+        &m.destination_cidrs,
+        &format!("{field}.destinationCidrs"),
+    );
+    cidrs(spot, &m.source_cidrs, &format!("{field}.sourceCidrs"));
+    for p in &m.ports {
+        if *p == 0 {
+            spot.error(
+                &["ports"],
+                format!("{field}.ports: 0 is not a port number (1-65535)"),
+            );
+        }
+    }
+}
+
+pub(crate) fn transport_policy(spot: &Spot<'_>, tp: &TransportPolicy) {
+    for (i, r) in tp.spec.rules.iter().enumerate() {
+        conn_match(spot, &r.conn_match, &format!("spec.rules[{i}].match"));
+    }
+    for (i, e) in tp.spec.exemptions.iter().enumerate() {
+        let field = format!("spec.exemptions[{i}]");
+        let name_at = format!("name: {}", e.name);
+        conn_match(spot, &e.conn_match, &format!("{field}.match"));
+        match (e.all == Some(true), e.conn_match.is_empty()) {
+            (false, true) => spot.error(
+                &["exemptions", &name_at],
+                format!("{field} ({}): no `match` (or an empty one) would exempt every connection; give a `match`, or `all: true` to exempt everything on purpose", e.name),
+            ),
+            (true, false) => spot.error(
+                &["exemptions", &name_at],
+                format!("{field} ({}): `all: true` and a `match` contradict each other; keep one", e.name),
+            ),
+            _ => {}
+        }
+    }
+    let mut names = BTreeMap::new();
+    for r in &tp.spec.rules {
+        *names.entry(r.name.as_str()).or_insert(0usize) += 1;
+    }
+    for (n, count) in names {
+        if count > 1 {
+            let name_at = format!("name: {n}");
+            spot.warning(
+                &["rules", &name_at],
+                format!(
+                    "spec.rules: {count} rules are named `{n}`: reasons will not tell them apart"
+                ),
+            );
+        }
+    }
+}
+
+pub(crate) fn inventory(spot: &Spot<'_>, inv: &Inventory) {
+    for (i, w) in inv.spec.workloads.iter().enumerate() {
+        cidrs(
+            spot,
+            &w.workload_match.addresses,
+            &format!("spec.workloads[{i}].match.addresses"),
+        );
+        for g in &w.workload_match.cgroups {
+            if let Err(e) = globset::Glob::new(g) {
+                spot.error(
+                    &[g],
+                    format!("spec.workloads[{i}].match.cgroups: `{g}` is not a valid glob: {e}"),
+                );
+            }
+        }
+    }
+    for (i, s) in inv.spec.services.iter().enumerate() {
+        cidrs(spot, &s.addresses, &format!("spec.services[{i}].addresses"));
+    }
+}
 
 fn warn<T>(at: &Located<T>, message: String) -> Diagnostic {
     Diagnostic {
@@ -18,110 +163,29 @@ fn warn<T>(at: &Located<T>, message: String) -> Diagnostic {
     }
 }
 
-fn error_at(file: &std::path::Path, text_line: (usize, usize), message: String) -> Diagnostic {
-    Diagnostic {
-        severity: Severity::Error,
-        file: file.to_path_buf(),
-        line: text_line.0,
-        column: text_line.1,
-        message,
+fn no_namespace<T>(diags: &mut Vec<Diagnostic>, l: &Located<T>, kind: &str, meta: &Metadata) {
+    if meta.namespace.is_none() {
+        diags.push(warn(
+            l,
+            format!(
+                "{kind} {}: no metadata.namespace, assuming `default`",
+                meta.name
+            ),
+        ));
     }
 }
 
-pub(crate) fn namespace(meta: &Metadata) -> &str {
-    meta.namespace.as_deref().unwrap_or("default")
-}
-
-/// Age order key: creationTimestamp when known, else load order.
-pub(crate) fn age_key(meta: &Metadata, index: usize) -> (String, usize) {
-    (
-        meta.creation_timestamp
-            .clone()
-            .unwrap_or_else(|| "~".to_owned()),
-        index,
-    )
-}
-
-fn read_doc(file: &std::path::Path) -> String {
-    std::fs::read_to_string(file).unwrap_or_default()
-}
-
-fn check_cidrs(
-    list: &[String],
-    field: &str,
-    file: &std::path::Path,
-    line: usize,
-    diags: &mut Vec<Diagnostic>,
-) {
-    for c in list {
-        if parse_net(c).is_none() {
-            let text = read_doc(file);
-            let pos = locate_from(&text, line, c);
-            diags.push(error_at(
-                file,
-                pos,
-                format!("{field}: `{c}` is not an IP address or CIDR"),
-            ));
-        }
-    }
-}
-
-/// Finds `needle` at or after line `from` of the whole file.
-fn locate_from(text: &str, from: usize, needle: &str) -> (usize, usize) {
-    let skip: usize = text
-        .split_inclusive('\n')
-        .take(from.saturating_sub(1))
-        .map(str::len)
-        .sum();
-    locate(&text[skip.min(text.len())..], from, needle)
-}
-
-/// An address or CIDR.
-pub fn parse_net(s: &str) -> Option<ipnet::IpNet> {
-    s.parse::<ipnet::IpNet>()
-        .ok()
-        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
-}
-
-fn check_match(
-    m: &ConnMatch,
-    prefix: &str,
-    file: &std::path::Path,
-    line: usize,
-    diags: &mut Vec<Diagnostic>,
-) {
-    check_cidrs(
-        &m.destination_cidrs,
-        &format!("{prefix}.destinationCidrs"),
-        file,
-        line,
-        diags,
-    );
-    check_cidrs(
-        &m.source_cidrs,
-        &format!("{prefix}.sourceCidrs"),
-        file,
-        line,
-        diags,
-    );
-}
-
+/// Checks across objects (their own checks ran as they loaded).
 pub(crate) fn validate(p: &PolicyFiles, diags: &mut Vec<Diagnostic>) {
-    // PeerAuthentication.
-    let mut ns_wide: BTreeMap<&str, Vec<(usize, &Located<_>)>> = BTreeMap::new();
-    let mut by_selector: BTreeMap<(&str, String), Vec<(usize, &Located<_>)>> = BTreeMap::new();
+    // PeerAuthentication: one mesh/namespace-wide policy per namespace and one per
+    // selector are used, the oldest.
+    type Group<'a, T> = Vec<(usize, &'a Located<T>)>;
+    let mut ns_wide: BTreeMap<&str, Group<'_, _>> = BTreeMap::new();
+    let mut by_selector: BTreeMap<(&str, String), Group<'_, _>> = BTreeMap::new();
     for (i, pa) in p.peer_authentications.iter().enumerate() {
         let meta = &pa.object.metadata;
-        if meta.namespace.is_none() {
-            diags.push(warn(
-                pa,
-                format!(
-                    "PeerAuthentication {}: no metadata.namespace, assuming `default`",
-                    meta.name
-                ),
-            ));
-        }
-        let ns = namespace(meta);
+        no_namespace(diags, pa, "PeerAuthentication", meta);
+        let ns = meta.ns();
         match &pa.object.spec.selector {
             Some(sel) if !sel.match_labels.is_empty() => {
                 by_selector
@@ -129,24 +193,13 @@ pub(crate) fn validate(p: &PolicyFiles, diags: &mut Vec<Diagnostic>) {
                     .or_default()
                     .push((i, pa));
             }
-            _ => {
-                if !pa.object.spec.port_level_mtls.is_empty() {
-                    diags.push(warn(
-                        pa,
-                        format!(
-                            "PeerAuthentication {ns}/{}: spec.portLevelMtls has no effect without spec.selector (Istio ignores it)",
-                            meta.name
-                        ),
-                    ));
-                }
-                ns_wide.entry(ns).or_default().push((i, pa));
-            }
+            _ => ns_wide.entry(ns).or_default().push((i, pa)),
         }
     }
     for (ns, list) in &ns_wide {
         conflict(
             diags,
-            list.as_slice(),
+            list,
             &format!("namespace-wide PeerAuthentications in `{ns}`"),
             |l| &l.object.metadata,
         );
@@ -154,27 +207,18 @@ pub(crate) fn validate(p: &PolicyFiles, diags: &mut Vec<Diagnostic>) {
     for ((ns, sel), list) in &by_selector {
         conflict(
             diags,
-            list.as_slice(),
+            list,
             &format!("PeerAuthentications in `{ns}` with selector {sel}"),
             |l| &l.object.metadata,
         );
     }
 
-    // DestinationRule.
-    // (namespace, host, workload selector) -> the rules with that key, and their index.
+    // DestinationRule: Istio merges the rules of one namespace for one host.
     type HostKey<'a> = (&'a str, &'a str, String);
-    let mut by_host: BTreeMap<HostKey, Vec<(usize, &Located<_>)>> = BTreeMap::new();
+    let mut by_host: BTreeMap<HostKey, Group<'_, _>> = BTreeMap::new();
     for (i, dr) in p.destination_rules.iter().enumerate() {
         let meta = &dr.object.metadata;
-        if meta.namespace.is_none() {
-            diags.push(warn(
-                dr,
-                format!(
-                    "DestinationRule {}: no metadata.namespace, assuming `default`",
-                    meta.name
-                ),
-            ));
-        }
+        no_namespace(diags, dr, "DestinationRule", meta);
         let sel = dr
             .object
             .spec
@@ -183,80 +227,23 @@ pub(crate) fn validate(p: &PolicyFiles, diags: &mut Vec<Diagnostic>) {
             .map(|s| format!("{:?}", s.match_labels))
             .unwrap_or_default();
         by_host
-            .entry((namespace(meta), dr.object.spec.host.as_str(), sel))
+            .entry((meta.ns(), dr.object.spec.host.as_str(), sel))
             .or_default()
             .push((i, dr));
-        if dr.object.spec.host.is_empty() {
-            let text = read_doc(&dr.file);
-            diags.push(error_at(
-                &dr.file,
-                locate_from(&text, dr.line, "host"),
-                "spec.host: must not be empty".into(),
-            ));
-        }
     }
     for ((ns, host, _), list) in &by_host {
-        conflict(
-            diags,
-            list.as_slice(),
-            &format!("DestinationRules in `{ns}` for host `{host}`"),
-            |l| &l.object.metadata,
-        );
+        merged(diags, list, ns, host);
     }
-
-    // TransportPolicy.
-    for tp in &p.transport_policies {
-        for (i, r) in tp.object.spec.rules.iter().enumerate() {
-            check_match(
-                &r.conn_match,
-                &format!("spec.rules[{i}].match"),
-                &tp.file,
-                tp.line,
-                diags,
-            );
-        }
-        for (i, e) in tp.object.spec.exemptions.iter().enumerate() {
-            check_match(
-                &e.conn_match,
-                &format!("spec.exemptions[{i}].match"),
-                &tp.file,
-                tp.line,
-                diags,
-            );
-        }
+    for se in &p.service_entries {
+        no_namespace(diags, se, "ServiceEntry", &se.object.metadata);
     }
-
-    // Inventory.
-    for inv in &p.inventories {
-        for (i, w) in inv.object.spec.workloads.iter().enumerate() {
-            check_cidrs(
-                &w.workload_match.addresses,
-                &format!("spec.workloads[{i}].match.addresses"),
-                &inv.file,
-                inv.line,
-                diags,
-            );
-            for g in &w.workload_match.cgroups {
-                if let Err(e) = globset::Glob::new(g) {
-                    let text = read_doc(&inv.file);
-                    diags.push(error_at(
-                        &inv.file,
-                        locate_from(&text, inv.line, g),
-                        format!(
-                            "spec.workloads[{i}].match.cgroups: `{g}` is not a valid glob: {e}"
-                        ),
-                    ));
-                }
-            }
-        }
-        for (i, s) in inv.object.spec.services.iter().enumerate() {
-            check_cidrs(
-                &s.addresses,
-                &format!("spec.services[{i}].addresses"),
-                &inv.file,
-                inv.line,
-                diags,
-            );
+    if p.mesh_configs.len() > 1 {
+        for m in &p.mesh_configs[1..] {
+            diags.push(warn(
+                m,
+                "more than one mesh config (ConfigMap `istio`): the first one loaded is used"
+                    .into(),
+            ));
         }
     }
 }
@@ -270,7 +257,8 @@ fn conflict<T>(
     if list.len() < 2 {
         return;
     }
-    let Some(&(winner_idx, winner)) = list.iter().min_by_key(|(i, l)| age_key(meta(l), *i)) else {
+    let Some(&(winner_idx, winner)) = list.iter().min_by_key(|(i, l)| AgeKey::new(meta(l), *i))
+    else {
         return;
     };
     for (i, l) in list {
@@ -285,5 +273,94 @@ fn conflict<T>(
                 ),
             ));
         }
+    }
+}
+
+/// DestinationRules of one namespace for one host (and selector): Istio merges
+/// them, oldest first; only the first traffic policy counts, subsets add up.
+fn merged(
+    diags: &mut Vec<Diagnostic>,
+    list: &[(usize, &Located<super::model::DestinationRule>)],
+    ns: &str,
+    host: &str,
+) {
+    if list.len() < 2 {
+        return;
+    }
+    let mut sorted: Vec<_> = list.to_vec();
+    sorted.sort_by_key(|(i, l)| AgeKey::new(&l.object.metadata, *i));
+    let mut policy_from: Option<&Located<super::model::DestinationRule>> = None;
+    for (_, l) in &sorted {
+        let has_policy = l.object.spec.traffic_policy.is_some();
+        match policy_from {
+            Some(first) if has_policy => diags.push(warn(
+                l,
+                format!(
+                    "DestinationRules in `{ns}` for host `{host}` are merged: the trafficPolicy of `{}` is ignored, the older `{}` (line {}) has one; its subsets are kept",
+                    l.object.metadata.name, first.object.metadata.name, first.line
+                ),
+            )),
+            None if has_policy => policy_from = Some(l),
+            _ => {}
+        }
+    }
+}
+
+/// Runs the per-object checks of one parsed document.
+pub(crate) fn object<T: Checked>(
+    file: &Path,
+    text: &str,
+    first_line: usize,
+    o: &T,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let spot = Spot {
+        file,
+        text,
+        first_line,
+        diags: RefCell::new(diags),
+    };
+    o.check(&spot);
+}
+
+/// An object with checks of its own.
+pub(crate) trait Checked {
+    fn check(&self, spot: &Spot<'_>);
+}
+
+impl Checked for super::model::PeerAuthentication {
+    fn check(&self, spot: &Spot<'_>) {
+        super::validate_istio::metadata(spot, "PeerAuthentication", &self.metadata);
+        super::validate_istio::peer_authentication(spot, self);
+    }
+}
+
+impl Checked for super::model::DestinationRule {
+    fn check(&self, spot: &Spot<'_>) {
+        super::validate_istio::metadata(spot, "DestinationRule", &self.metadata);
+        super::validate_istio::destination_rule(spot, self);
+    }
+}
+
+impl Checked for super::model::ServiceEntry {
+    fn check(&self, spot: &Spot<'_>) {
+        super::validate_istio::metadata(spot, "ServiceEntry", &self.metadata);
+        super::validate_istio::service_entry(spot, self);
+    }
+}
+
+impl Checked for TransportPolicy {
+    fn check(&self, spot: &Spot<'_>) {
+        super::validate_istio::metadata(spot, "TransportPolicy", &self.metadata);
+        transport_policy(spot, self);
+    }
+}
+
+impl Checked for Inventory {
+    fn check(&self, spot: &Spot<'_>) {
+        if let Some(m) = &self.metadata {
+            super::validate_istio::metadata(spot, "Inventory", m);
+        }
+        inventory(spot, self);
     }
 }

@@ -85,7 +85,8 @@ pub fn load_set(
     }
     let mut set = PolicySet::new(files, root_namespace);
     if let Some(c) = cluster {
-        set.inventory = std::mem::take(&mut set.inventory).with_cluster(Arc::clone(c));
+        let inventory = std::mem::take(&mut set.inventory).with_cluster(Arc::clone(c));
+        set = set.with_inventory(inventory);
     }
     Ok(set)
 }
@@ -204,6 +205,60 @@ fn reload_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const PA: &str = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n  name: p\n  namespace: default\nspec:\n  mtls:\n    mode: STRICT\n";
+
+    fn mkfifo(path: &Path) {
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    }
+
+    /// `rm P; mkfifo P; kill -HUP`: the reload fails at once (a FIFO is not a
+    /// regular file) instead of waiting for a writer, and the next change loads.
+    #[test]
+    fn a_fifo_in_place_of_a_policy_file_does_not_stall_the_reloader() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("policy.yaml");
+        std::fs::write(&file, PA).expect("write");
+        let (tx, rx) = mpsc::channel();
+        let (out_tx, out_rx) = mpsc::channel();
+        let stats = Arc::new(ReloadStats::default());
+        let paths = vec![file.clone()];
+        let st = Arc::clone(&stats);
+        let worker =
+            thread::spawn(move || reload_loop(&rx, &paths, "istio-system", None, &out_tx, &st));
+        let wait = Duration::from_secs(20);
+        tx.send(Trigger::Signal).expect("send");
+        let set = out_rx.recv_timeout(wait).expect("first load");
+        assert_eq!(set.files.peer_authentications.len(), 1);
+
+        std::fs::remove_file(&file).expect("rm");
+        mkfifo(&file);
+        tx.send(Trigger::Signal).expect("send");
+        let deadline = std::time::Instant::now() + wait;
+        while stats.failed.load(Ordering::Relaxed) == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the reload of a FIFO never finished"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        assert!(out_rx.try_recv().is_err(), "no policy from a FIFO");
+
+        std::fs::remove_file(&file).expect("rm");
+        std::fs::write(&file, PA.replace("STRICT", "PERMISSIVE")).expect("write");
+        tx.send(Trigger::Signal).expect("send");
+        let set = out_rx
+            .recv_timeout(wait)
+            .expect("the reloader still reloads");
+        assert_eq!(
+            set.peer_mode("default", &Default::default(), 80).mode,
+            super::super::model::PeerMode::Permissive
+        );
+        drop(tx);
+        worker.join().expect("reloader thread");
+    }
 
     #[test]
     fn only_policy_files_trigger_a_reload() {
