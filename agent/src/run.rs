@@ -390,7 +390,7 @@ impl Pipeline {
                     self.policy = Some(p);
                 }
                 self.table.settle(&mut |conn| {
-                    let cls = classify::classify(&conn.classify_input());
+                    let cls = conn.classify();
                     cls.is_settled().then_some(cls)
                 });
                 let mut finished = Vec::new();
@@ -440,7 +440,7 @@ impl Pipeline {
         }
         let mut cls = match &conn.settled {
             Some(cls) => classify::Classification::clone(cls),
-            None => classify::classify(&conn.classify_input()),
+            None => conn.classify(),
         };
         self.resumptions.apply(
             (conn.client.ip(), conn.server.ip(), conn.server.port()),

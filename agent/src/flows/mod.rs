@@ -23,7 +23,7 @@ use crate::{
     cgroups::CgroupResolver,
     classify::{Classification, Closing, ConnInput, Party, Side},
 };
-pub use stream::Stream;
+pub use stream::{Overlaps, Stream};
 
 /// Which side of the connection an end is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -109,11 +109,15 @@ impl Connection {
         self.client_end.iter().chain(self.server_end.iter())
     }
 
-    /// The better of the two captures of one direction.
-    fn pick<'a>(a: Option<&'a Stream>, b: Option<&'a Stream>) -> Option<&'a Stream> {
-        match (a, b) {
+    /// The better of the two captures of one direction: the sender's egress or the
+    /// receiver's ingress. When both hold bytes and they differ, the receiver's:
+    /// what its kernel kept is what the peer read.
+    fn pick<'a>(sent: Option<&'a Stream>, received: Option<&'a Stream>) -> Option<&'a Stream> {
+        match (sent, received) {
             (Some(x), Some(y)) => {
-                if y.contiguous().len() > x.contiguous().len() {
+                if stream::first_difference(x, y).is_some()
+                    || y.contiguous().len() > x.contiguous().len()
+                {
                     Some(y)
                 } else {
                     Some(x)
@@ -124,20 +128,53 @@ impl Connection {
         }
     }
 
-    /// Client-to-server bytes: the client's egress or the server's ingress.
-    pub fn client_to_server(&self) -> Option<&Stream> {
-        Self::pick(
+    fn client_streams(&self) -> (Option<&Stream>, Option<&Stream>) {
+        (
             self.client_end.as_ref().map(|e| &e.egress),
             self.server_end.as_ref().map(|e| &e.ingress),
         )
     }
 
-    /// Server-to-client bytes: the server's egress or the client's ingress.
-    pub fn server_to_client(&self) -> Option<&Stream> {
-        Self::pick(
+    fn server_streams(&self) -> (Option<&Stream>, Option<&Stream>) {
+        (
             self.server_end.as_ref().map(|e| &e.egress),
             self.client_end.as_ref().map(|e| &e.ingress),
         )
+    }
+
+    /// Client-to-server bytes: the client's egress or the server's ingress.
+    pub fn client_to_server(&self) -> Option<&Stream> {
+        let (sent, received) = self.client_streams();
+        Self::pick(sent, received)
+    }
+
+    /// Server-to-client bytes: the server's egress or the client's ingress.
+    pub fn server_to_client(&self) -> Option<&Stream> {
+        let (sent, received) = self.server_streams();
+        Self::pick(sent, received)
+    }
+
+    /// Conflicting overlaps in each direction, client to server first: segments
+    /// whose bytes differ from bytes already received, and captures at the two ends
+    /// that differ.
+    pub fn overlaps(&self) -> (Overlaps, Overlaps) {
+        fn of(pair: (Option<&Stream>, Option<&Stream>)) -> Overlaps {
+            match pair {
+                (Some(a), Some(b)) => Overlaps::merge(a, b),
+                (Some(s), None) | (None, Some(s)) => *s.overlaps(),
+                (None, None) => Overlaps::default(),
+            }
+        }
+        (of(self.client_streams()), of(self.server_streams()))
+    }
+
+    /// Classifies the connection: the classifier on [`Connection::classify_input`],
+    /// with low confidence when the streams held conflicting overlaps.
+    pub fn classify(&self) -> Classification {
+        let mut cls = crate::classify::classify(&self.classify_input());
+        let (c2s, s2c) = self.overlaps();
+        stream::flag_overlaps(&mut cls, &c2s, &s2c);
+        cls
     }
 
     /// Bytes client to server and server to client, from the kernel's counters.
@@ -242,6 +279,9 @@ pub struct FlowStats {
     pub connections_emitted: u64,
     /// Data or close events for sockets never announced (their announcement was lost).
     pub orphan_events: u64,
+    /// Captured segments that overlapped bytes already received with different
+    /// bytes (TCP evasion or corruption; see [`stream`]).
+    pub overlap_conflicts: u64,
     pub listeners: u64,
 }
 
@@ -594,8 +634,8 @@ impl FlowTable {
         } else {
             &mut end.ingress
         };
-        if keep {
-            stream.insert(h.offset, payload, budget, h.hdr.ts_ns);
+        if keep && stream.insert(h.offset, payload, budget, h.hdr.ts_ns) {
+            self.stats.overlap_conflicts += 1;
         }
         stream.seen_bytes += u64::from(h.seg_len);
         if h.flags & data_flags::TRUNCATED != 0 {
@@ -870,7 +910,7 @@ mod tests {
         let s = ([10, 213, 0, 1], 8080);
         open_pair(&mut t, c, s);
         let judge = &mut |conn: &Connection| {
-            let cls = crate::classify::classify(&conn.classify_input());
+            let cls = conn.classify();
             cls.is_settled().then_some(cls)
         };
         let req = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
@@ -905,6 +945,72 @@ mod tests {
         assert_eq!(
             conn.client_end.as_ref().map(|e| e.egress.seen_bytes),
             Some((req.len() + more.len()) as u64)
+        );
+    }
+    #[test]
+    fn conflicting_overlaps_keep_the_first_bytes_lower_confidence_and_are_counted() {
+        let mut t = FlowTable::new(FlowConfig::default(), None);
+        let c = ([10, 213, 0, 2], 40000);
+        let s = ([10, 213, 0, 1], 8080);
+        open_pair(&mut t, c, s);
+        let req = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        // The server receives the request, then other bytes at the same offsets.
+        let other = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 and more bytes than before";
+        t.on_event(Event::Data(data(2, direction::INGRESS, 0, req), req));
+        t.on_event(Event::Data(data(2, direction::INGRESS, 0, other), other));
+        let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        t.on_event(Event::Data(data(2, direction::EGRESS, 0, resp), resp));
+        assert_eq!(t.stats().overlap_conflicts, 1);
+        for (cookie, a, b) in [(1, c, s), (2, s, c)] {
+            t.on_event(Event::Conn(
+                ConnKind::Closed,
+                conn_event(kind::CLOSED, cookie, role::UNKNOWN, a, b),
+            ));
+        }
+        let mut out = Vec::new();
+        t.tick(1_500, &mut |c| out.push(c));
+        let conn = &out[0];
+        let c2s = conn.client_to_server().expect("c2s");
+        assert!(c2s.contiguous().starts_with(req), "the first copy is kept");
+        let cls = conn.classify();
+        assert_eq!(cls.protocol, crate::classify::Protocol::Http1);
+        assert_eq!(cls.confidence, crate::classify::Confidence::Low);
+        assert!(
+            cls.evidence.contains("overlapping TCP segment"),
+            "{}",
+            cls.evidence
+        );
+        assert_eq!(conn.overlaps().0.segments, 1);
+    }
+
+    #[test]
+    fn captures_that_differ_use_the_receivers_bytes() {
+        let mut t = FlowTable::new(FlowConfig::default(), None);
+        let c = ([10, 213, 0, 2], 40001);
+        let s = ([10, 213, 0, 1], 8080);
+        open_pair(&mut t, c, s);
+        // The client's socket sent one thing; the server's kernel received another
+        // (injected on the path), longer or not.
+        let sent = b"\x16\x03\x01\x00\x10 a client hello";
+        let received = b"GET / HTTP/1.1\r\n";
+        t.on_event(Event::Data(data(1, direction::EGRESS, 0, sent), sent));
+        t.on_event(Event::Data(
+            data(2, direction::INGRESS, 0, received),
+            received,
+        ));
+        let conn = t.conns.iter().next().map(|(_, c)| c).expect("connection");
+        assert_eq!(
+            conn.client_to_server().map(Stream::contiguous),
+            Some(&received[..])
+        );
+        let (c2s, s2c) = conn.overlaps();
+        assert!(c2s.captures_differ && !s2c.any());
+        let cls = conn.classify();
+        assert_eq!(cls.confidence, crate::classify::Confidence::Low);
+        assert!(
+            cls.evidence.contains("as sent and as received differ"),
+            "{}",
+            cls.evidence
         );
     }
 }
