@@ -30,6 +30,13 @@
 //! marked with low confidence ([`flag_overlaps`]). A one-byte segment just below
 //! the in-order point is a keepalive probe (some stacks fill it with a garbage
 //! byte) and is not counted.
+//!
+//! Live, the kernel side already skips a segment that ends at or below the highest
+//! offset it sent up for the socket (a retransmission): a second version that is
+//! not longer than what was captured never reaches this code, which keeps the
+//! first version as Linux does for in-order data, but is not counted. Only a
+//! longer second version (the one that can change what the receiver reads past
+//! the overlap) arrives here. `classify --pcap` sees every segment.
 
 use crate::classify::{Classification, Confidence};
 
