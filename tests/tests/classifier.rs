@@ -147,8 +147,9 @@ fn objects_with<'a>(v: &'a Record, key: &str, out: &mut Vec<&'a Record>) {
 
 /// The TLS records each client sent, keyed by client port, as tshark dissects
 /// them: `CH 517` (ClientHello), `CCS`, `hs 7` (a cleartext handshake record),
-/// `alert 26`, and the length alone for encrypted records (TLS 1.3 flights,
-/// application data). The first eight records of each connection.
+/// `app 61` (TLS 1.2 application data), `alert 26`, and the length alone for TLS 1.3
+/// encrypted records (the client's flight, then its application data). The first
+/// eight records of each connection.
 fn tshark_client_records(cap: &str, ports: &[u16]) -> HashMap<u16, Vec<String>> {
     let mut s = Spawn::new("tshark").args([
         "-r",

@@ -231,9 +231,10 @@ pub fn render(rows: &[Row], oracle_notes: &[String]) -> String {
          traffic between two network namespaces, classified by the live agent and, from a `dumpcap` capture of the \
          same traffic, by `mtls-auditor classify --pcap`. {ok} of {} connections are right in both. Each cell shows \
          class (outcome, confidence); a confidence in the expected column is required, otherwise it is not judged. \
-         The client's records are tshark's dissection of the same capture: `CH` ClientHello, `CCS` \
-         ChangeCipherSpec, `hs` a cleartext handshake record, `app` an encrypted record (in TLS 1.3 the client's \
-         Certificate, CertificateVerify and Finished travel in these), with their lengths in bytes.\n",
+         The client's records are tshark's dissection of the same capture, with their lengths in \
+         bytes: `CH` ClientHello, `CCS` ChangeCipherSpec, `hs` a cleartext handshake record, `app` TLS 1.2 \
+         application data, `alert`, and a bare length for a TLS 1.3 encrypted record (the client's Certificate, \
+         CertificateVerify and Finished travel in these, then its application data).\n",
         rows.len()
     );
     let _ = writeln!(
