@@ -27,9 +27,17 @@ pub mod programs {
     pub const CAPTURE_INGRESS: &str = "mtls_capture_ingress";
     pub const SOCK_OPS: &str = "mtls_sock_ops";
     pub const SOCK_STATE: &str = "mtls_sock_state";
+    /// `cgroup/getsockopt`: what a proxy learns with `SO_ORIGINAL_DST`.
+    pub const GETSOCKOPT: &str = "mtls_getsockopt";
     /// The tracepoint the `SOCK_STATE` program is attached to (BTF flavour).
     pub const SOCK_STATE_TRACEPOINT: &str = "inet_sock_set_state";
-    pub const ALL: [&str; 4] = [SOCK_OPS, SOCK_STATE, CAPTURE_EGRESS, CAPTURE_INGRESS];
+    pub const ALL: [&str; 5] = [
+        SOCK_OPS,
+        SOCK_STATE,
+        CAPTURE_EGRESS,
+        CAPTURE_INGRESS,
+        GETSOCKOPT,
+    ];
 }
 
 /// Read-only globals patched by the loader (`EbpfLoader::set_global`).
@@ -64,6 +72,9 @@ pub mod kind {
     pub const LISTEN: u32 = 4;
     /// A connection established before the probes attached was seen, [`crate::ConnEvent`].
     pub const PREEXISTING: u32 = 5;
+    /// A process asked a socket for its pre-NAT destination (`SO_ORIGINAL_DST`):
+    /// it intercepts traffic. [`crate::OrigDstEvent`].
+    pub const ORIGINAL_DST: u32 = 6;
 }
 
 /// Which way the bytes went, seen from the socket that carried them.
@@ -169,7 +180,9 @@ pub struct SockState {
     pub flags: u32,
     pub pid: u32,
     pub tgid: u32,
-    pub _pad0: u32,
+    /// uid of the process that connected, or sent the first egress segment
+    /// (valid with [`sock_flags::PROCESS`]).
+    pub uid: u32,
     /// `bpf_get_socket_cookie`, cached so the per-packet path needs no helper call.
     pub cookie: u64,
     /// cgroup v2 id of the socket (`bpf_skb_cgroup_id`) or of the connecting task.
@@ -227,9 +240,51 @@ pub struct ConnEvent {
     pub ingress_base: u32,
     /// [`sock_flags`] of the socket when the event was made.
     pub sock_flags: u32,
-    pub _pad1: u32,
+    /// uid of the process (valid when `tgid` is set).
+    pub uid: u32,
 }
 const _: () = assert!(core::mem::size_of::<ConnEvent>() == 136);
+
+/// What `getsockopt(SOL_IP, SO_ORIGINAL_DST)` (or `SOL_IPV6`,
+/// `IP6T_SO_ORIGINAL_DST`) told a process about one of its sockets.
+///
+/// Proxies that capture traffic with iptables `REDIRECT` (Istio's sidecar, ztunnel,
+/// Linkerd's proxy) ask it of every connection they accept: the socket is the
+/// accepting end of an intercepted connection and `original_*` is where its client
+/// meant to go. A failed call (`result` < 0: no NAT entry, e.g. TPROXY) still
+/// names the caller as an interceptor.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct OrigDstEvent {
+    /// `cookie` is the socket's, from its storage (0 when it has none).
+    pub hdr: EventHeader,
+    /// Network namespace cookie of the socket.
+    pub netns_cookie: u64,
+    /// cgroup v2 id of the calling task.
+    pub cgroup_id: u64,
+    /// The socket's own addresses (same encoding as [`ConnEvent`]).
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+    /// The pre-NAT destination the call returned (zero when it failed).
+    pub original_addr: [u8; 16],
+    /// Host order.
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub original_port: u16,
+    /// [`family`] of the socket.
+    pub family: u16,
+    pub pid: u32,
+    pub tgid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: [u8; 16],
+    /// The kernel's return value of the call (0 on success, a negative errno).
+    pub result: i32,
+    /// [`family`] of `original_addr` (0 when the call failed).
+    pub original_family: u16,
+    pub _pad0: u16,
+}
+const _: () = assert!(core::mem::size_of::<OrigDstEvent>() == 136);
 
 /// Header of a data event; `len` payload bytes follow it in the same record.
 ///
@@ -321,9 +376,11 @@ pub mod stats {
         NoBase = 13, "no_base";
         /// A map update or delete failed (the decided mark of a socket).
         MapUpdateFailed = 14, "map_update_failed";
+        /// `SO_ORIGINAL_DST` answers reported (interceptions seen).
+        OrigDstEvents = 15, "original_dst_events";
     }
     /// Number of slots in the stats map.
-    pub const LEN: u32 = 15;
+    pub const LEN: u32 = 16;
 }
 
 #[cfg(feature = "user")]
@@ -338,4 +395,6 @@ mod user {
     unsafe impl aya::Pod for ConnEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for DataHeader {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for OrigDstEvent {}
 }

@@ -18,7 +18,7 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{__sk_buff, bpf_sock},
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         generated::{
             bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_ringbuf_output,
             bpf_sk_fullsock, bpf_skb_cgroup_id, bpf_skb_load_bytes,
@@ -330,6 +330,7 @@ fn try_capture(ctx: &SkBuffContext, dir: u8) -> Result<(), Stat> {
             state.pid = h.pid;
             state.tgid = h.tgid;
             state.comm = h.comm;
+            state.uid = bpf_get_current_uid_gid() as u32;
             state.flags |= sock_flags::PROCESS;
         }
     }

@@ -7,6 +7,8 @@
 //!   sequence bases that turn TCP sequence numbers into stream offsets.
 //! - `sock_state`: the `sock/inet_sock_set_state` tracepoint (BTF flavour) for what
 //!   only process context knows: who connected, who listens.
+//! - `sockopt`: `cgroup/getsockopt` on the cgroup v2 root: the `SO_ORIGINAL_DST`
+//!   answers that reveal which sockets a proxy intercepted, and for where.
 #![no_std]
 #![no_main]
 
@@ -14,6 +16,7 @@ mod capture;
 mod maps;
 mod sock_ops;
 mod sock_state;
+mod sockopt;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -194,6 +194,7 @@ fn emit(
             e.pid = state.pid;
             e.tgid = state.tgid;
             e.comm = state.comm;
+            e.uid = state.uid;
         }
         if state.flags & sock_flags::CGROUP != 0 {
             e.cgroup_id = state.cgroup_id;

@@ -13,7 +13,7 @@ use core::{ffi::c_void, ptr};
 use agent_common::{ConnEvent, kind, role, sock_flags, stats::Stat};
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         generated::{
             bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_skc_to_tcp_sock,
         },
@@ -66,6 +66,7 @@ fn try_sock_state(ctx: &BtfTracePointContext) -> Result<(), Stat> {
         state.pid = pid_tgid as u32;
         state.tgid = (pid_tgid >> 32) as u32;
         state.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        state.uid = bpf_get_current_uid_gid() as u32;
         // SAFETY: plain helper calls on the trusted socket.
         unsafe {
             state.cgroup_id = bpf_get_current_cgroup_id();
@@ -110,6 +111,7 @@ fn emit(sk: *mut c_void, event_kind: u32, process: bool) -> Result<(), Stat> {
             e.pid = pid_tgid as u32;
             e.tgid = (pid_tgid >> 32) as u32;
             e.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+            e.uid = bpf_get_current_uid_gid() as u32;
             e.cgroup_id = bpf_get_current_cgroup_id();
         }
     }

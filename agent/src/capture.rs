@@ -6,7 +6,7 @@
 
 use std::mem::size_of;
 
-use agent_common::{ConnEvent, DataHeader, EventHeader, kind};
+use agent_common::{ConnEvent, DataHeader, EventHeader, OrigDstEvent, kind};
 use thiserror::Error;
 
 /// Kind of a lifecycle event.
@@ -23,6 +23,7 @@ pub enum ConnKind {
 pub enum EventKind {
     Conn(ConnKind),
     Data,
+    OriginalDst,
 }
 
 impl TryFrom<u32> for EventKind {
@@ -35,6 +36,7 @@ impl TryFrom<u32> for EventKind {
             kind::LISTEN => Self::Conn(ConnKind::Listen),
             kind::PREEXISTING => Self::Conn(ConnKind::Preexisting),
             kind::DATA => Self::Data,
+            kind::ORIGINAL_DST => Self::OriginalDst,
             other => return Err(DecodeError::UnknownKind(other)),
         })
     }
@@ -45,6 +47,8 @@ impl TryFrom<u32> for EventKind {
 pub enum Event<'a> {
     Conn(ConnKind, ConnEvent),
     Data(DataHeader, &'a [u8]),
+    /// A process learned the pre-NAT destination of one of its sockets.
+    OriginalDst(OrigDstEvent),
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -87,6 +91,17 @@ pub fn decode(buf: &[u8]) -> Result<Event<'_>, DecodeError> {
                 });
             }
             Ok(Event::Conn(k, read(buf)))
+        }
+        EventKind::OriginalDst => {
+            let want = size_of::<OrigDstEvent>();
+            if buf.len() < want {
+                return Err(DecodeError::Size {
+                    kind: event_kind,
+                    got: buf.len(),
+                    want,
+                });
+            }
+            Ok(Event::OriginalDst(read(buf)))
         }
         EventKind::Data => {
             let hlen = size_of::<DataHeader>();

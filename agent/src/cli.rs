@@ -161,7 +161,28 @@ pub struct RunArgs {
         default_value = "istio-system"
     )]
     pub root_namespace: String,
-    /// `json`: one JSON object per connection; `table`: a table for people.
+    /// Turn off a built-in exemption of the mesh's own traffic: `proxy-to-app`
+    /// (a proxy delivering inbound traffic to its app inside one pod),
+    /// `istio-envoy-prometheus` (15090), `istio-agent-health` (15020, 15021),
+    /// `istio-envoy-admin` (15000 on loopback), `istio-dns` (DNS captured to 15053).
+    /// Repeatable or comma-separated. See docs/mesh.md.
+    #[arg(
+        long = "disable-exemption",
+        env = "MTLS_AUDITOR_DISABLE_EXEMPTION",
+        value_delimiter = ',',
+        value_name = "NAME",
+        value_parser = clap::builder::PossibleValuesParser::new([
+            "proxy-to-app",
+            "istio-envoy-prometheus",
+            "istio-agent-health",
+            "istio-envoy-admin",
+            "istio-dns",
+        ])
+    )]
+    pub disable_exemption: Vec<String>,
+    /// `json`: one JSON object per connection; `table`: a table for people (one row
+    /// per connection that counts in the metrics: the in-pod delivery hops of a mesh
+    /// proxy are left out; they are in the JSON records).
     #[arg(long, env = "MTLS_AUDITOR_FORMAT", value_enum, default_value_t = OutputFormat::Json)]
     pub format: OutputFormat,
     /// HTTP listener for /metrics, /healthz, /readyz and /api/v1/edges (`off` to

@@ -19,6 +19,7 @@ pub mod config;
 #[cfg(feature = "agent")]
 pub mod export;
 pub mod flows;
+pub mod hops;
 pub mod input;
 pub mod inventory;
 pub mod kube;

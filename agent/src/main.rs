@@ -201,6 +201,7 @@ fn policy_explain(
         client_process: None,
         server_process: None,
         direction: Direction::Local,
+        client_has_proxy: None,
     };
     let e = set.expect(&q);
     let name = |w: Option<&mtls_auditor::inventory::Workload>, fallback: &str| {

@@ -17,7 +17,8 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, SockOps,
+        BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockopt,
+        ProgramError, SockOps,
     },
 };
 use thiserror::Error;
@@ -277,6 +278,22 @@ impl Probes {
                     source,
                 })?;
             attached.push(format!("{label}@{}", cgroup_root.display()));
+        }
+        // 4. getsockopt: the SO_ORIGINAL_DST answers of proxies (interceptions).
+        {
+            let name = programs::GETSOCKOPT;
+            let prog: &mut CgroupSockopt = program(&mut ebpf, name)?;
+            prog.load().map_err(|source| ProbeError::ProgramLoad {
+                program: name,
+                source,
+            })?;
+            prog.attach(cgroup.as_fd(), cgroup_mode())
+                .map_err(|source| ProbeError::Attach {
+                    program: name,
+                    target: cgroup_root.display().to_string(),
+                    source,
+                })?;
+            attached.push(format!("cgroup/getsockopt@{}", cgroup_root.display()));
         }
 
         let stats = ebpf

@@ -39,6 +39,7 @@ use crate::{
         metrics::Metrics,
     },
     flows::{Connection, FlowConfig, FlowTable},
+    hops::{BuiltinExemptions, Hop, Hops, HopsConfig},
     kube::{ClusterState, SharedState},
     policy::{PolicySet, watch},
     probes::{ProbeConfig, ProbeError, Probes},
@@ -77,6 +78,8 @@ pub enum RunError {
     BothOnStdout,
     #[error("registering the metrics: {0}")]
     Metrics(prometheus::Error),
+    #[error("--disable-exemption: {0}")]
+    Exemption(String),
 }
 
 fn output_of(path: Option<std::path::PathBuf>) -> Output {
@@ -101,6 +104,8 @@ pub fn run(args: &RunArgs) -> Result<(), RunError> {
     if args.output == "-" && args.events.as_deref() == Some("-") {
         return Err(RunError::BothOnStdout);
     }
+    let builtin =
+        BuiltinExemptions::with_disabled(&args.disable_exemption).map_err(RunError::Exemption)?;
     let mut kube_client = None;
     let listen: Option<SocketAddr> = if args.listen.is_empty() || args.listen == "off" {
         None
@@ -249,6 +254,9 @@ pub fn run(args: &RunArgs) -> Result<(), RunError> {
         probes,
         ring,
         table,
+        hops: Hops::new(HopsConfig::default()),
+        builtin,
+        table_format: format == Format::Table,
         records,
         events,
         event_policy: EventPolicy::new(args.events_all, args.events_rate, args.events_burst),
@@ -318,6 +326,11 @@ struct Pipeline {
     probes: Probes,
     ring: RingBuf<MapData>,
     table: FlowTable,
+    /// The mesh's data path: which connection is which hop.
+    hops: Hops,
+    builtin: BuiltinExemptions,
+    /// People read the table: it shows the connections that count, not every hop.
+    table_format: bool,
     records: JsonLines,
     events: Option<Writer<VerdictEvent>>,
     event_policy: EventPolicy,
@@ -363,7 +376,10 @@ impl Pipeline {
             while let Some(item) = self.ring.next() {
                 batch += 1;
                 match capture::decode(&item) {
-                    Ok(event) => self.table.on_event(event),
+                    Ok(event) => {
+                        self.hops.on_event(&event);
+                        self.table.on_event(event);
+                    }
                     Err(err) => {
                         decode_errors += 1;
                         self.shared.metrics.decode_errors.inc();
@@ -438,24 +454,60 @@ impl Pipeline {
                 self.probes.clear_decided(end.cookie);
             }
         }
-        let mut cls = match &conn.settled {
+        let mut own = match &conn.settled {
             Some(cls) => classify::Classification::clone(cls),
             None => conn.classify(),
         };
         self.resumptions.apply(
             (conn.client.ip(), conn.server.ip(), conn.server.port()),
-            &mut cls,
+            &mut own,
         );
+        let mut facts = self.hops.facts(conn, &own);
+        // An app's redirected connection is what its proxy sent upstream.
+        let (cls, app_protocol) = if facts.hop == Hop::AppToProxy {
+            let inventory = self.policy.as_deref().map(|p| &p.inventory);
+            let same_service = |a: SocketAddr, b: SocketAddr| {
+                inventory.is_some_and(|inv| {
+                    let of_a = inv.services_for(a.ip(), a.port());
+                    !of_a.is_empty()
+                        && inv
+                            .services_for(b.ip(), b.port())
+                            .iter()
+                            .any(|s| of_a.iter().any(|t| t.fqdn == s.fqdn))
+                })
+            };
+            let (logical, link) =
+                self.hops
+                    .upstream_evidence(conn, &self.table, &same_service, &|c| c.classify());
+            facts.upstream = link;
+            (logical, Some(own.protocol))
+        } else {
+            (own, None)
+        };
+        if facts.hop == Hop::ProxyUpstream {
+            self.hops.upstream_finished(conn, &cls);
+        }
+        let builtin = self.builtin.check(&facts, conn, &self.hops);
+        let client_has_proxy = self.hops.client_has_proxy(conn, &facts);
         let assessment = self
             .policy
             .as_deref()
-            .map(|p| verdict::assess(conn, &cls, p));
-        let record = ConnectionRecord::with_classification(conn, &self.clock, cls, assessment);
+            .map(|p| verdict::assess(conn, &cls, p, &facts, builtin, client_has_proxy));
+        let record =
+            ConnectionRecord::with_hop(conn, &self.clock, cls, assessment, facts, app_protocol);
         self.shared.metrics.observe(&record);
-        if let Ok(mut e) = self.shared.edges.lock()
+        let counted = record.reporters().any();
+        if counted
+            && let Ok(mut e) = self.shared.edges.lock()
             && !e.record(&record)
         {
             self.shared.metrics.edges_overflow.inc();
+        }
+        if !record.raises_events() {
+            if counted || !self.table_format {
+                self.records.send(record);
+            }
+            return;
         }
         if let Some(w) = &self.events {
             match self.event_policy.decide(&record, now) {
@@ -511,6 +563,7 @@ impl Pipeline {
         }
         last.kernel = kernel;
         m.flows_tracked.set(self.table.len() as i64);
+        m.proxies.set(self.hops.proxies() as i64);
         m.ready.set(i64::from(self.shared.is_ready()));
         let ok = self.reload_stats.ok.load(Ordering::Relaxed);
         let failed = self.reload_stats.failed.load(Ordering::Relaxed);

@@ -304,15 +304,28 @@ pub struct Assessment {
 }
 
 /// Attributes both ends of `conn`, resolves the policy and judges.
+///
+/// `hop` says what the connection is on the mesh's data path: for an
+/// `app_to_proxy` hop the destination is where the app was going (its server
+/// end is the proxy's socket), and `cls` is the class of the proxy's upstream
+/// connection. A `builtin` exemption of the mesh's own traffic wins over policy.
 pub fn assess(
     conn: &crate::flows::Connection,
     cls: &Classification,
     policy: &crate::policy::PolicySet,
+    hop: &crate::hops::HopFacts,
+    builtin: Option<(crate::hops::Builtin, String)>,
+    client_has_proxy: Option<bool>,
 ) -> Assessment {
     use crate::{
+        hops::Hop,
         inventory::EndFacts,
         policy::{Query, model::Direction},
     };
+    let server_end = conn
+        .server_end
+        .as_ref()
+        .filter(|_| hop.hop != Hop::AppToProxy);
     let inv = &policy.inventory;
     fn facts(e: &crate::flows::End) -> EndFacts<'_> {
         EndFacts {
@@ -326,12 +339,12 @@ pub fn assess(
         Some(e) => inv.workload_of(&facts(e)),
         None => inv.workload_by_addr(conn.client.ip()),
     };
-    let destination = match &conn.server_end {
+    let destination = match server_end {
         Some(e) => inv.workload_of(&facts(e)),
         None => inv.workload_by_addr(conn.server.ip()),
     };
     let services = inv.services_for(conn.server.ip(), conn.server.port());
-    let direction = match (&conn.client_end, &conn.server_end) {
+    let direction = match (&conn.client_end, server_end) {
         (Some(_), Some(_)) => Direction::Local,
         (Some(_), None) => Direction::Outbound,
         _ => Direction::Inbound,
@@ -348,14 +361,22 @@ pub fn assess(
             .as_ref()
             .and_then(|e| e.process.as_ref())
             .map(|p| p.comm.as_str()),
-        server_process: conn
-            .server_end
-            .as_ref()
+        server_process: server_end
             .and_then(|e| e.process.as_ref())
             .map(|p| p.comm.as_str()),
         direction,
+        client_has_proxy,
     };
-    let expectation = policy.expect(&q);
+    let expectation = match builtin {
+        Some((b, reason)) => crate::policy::Expectation {
+            expected: Requirement::None,
+            permissive: false,
+            exempt: Some(b.name().to_owned()),
+            reason: format!("built-in exemption {b}: {reason}"),
+            policies: Vec::new(),
+        },
+        None => policy.expect(&q),
+    };
     let (verdict, verdict_reason) = judge(cls, &expectation);
     let name = |w: &Option<crate::inventory::Workload>| {
         w.as_ref()

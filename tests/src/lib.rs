@@ -10,6 +10,7 @@
 
 pub mod agent;
 pub mod kubeapi;
+pub mod mesh;
 pub mod net;
 pub mod peers;
 pub mod proc;

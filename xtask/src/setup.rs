@@ -25,6 +25,10 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
     ("build-essential", "C toolchain for -sys crates"),
     ("pkg-config", "locating C libraries"),
     ("iproute2", "tests: network namespaces, veth, ss"),
+    (
+        "iptables",
+        "tests and the seed scenario: the nat rules istio-iptables writes in a pod",
+    ),
     ("openssl", "tests: TLS peers and certificates"),
     ("curl", "tests: HTTP and TLS clients"),
     ("python3", "tests: HTTP servers and scripted peers"),

@@ -64,6 +64,8 @@ pub struct Metrics {
     pub registry: Registry,
     connections: IntCounterVec,
     bytes: IntCounterVec,
+    hops: IntCounterVec,
+    pub proxies: IntGauge,
     handshakes: IntCounterVec,
     pub events_received: IntCounter,
     pub events_lost: IntCounter,
@@ -140,6 +142,17 @@ impl Metrics {
                 "bytes_total",
                 "Payload bytes of finished connections, by the same labels and direction (client_to_server, server_to_client).",
                 &[&CONNECTION_LABELS[..], &["direction"]].concat(),
+            )?,
+            hops: counter_vec(
+                &r,
+                "connection_hops_total",
+                "Connection records by their hop on the mesh's data path (direct, app_to_proxy, proxy_upstream, proxy_inbound, proxy_to_app); connections_total counts each logical connection once per reporter.",
+                &["hop"],
+            )?,
+            proxies: gauge(
+                &r,
+                "mesh_proxies",
+                "Processes seen intercepting connections (SO_ORIGINAL_DST) and still remembered.",
             )?,
             handshakes: counter_vec(
                 &r,
@@ -234,12 +247,26 @@ impl Metrics {
         for result in ["ok", "error"] {
             m.policy_reloads.with_label_values(&[result]).inc_by(0);
         }
+        for hop in crate::hops::Hop::ALL {
+            m.hops.with_label_values(&[hop.as_str()]).inc_by(0);
+        }
         Ok(m)
     }
 
-    /// Counts a finished connection: once per end this node saw (Istio's
-    /// `reporter`), plus its bytes and its TLS handshake.
+    /// Counts a finished connection: once per reporter that counts it (Istio's
+    /// `reporter`: the ends this node saw, each logical connection of the mesh's
+    /// data path once, see [`crate::hops::Hop::reporters`]), plus its bytes and its
+    /// TLS handshake.
     pub fn observe(&self, rec: &ConnectionRecord) {
+        self.hops.with_label_values(&[rec.hop.as_str()]).inc();
+        // An app_to_proxy record borrows its upstream's handshake: counted there.
+        if rec.hop != crate::hops::Hop::AppToProxy {
+            self.observe_handshake(&rec.classification);
+        }
+        self.observe_connection(rec);
+    }
+
+    fn observe_connection(&self, rec: &ConnectionRecord) {
         let cls: &Classification = &rec.classification;
         let super::Judged {
             source_workload: sw,
@@ -250,12 +277,16 @@ impl Metrics {
             verdict,
         } = rec.judged();
         let port = rec.server.port.to_string();
+        let counted = rec.reporters();
         let mut reporters = Vec::with_capacity(2);
-        if rec.client.local.is_some() {
+        if counted.source {
             reporters.push("source");
         }
-        if rec.server.local.is_some() {
+        if counted.destination {
             reporters.push("destination");
+        }
+        if reporters.is_empty() {
+            return;
         }
         let Ok(mut caps) = self.caps.lock() else {
             return;
@@ -298,6 +329,9 @@ impl Metrics {
                 .with_label_values(&with_dir)
                 .inc_by(rec.bytes_server_to_client.unwrap_or(0));
         }
+    }
+
+    fn observe_handshake(&self, cls: &Classification) {
         if let Some(tls) = &cls.tls {
             let auth = match tls.client_auth {
                 ClientAuth::Certificate => "certificate",

@@ -26,9 +26,10 @@ use thiserror::Error;
 use tracing::warn;
 
 use crate::{
-    classify::Classification,
+    classify::{Classification, Protocol},
     clock::Clock,
     flows::{Connection, End, Role},
+    hops::{Hop, HopFacts, Interceptor, Reporters},
     verdict::Assessment,
 };
 
@@ -45,10 +46,31 @@ pub struct ConnectionRecord {
     pub end: String,
     pub duration_ms: f64,
     /// `local`: both ends on this node; `outbound`: only the client end is here;
-    /// `inbound`: only the server end is here.
+    /// `inbound`: only the server end is here. For an `app_to_proxy` hop the
+    /// destination is where the app was going, not the proxy: `outbound`.
     pub direction: Direction,
+    /// What this connection is on the mesh's data path (`direct`, `app_to_proxy`,
+    /// `proxy_upstream`, `proxy_inbound`, `proxy_to_app`; see docs/mesh.md).
+    pub hop: Hop,
     pub client: Endpoint,
+    /// For an intercepted connection: the original destination (where the client
+    /// meant to go), with `local` the destination's socket when it is on this
+    /// node; the proxy that accepted it is `interceptor`.
     pub server: Endpoint,
+    /// The proxy that accepted this connection (its socket, listener, process).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interceptor: Option<Interceptor>,
+    /// For `app_to_proxy`: the proxy's upstream connection whose bytes decided
+    /// the class of this one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<UpstreamRecord>,
+    /// For `app_to_proxy`: the protocol the app itself spoke to its proxy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_protocol: Option<Protocol>,
+    /// For `proxy_to_app`: the client of the intercepted connection this delivery
+    /// most likely carries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivers_for: Option<std::net::SocketAddr>,
     /// Bytes sent client to server, from the kernel's counters (`null` when the
     /// connection predates the agent).
     pub bytes_client_to_server: Option<u64>,
@@ -83,11 +105,23 @@ pub struct Endpoint {
     pub local: Option<LocalEnd>,
 }
 
+/// The upstream connection that decided an `app_to_proxy` record.
+#[derive(Debug, Clone, Serialize)]
+pub struct UpstreamRecord {
+    #[serde(flatten)]
+    pub link: crate::hops::UpstreamRef,
+    /// When it was opened (RFC 3339).
+    pub start: String,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct LocalEnd {
     pub socket_cookie: u64,
     pub pid: Option<u32>,
     pub comm: Option<String>,
+    /// uid of the owning process, when the kernel saw it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
     pub cgroup_id: Option<u64>,
     /// Path below the cgroup v2 root.
     pub cgroup: Option<String>,
@@ -115,6 +149,7 @@ fn local_end(e: &End) -> LocalEnd {
         socket_cookie: e.cookie,
         pid: e.process.as_ref().map(|p| p.pid),
         comm: e.process.as_ref().map(|p| p.comm.clone()),
+        uid: e.uid,
         cgroup_id: (e.cgroup_id != 0).then_some(e.cgroup_id),
         cgroup: e.cgroup.clone(),
         netns_cookie: (e.netns_cookie != 0).then_some(e.netns_cookie),
@@ -165,6 +200,42 @@ impl ConnectionRecord {
         classification: Classification,
         assessment: Option<Assessment>,
     ) -> Self {
+        Self::with_hop(
+            conn,
+            clock,
+            classification,
+            assessment,
+            HopFacts::direct(),
+            None,
+        )
+    }
+
+    /// Which reporters count this record in the metrics and the edges view
+    /// ([`Hop::reporters`]).
+    pub fn reporters(&self) -> Reporters {
+        self.hop
+            .reporters(self.client.local.is_some(), self.server.local.is_some())
+    }
+
+    /// Whether this record is the one that raises a verdict event for its
+    /// logical connection on this node: the source's record when the source is
+    /// here, else the destination's.
+    pub fn raises_events(&self) -> bool {
+        let r = self.reporters();
+        r.source
+            || (r.destination && !(self.hop == Hop::ProxyUpstream && self.client.local.is_some()))
+    }
+
+    /// The record of a hop: `facts` from the hops stage; `app_protocol` what the
+    /// app's own bytes were, when `classification` is the upstream's.
+    pub fn with_hop(
+        conn: &Connection,
+        clock: &Clock,
+        classification: Classification,
+        assessment: Option<Assessment>,
+        facts: HopFacts,
+        app_protocol: Option<Protocol>,
+    ) -> Self {
         let c2s = conn.client_to_server();
         let s2c = conn.server_to_client();
         let (bytes_c2s, bytes_s2c) = conn.byte_counts();
@@ -174,7 +245,12 @@ impl ConnectionRecord {
             .max()
             .unwrap_or(conn.last_ns)
             .max(conn.first_ns);
-        let direction = match (&conn.client_end, &conn.server_end) {
+        // The proxy's socket of an app_to_proxy hop is not the destination.
+        let server_end = conn
+            .server_end
+            .as_ref()
+            .filter(|_| facts.hop != Hop::AppToProxy);
+        let direction = match (&conn.client_end, server_end) {
             (Some(_), Some(_)) => Direction::Local,
             (Some(_), None) => Direction::Outbound,
             _ => Direction::Inbound,
@@ -182,16 +258,28 @@ impl ConnectionRecord {
         let endpoint = |addr: std::net::SocketAddr, role: Role| Endpoint {
             addr: addr.ip(),
             port: addr.port(),
-            local: conn.ends().find(|e| e.role == role).map(local_end),
+            local: match role {
+                Role::Client => conn.client_end.as_ref().map(local_end),
+                Role::Server => server_end.map(local_end),
+            },
         };
+        let upstream = facts.upstream.map(|link| UpstreamRecord {
+            start: clock.rfc3339(link.start_ns),
+            link,
+        });
         Self {
             schema: CONNECTION_SCHEMA,
             start: clock.rfc3339(conn.first_ns),
             end: clock.rfc3339(end_ns),
             duration_ms: (end_ns - conn.first_ns) as f64 / 1e6,
             direction,
+            hop: facts.hop,
             client: endpoint(conn.client, Role::Client),
             server: endpoint(conn.server, Role::Server),
+            interceptor: facts.interceptor,
+            upstream,
+            app_protocol,
+            delivers_for: facts.delivers,
             bytes_client_to_server: bytes_c2s,
             bytes_server_to_client: bytes_s2c,
             classification,
@@ -238,7 +326,7 @@ pub enum Format {
     Table,
 }
 
-const TABLE_HEADER: &str = "TIME          SOURCE                         DESTINATION                            OBSERVED    EXPECTED    VERDICT     REASON";
+const TABLE_HEADER: &str = "TIME          SOURCE                         DESTINATION                            HOP            OBSERVED    EXPECTED    VERDICT     REASON";
 
 fn endpoint_label(workload: Option<(&str, &str)>, addr: IpAddr) -> String {
     match workload {
@@ -277,7 +365,8 @@ pub fn table_row(r: &ConnectionRecord) -> String {
         ),
     };
     format!(
-        "{time:<13} {src:<30} {dst:<38} {:<11} {expected:<11} {verdict:<11} {reason}",
+        "{time:<13} {src:<30} {dst:<38} {:<14} {:<11} {expected:<11} {verdict:<11} {reason}",
+        r.hop.as_str(),
         r.classification.connection_security_policy.as_str()
     )
 }

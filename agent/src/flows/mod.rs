@@ -6,271 +6,36 @@
 //! when the addresses are loopback ones (every namespace has its own 127.0.0.1).
 //! A connection is finished when every end it has is closed; it is emitted once the
 //! second end has closed too, or after a linger for connections with one end here.
+//!
+//! An intercepted connection (iptables `REDIRECT` to a proxy on this node) has a
+//! client socket that names the original destination and an accepting socket that
+//! names the proxy's port. When the proxy asks the kernel for the original
+//! destination (`SO_ORIGINAL_DST`), the accepting end moves to the (client,
+//! original destination) pair and joins the client's end there: one connection,
+//! whose server end is the proxy's socket ([`End::interception`]). What the hop
+//! means is for the `hops` stage to say.
 
+mod conn;
 pub mod stream;
+#[cfg(test)]
+mod tests;
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 
 use foldhash::{HashMap, HashMapExt as _};
 use slab::Slab;
 
 use agent_common::{
-    ConnEvent, DataHeader, data_flags, direction, family, role, sock_flags, tcp_flags,
+    ConnEvent, DataHeader, OrigDstEvent, data_flags, direction, role, sock_flags, tcp_flags,
 };
 
 use crate::{
     capture::{ConnKind, Event},
     cgroups::CgroupResolver,
-    classify::{Classification, Closing, ConnInput, Party, Side},
+    classify::Classification,
 };
+pub use conn::{Connection, End, Interception, Process, Role, addr};
 pub use stream::{Overlaps, Stream};
-
-/// Which side of the connection an end is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    Client,
-    Server,
-}
-
-/// Process that owns a local end.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Process {
-    /// Thread-group id: the process id as `ps` shows it.
-    pub pid: u32,
-    pub comm: String,
-}
-
-impl Process {
-    fn from_raw(tgid: u32, comm: &[u8; 16]) -> Option<Self> {
-        if tgid == 0 {
-            return None;
-        }
-        let len = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-        Some(Self {
-            pid: tgid,
-            comm: String::from_utf8_lossy(&comm[..len]).into_owned(),
-        })
-    }
-}
-
-/// One socket seen by the probes.
-#[derive(Debug, Clone)]
-pub struct End {
-    pub cookie: u64,
-    pub role: Role,
-    pub local: SocketAddr,
-    pub remote: SocketAddr,
-    pub netns_cookie: u64,
-    pub cgroup_id: u64,
-    pub cgroup: Option<String>,
-    pub process: Option<Process>,
-    /// The end existed before the probes attached.
-    pub preexisting: bool,
-    /// Some kernel event of this end was lost.
-    pub lost: bool,
-    pub opened_ns: u64,
-    pub closed_ns: Option<u64>,
-    pub bytes_sent: Option<u64>,
-    pub bytes_received: Option<u64>,
-    /// This end sent a FIN / received one (from the close event).
-    pub fin_sent: bool,
-    pub fin_received: bool,
-    /// This end closed first / its peer did / the connection was reset.
-    pub closed_first: bool,
-    pub peer_closed_first: bool,
-    pub reset: bool,
-    pub egress: Stream,
-    pub ingress: Stream,
-}
-
-/// A connection: one or two ends.
-#[derive(Debug, Clone)]
-pub struct Connection {
-    pub client: SocketAddr,
-    pub server: SocketAddr,
-    pub client_end: Option<End>,
-    pub server_end: Option<End>,
-    pub first_ns: u64,
-    pub last_ns: u64,
-    /// Still open when it was flushed (agent exit).
-    pub open: bool,
-    /// The classification, once more bytes could not change it
-    /// ([`FlowTable::settle`]): the captured prefixes are freed and the kernel stops
-    /// capturing this connection.
-    pub settled: Option<Box<Classification>>,
-    /// Bytes arrived since the last [`FlowTable::settle`] looked at this connection.
-    new_data: bool,
-}
-
-impl Connection {
-    /// Ends present, client first.
-    pub fn ends(&self) -> impl Iterator<Item = &End> {
-        self.client_end.iter().chain(self.server_end.iter())
-    }
-
-    /// The better of the two captures of one direction: the sender's egress or the
-    /// receiver's ingress. When both hold bytes and they differ, the receiver's:
-    /// what its kernel kept is what the peer read.
-    fn pick<'a>(sent: Option<&'a Stream>, received: Option<&'a Stream>) -> Option<&'a Stream> {
-        match (sent, received) {
-            (Some(x), Some(y)) => {
-                if stream::first_difference(x, y).is_some()
-                    || y.contiguous().len() > x.contiguous().len()
-                {
-                    Some(y)
-                } else {
-                    Some(x)
-                }
-            }
-            (x, None) => x,
-            (None, y) => y,
-        }
-    }
-
-    fn client_streams(&self) -> (Option<&Stream>, Option<&Stream>) {
-        (
-            self.client_end.as_ref().map(|e| &e.egress),
-            self.server_end.as_ref().map(|e| &e.ingress),
-        )
-    }
-
-    fn server_streams(&self) -> (Option<&Stream>, Option<&Stream>) {
-        (
-            self.server_end.as_ref().map(|e| &e.egress),
-            self.client_end.as_ref().map(|e| &e.ingress),
-        )
-    }
-
-    /// Client-to-server bytes: the client's egress or the server's ingress.
-    pub fn client_to_server(&self) -> Option<&Stream> {
-        let (sent, received) = self.client_streams();
-        Self::pick(sent, received)
-    }
-
-    /// Server-to-client bytes: the server's egress or the client's ingress.
-    pub fn server_to_client(&self) -> Option<&Stream> {
-        let (sent, received) = self.server_streams();
-        Self::pick(sent, received)
-    }
-
-    /// Conflicting overlaps in each direction, client to server first: segments
-    /// whose bytes differ from bytes already received, and captures at the two ends
-    /// that differ.
-    pub fn overlaps(&self) -> (Overlaps, Overlaps) {
-        fn of(pair: (Option<&Stream>, Option<&Stream>)) -> Overlaps {
-            match pair {
-                (Some(a), Some(b)) => Overlaps::merge(a, b),
-                (Some(s), None) | (None, Some(s)) => *s.overlaps(),
-                (None, None) => Overlaps::default(),
-            }
-        }
-        (of(self.client_streams()), of(self.server_streams()))
-    }
-
-    /// Classifies the connection: the classifier on [`Connection::classify_input`],
-    /// with low confidence when the streams held conflicting overlaps.
-    pub fn classify(&self) -> Classification {
-        let mut cls = crate::classify::classify(&self.classify_input());
-        let (c2s, s2c) = self.overlaps();
-        stream::flag_overlaps(&mut cls, &c2s, &s2c);
-        cls
-    }
-
-    /// Bytes client to server and server to client, from the kernel's counters.
-    pub fn byte_counts(&self) -> (Option<u64>, Option<u64>) {
-        if let Some(c) = &self.client_end
-            && c.bytes_sent.is_some()
-        {
-            return (c.bytes_sent, c.bytes_received);
-        }
-        if let Some(s) = &self.server_end
-            && s.bytes_sent.is_some()
-        {
-            return (s.bytes_received, s.bytes_sent);
-        }
-        (None, None)
-    }
-
-    /// How the connection ended, from the ends' close flags and captured RSTs.
-    pub fn closing(&self) -> Closing {
-        let closed = self.all_closed();
-        let mut first = None;
-        let mut reset_by = None;
-        for (end, me, peer) in [
-            (&self.client_end, Party::Client, Party::Server),
-            (&self.server_end, Party::Server, Party::Client),
-        ] {
-            let Some(e) = end else { continue };
-            if first.is_none() {
-                if e.closed_first {
-                    first = Some(me);
-                } else if e.peer_closed_first {
-                    first = Some(peer);
-                }
-            }
-            if reset_by.is_none() {
-                if e.egress.rst {
-                    reset_by = Some(me);
-                } else if e.ingress.rst {
-                    reset_by = Some(peer);
-                }
-            }
-        }
-        if first.is_none() {
-            first = reset_by;
-        }
-        Closing {
-            closed,
-            first,
-            reset_by,
-        }
-    }
-
-    /// What the classifier needs, borrowed from this connection.
-    pub fn classify_input(&self) -> ConnInput<'_> {
-        fn side(s: Option<&Stream>) -> Side<'_> {
-            match s {
-                Some(s) => Side {
-                    bytes: s.contiguous(),
-                    chunks: &s.chunks,
-                    base: 0,
-                    truncated: s.truncated,
-                    midstream: s.midstream,
-                },
-                None => Side::default(),
-            }
-        }
-        let preexisting = self.preexisting();
-        let mut client = side(self.client_to_server());
-        let mut server = side(self.server_to_client());
-        client.midstream |= preexisting;
-        server.midstream |= preexisting;
-        // A hole left by a segment cut at the chunk size is not a loss.
-        let gap = |s: Option<&Stream>| s.is_some_and(|s| s.has_gap() && !s.truncated);
-        ConnInput {
-            client,
-            server,
-            server_port: self.server.port(),
-            closing: self.closing(),
-            lost: self.ends().any(|e| e.lost)
-                || gap(self.client_to_server())
-                || gap(self.server_to_client()),
-        }
-    }
-
-    pub fn preexisting(&self) -> bool {
-        self.ends().any(|e| e.preexisting)
-    }
-
-    fn all_closed(&self) -> bool {
-        self.ends().all(|e| e.closed_ns.is_some())
-    }
-
-    fn both_ends(&self) -> bool {
-        self.client_end.is_some() && self.server_end.is_some()
-    }
-}
 
 /// Counters of the flow table.
 #[derive(Debug, Default, Clone, Copy)]
@@ -283,6 +48,9 @@ pub struct FlowStats {
     /// bytes (TCP evasion or corruption; see [`stream`]).
     pub overlap_conflicts: u64,
     pub listeners: u64,
+    /// Accepted sockets that learned their original destination and joined the
+    /// client's end of the connection (interceptions on this node).
+    pub interceptions_joined: u64,
 }
 
 /// Tunables.
@@ -316,6 +84,7 @@ struct JoinKey {
 #[derive(Debug, Clone)]
 struct Listener {
     process: Process,
+    uid: u32,
     cgroup_id: u64,
 }
 
@@ -333,19 +102,6 @@ pub struct FlowTable {
     /// reused since; `new_data` is what counts).
     touched: Vec<ConnId>,
     stats: FlowStats,
-}
-
-fn addr(fam: u16, raw: &[u8; 16]) -> IpAddr {
-    if fam == family::INET {
-        IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
-    } else {
-        let v6 = Ipv6Addr::from(*raw);
-        // A v6 socket talking IPv4 shows mapped addresses: report plain IPv4.
-        match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(v6),
-        }
-    }
 }
 
 fn join_key(client: SocketAddr, server: SocketAddr, netns: u64) -> JoinKey {
@@ -405,7 +161,13 @@ impl FlowTable {
             Event::Conn(ConnKind::Closed, ev) => self.close_end(&ev),
             Event::Conn(ConnKind::Listen, ev) => self.listen(&ev),
             Event::Data(h, payload) => self.data(&h, payload),
+            Event::OriginalDst(ev) => self.original_dst(&ev),
         }
+    }
+
+    /// The connection an end (socket cookie) belongs to, open or not yet emitted.
+    pub fn connection_of(&self, cookie: u64) -> Option<&Connection> {
+        self.conns.get(*self.ends.get(&cookie)?)
     }
 
     fn resolve_cgroup(&mut self, id: u64) -> Option<String> {
@@ -422,6 +184,7 @@ impl FlowTable {
             0,
             Listener {
                 process,
+                uid: ev.uid,
                 cgroup_id: ev.cgroup_id,
             },
         );
@@ -463,12 +226,14 @@ impl FlowTable {
             _ => self.guess_role(ev),
         };
         let mut process = Process::from_raw(ev.tgid, &ev.comm);
+        let mut uid = process.is_some().then_some(ev.uid);
         let mut cgroup_id = ev.cgroup_id;
         if process.is_none()
             && role == Role::Server
             && let Some(l) = self.listener_for(local.port(), 0)
         {
             process = Some(l.process.clone());
+            uid = Some(l.uid);
             cgroup_id = l.cgroup_id;
         }
         let cgroup = self.resolve_cgroup(cgroup_id);
@@ -481,6 +246,8 @@ impl FlowTable {
             cgroup_id,
             cgroup,
             process,
+            uid,
+            interception: None,
             preexisting,
             lost: ev.sock_flags & sock_flags::LOST != 0,
             opened_ns: ev.hdr.ts_ns,
@@ -578,6 +345,9 @@ impl FlowTable {
         if end.process.is_none() {
             end.process = Process::from_raw(ev.tgid, &ev.comm);
         }
+        if end.uid.is_none() && ev.tgid != 0 {
+            end.uid = Some(ev.uid);
+        }
         let new_cgroup = (end.cgroup_id == 0 && ev.cgroup_id != 0).then_some(ev.cgroup_id);
         let cookie = ev.hdr.cookie;
         if let Some(id) = new_cgroup {
@@ -663,6 +433,103 @@ impl FlowTable {
         }
     }
 
+    /// A process asked a socket of its own for the pre-NAT destination: the socket
+    /// accepted an intercepted connection. The end learns so, and a connection of
+    /// which it is the only end moves to the (client, original destination) pair,
+    /// joining the client's own end when that one is on this node.
+    fn original_dst(&mut self, ev: &OrigDstEvent) {
+        let local = SocketAddr::new(addr(ev.family, &ev.local_addr), ev.local_port);
+        let remote = SocketAddr::new(addr(ev.family, &ev.remote_addr), ev.remote_port);
+        let nat = ev.result == 0 && ev.original_family != 0;
+        let original = if nat {
+            SocketAddr::new(
+                addr(ev.original_family, &ev.original_addr),
+                ev.original_port,
+            )
+        } else {
+            local
+        };
+        // The socket's cookie comes from its storage; without one (a socket older
+        // than the probes) the accepting end is found by its addresses.
+        let id = match self.ends.get(&ev.hdr.cookie) {
+            Some(&id) if ev.hdr.cookie != 0 => Some(id),
+            _ => self
+                .joins
+                .get(&join_key(remote, local, ev.netns_cookie))
+                .copied(),
+        };
+        let Some((id, conn)) = id.and_then(|id| Some((id, self.conns.get_mut(id)?))) else {
+            self.stats.orphan_events += 1;
+            return;
+        };
+        let Some(end) = conn.server_end.as_mut().filter(|e| e.local == local) else {
+            self.stats.orphan_events += 1;
+            return;
+        };
+        if end.interception.is_some() {
+            return; // asked again
+        }
+        let Some(process) = Process::from_raw(ev.tgid, &ev.comm) else {
+            return;
+        };
+        if end.process.is_none() {
+            end.process = Some(process.clone());
+            end.uid = Some(ev.uid);
+        }
+        end.interception = Some(Interception {
+            original,
+            accepted_on: local,
+            process,
+            uid: ev.uid,
+            gid: ev.gid,
+            cgroup_id: ev.cgroup_id,
+            nat,
+        });
+        let (cookie, netns) = (end.cookie, end.netns_cookie);
+        if original == local || conn.client_end.is_some() {
+            // Nothing to move: no NAT, or the client dialled the proxy itself.
+            return;
+        }
+        let (client, server) = (conn.client, conn.server);
+        let old_key = join_key(client, server, netns);
+        let new_key = join_key(client, original, netns);
+        if self.joins.get(&old_key) == Some(&id) {
+            self.joins.remove(&old_key);
+        }
+        let waiting = self.joins.get(&new_key).copied().filter(|&other| {
+            other != id
+                && self
+                    .conns
+                    .get(other)
+                    .is_some_and(|c| c.server_end.is_none() && c.client_end.is_some())
+        });
+        match waiting {
+            Some(other) => {
+                let mut moved = self.conns.remove(id);
+                let new_data = moved.new_data;
+                let (first, last) = (moved.first_ns, moved.last_ns);
+                if let Some(target) = self.conns.get_mut(other) {
+                    target.server_end = moved.server_end.take();
+                    target.first_ns = target.first_ns.min(first);
+                    target.last_ns = target.last_ns.max(last);
+                    target.new_data |= new_data;
+                }
+                self.ends.insert(cookie, other);
+                self.joins.remove(&new_key);
+                if new_data {
+                    self.touched.push(other);
+                }
+                self.stats.interceptions_joined += 1;
+            }
+            None => {
+                if let Some(conn) = self.conns.get_mut(id) {
+                    conn.server = original;
+                }
+                self.joins.insert(new_key, id);
+            }
+        }
+    }
+
     fn listener_process(&self, cookie: u64, cgroup_id: u64) -> Option<Process> {
         let id = self.ends.get(&cookie)?;
         let conn = self.conns.get(*id)?;
@@ -745,272 +612,5 @@ impl FlowTable {
             }
         }
         settled
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use agent_common::{EventHeader, kind};
-
-    use super::*;
-
-    fn conn_event(
-        k: u32,
-        cookie: u64,
-        r: u16,
-        local: ([u8; 4], u16),
-        remote: ([u8; 4], u16),
-    ) -> ConnEvent {
-        let mut la = [0u8; 16];
-        la[..4].copy_from_slice(&local.0);
-        let mut ra = [0u8; 16];
-        ra[..4].copy_from_slice(&remote.0);
-        ConnEvent {
-            hdr: EventHeader {
-                kind: k,
-                _pad0: 0,
-                cookie,
-                ts_ns: 1_000,
-            },
-            netns_cookie: 1,
-            cgroup_id: 0,
-            bytes_sent: 10,
-            bytes_received: 20,
-            local_addr: la,
-            remote_addr: ra,
-            local_port: local.1,
-            remote_port: remote.1,
-            family: family::INET,
-            role: r,
-            pid: 0,
-            tgid: 0,
-            comm: [0; 16],
-            egress_base: 0,
-            ingress_base: 0,
-            sock_flags: 0,
-            _pad1: 0,
-        }
-    }
-
-    fn data(cookie: u64, dir: u8, offset: u32, bytes: &[u8]) -> DataHeader {
-        DataHeader {
-            hdr: EventHeader {
-                kind: kind::DATA,
-                _pad0: 0,
-                cookie,
-                ts_ns: 2_000,
-            },
-            cgroup_id: 0,
-            offset,
-            len: bytes.len() as u32,
-            seg_len: bytes.len() as u32,
-            direction: dir,
-            tcp_flags: 0,
-            flags: 0,
-            _pad0: 0,
-            pid: 0,
-            tgid: 0,
-            comm: [0; 16],
-        }
-    }
-
-    /// Client end (cookie 1) and server end (cookie 2) of one connection.
-    fn open_pair(t: &mut FlowTable, c: ([u8; 4], u16), s: ([u8; 4], u16)) {
-        t.on_event(Event::Conn(
-            ConnKind::Established,
-            conn_event(kind::ESTABLISHED, 1, role::CLIENT, c, s),
-        ));
-        t.on_event(Event::Conn(
-            ConnKind::Established,
-            conn_event(kind::ESTABLISHED, 2, role::SERVER, s, c),
-        ));
-    }
-
-    #[test]
-    fn two_local_ends_become_one_connection() {
-        let mut t = FlowTable::new(FlowConfig::default(), None);
-        let c = ([127, 0, 0, 1], 40000);
-        let s = ([127, 0, 0, 1], 8080);
-        open_pair(&mut t, c, s);
-        assert_eq!(t.len(), 1);
-        let req = b"GET / HTTP/1.1\r\n\r\n";
-        t.on_event(Event::Data(data(1, direction::EGRESS, 0, req), req));
-        t.on_event(Event::Data(data(2, direction::INGRESS, 0, req), req));
-        t.on_event(Event::Conn(
-            ConnKind::Closed,
-            conn_event(kind::CLOSED, 1, role::UNKNOWN, c, s),
-        ));
-        let mut out = Vec::new();
-        t.tick(1_500, &mut |c| out.push(c));
-        assert!(out.is_empty(), "server end still open");
-        t.on_event(Event::Conn(
-            ConnKind::Closed,
-            conn_event(kind::CLOSED, 2, role::UNKNOWN, s, c),
-        ));
-        t.tick(1_500, &mut |c| out.push(c));
-        assert_eq!(out.len(), 1);
-        let conn = &out[0];
-        assert!(conn.both_ends());
-        assert_eq!(conn.client_to_server().unwrap().contiguous(), req);
-        assert_eq!(conn.byte_counts(), (Some(10), Some(20)));
-        assert!(t.is_empty());
-    }
-
-    #[test]
-    fn loopback_pairs_in_different_namespaces_stay_apart() {
-        let mut t = FlowTable::new(FlowConfig::default(), None);
-        let c = ([127, 0, 0, 1], 40000);
-        let s = ([127, 0, 0, 1], 8080);
-        let mut a = conn_event(kind::ESTABLISHED, 1, role::CLIENT, c, s);
-        a.netns_cookie = 10;
-        let mut b = conn_event(kind::ESTABLISHED, 2, role::SERVER, s, c);
-        b.netns_cookie = 20;
-        t.on_event(Event::Conn(ConnKind::Established, a));
-        t.on_event(Event::Conn(ConnKind::Established, b));
-        assert_eq!(t.len(), 2);
-    }
-
-    #[test]
-    fn single_end_waits_for_the_linger() {
-        let mut t = FlowTable::new(
-            FlowConfig {
-                linger_ns: 100,
-                ..FlowConfig::default()
-            },
-            None,
-        );
-        let c = ([10, 213, 0, 2], 40000);
-        let s = ([10, 213, 0, 1], 443);
-        t.on_event(Event::Conn(
-            ConnKind::Established,
-            conn_event(kind::ESTABLISHED, 1, role::CLIENT, c, s),
-        ));
-        t.on_event(Event::Conn(
-            ConnKind::Closed,
-            conn_event(kind::CLOSED, 1, role::UNKNOWN, c, s),
-        ));
-        let mut out = Vec::new();
-        t.tick(1_050, &mut |c| out.push(c));
-        assert!(out.is_empty());
-        t.tick(1_200, &mut |c| out.push(c));
-        assert_eq!(out.len(), 1);
-    }
-
-    #[test]
-    fn data_of_unknown_sockets_is_counted() {
-        let mut t = FlowTable::new(FlowConfig::default(), None);
-        t.on_event(Event::Data(data(9, direction::EGRESS, 0, b"x"), b"x"));
-        assert_eq!(t.stats().orphan_events, 1);
-    }
-
-    #[test]
-    fn a_settled_connection_is_marked_decided_and_keeps_no_more_bytes() {
-        let mut t = FlowTable::new(FlowConfig::default(), None);
-        let c = ([10, 213, 0, 2], 40000);
-        let s = ([10, 213, 0, 1], 8080);
-        open_pair(&mut t, c, s);
-        let judge = &mut |conn: &Connection| {
-            let cls = conn.classify();
-            cls.is_settled().then_some(cls)
-        };
-        let req = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
-        t.on_event(Event::Data(data(1, direction::EGRESS, 0, req), req));
-        assert_eq!(t.settle(judge), 0, "no answer yet: not settled");
-        assert_eq!(t.settle(judge), 0, "nothing new: not looked at again");
-        let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
-        t.on_event(Event::Data(data(2, direction::EGRESS, 0, resp), resp));
-        assert_eq!(t.settle(judge), 1);
-        let mut decided: Vec<u64> = t.take_decided().collect();
-        decided.sort_unstable();
-        assert_eq!(decided, [1, 2], "both ends are marked");
-        // Bytes already in flight when the mark was set are counted, not kept.
-        let more = b"GET /2 HTTP/1.1\r\n\r\n";
-        let at = req.len() as u32;
-        t.on_event(Event::Data(data(1, direction::EGRESS, at, more), more));
-        assert_eq!(t.settle(judge), 0);
-        for (cookie, a, b) in [(1, c, s), (2, s, c)] {
-            t.on_event(Event::Conn(
-                ConnKind::Closed,
-                conn_event(kind::CLOSED, cookie, role::UNKNOWN, a, b),
-            ));
-        }
-        let mut out = Vec::new();
-        t.tick(1_500, &mut |c| out.push(c));
-        let conn = &out[0];
-        let cls = conn.settled.as_deref().expect("settled");
-        assert_eq!(cls.protocol, crate::classify::Protocol::Http1);
-        let c2s = conn.client_to_server().expect("c2s");
-        assert_eq!(c2s.captured(), req.len() as u64, "captured before settling");
-        assert!(c2s.contiguous().is_empty(), "the buffer was freed");
-        assert_eq!(
-            conn.client_end.as_ref().map(|e| e.egress.seen_bytes),
-            Some((req.len() + more.len()) as u64)
-        );
-    }
-    #[test]
-    fn conflicting_overlaps_keep_the_first_bytes_lower_confidence_and_are_counted() {
-        let mut t = FlowTable::new(FlowConfig::default(), None);
-        let c = ([10, 213, 0, 2], 40000);
-        let s = ([10, 213, 0, 1], 8080);
-        open_pair(&mut t, c, s);
-        let req = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
-        // The server receives the request, then other bytes at the same offsets.
-        let other = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 and more bytes than before";
-        t.on_event(Event::Data(data(2, direction::INGRESS, 0, req), req));
-        t.on_event(Event::Data(data(2, direction::INGRESS, 0, other), other));
-        let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
-        t.on_event(Event::Data(data(2, direction::EGRESS, 0, resp), resp));
-        assert_eq!(t.stats().overlap_conflicts, 1);
-        for (cookie, a, b) in [(1, c, s), (2, s, c)] {
-            t.on_event(Event::Conn(
-                ConnKind::Closed,
-                conn_event(kind::CLOSED, cookie, role::UNKNOWN, a, b),
-            ));
-        }
-        let mut out = Vec::new();
-        t.tick(1_500, &mut |c| out.push(c));
-        let conn = &out[0];
-        let c2s = conn.client_to_server().expect("c2s");
-        assert!(c2s.contiguous().starts_with(req), "the first copy is kept");
-        let cls = conn.classify();
-        assert_eq!(cls.protocol, crate::classify::Protocol::Http1);
-        assert_eq!(cls.confidence, crate::classify::Confidence::Low);
-        assert!(
-            cls.evidence.contains("overlapping TCP segment"),
-            "{}",
-            cls.evidence
-        );
-        assert_eq!(conn.overlaps().0.segments, 1);
-    }
-
-    #[test]
-    fn captures_that_differ_use_the_receivers_bytes() {
-        let mut t = FlowTable::new(FlowConfig::default(), None);
-        let c = ([10, 213, 0, 2], 40001);
-        let s = ([10, 213, 0, 1], 8080);
-        open_pair(&mut t, c, s);
-        // The client's socket sent one thing; the server's kernel received another
-        // (injected on the path), longer or not.
-        let sent = b"\x16\x03\x01\x00\x10 a client hello";
-        let received = b"GET / HTTP/1.1\r\n";
-        t.on_event(Event::Data(data(1, direction::EGRESS, 0, sent), sent));
-        t.on_event(Event::Data(
-            data(2, direction::INGRESS, 0, received),
-            received,
-        ));
-        let conn = t.conns.iter().next().map(|(_, c)| c).expect("connection");
-        assert_eq!(
-            conn.client_to_server().map(Stream::contiguous),
-            Some(&received[..])
-        );
-        let (c2s, s2c) = conn.overlaps();
-        assert!(c2s.captures_differ && !s2c.any());
-        let cls = conn.classify();
-        assert_eq!(cls.confidence, crate::classify::Confidence::Low);
-        assert!(
-            cls.evidence.contains("as sent and as received differ"),
-            "{}",
-            cls.evidence
-        );
     }
 }

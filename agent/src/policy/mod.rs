@@ -397,6 +397,7 @@ mod tests {
             client_process: None,
             server_process: None,
             direction: Direction::Local,
+            client_has_proxy: None,
         };
         let a: &'static Workload = Box::leak(Box::new(a));
         let c: &'static Workload = Box::leak(Box::new(c));

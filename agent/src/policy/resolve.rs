@@ -43,6 +43,10 @@ pub struct Query<'a> {
     pub client_process: Option<&'a str>,
     pub server_process: Option<&'a str>,
     pub direction: Direction,
+    /// Whether the client's traffic goes through a mesh proxy of its own: `Some(false)`
+    /// when the client is known to have none (a pod no proxy intercepts in), so that
+    /// DestinationRules, which configure the client's proxy, do not apply to it.
+    pub client_has_proxy: Option<bool>,
 }
 
 /// What the policy requires of a connection, and why.
@@ -359,8 +363,13 @@ impl PolicySet {
                 PeerMode::Disable | PeerMode::Unset => {}
             }
         }
-        // Client side.
-        if let Some(svc) = q.services.first() {
+        // Client side: DestinationRules configure the client's proxy; a client
+        // without one is not bound by them.
+        if let Some(svc) = q
+            .services
+            .first()
+            .filter(|_| q.client_has_proxy != Some(false))
+        {
             let (cns, clabels) = q
                 .source
                 .as_ref()

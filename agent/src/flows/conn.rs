@@ -1,0 +1,291 @@
+//! What the flow table holds: socket ends and the connections they form.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use agent_common::family;
+
+use super::{Overlaps, Stream, stream};
+use crate::classify::{Classification, Closing, ConnInput, Party, Side};
+
+/// Which side of the connection an end is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Client,
+    Server,
+}
+
+/// Process that owns a local end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Process {
+    /// Thread-group id: the process id as `ps` shows it.
+    pub pid: u32,
+    pub comm: String,
+}
+
+impl Process {
+    pub(crate) fn from_raw(tgid: u32, comm: &[u8; 16]) -> Option<Self> {
+        if tgid == 0 {
+            return None;
+        }
+        let len = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+        Some(Self {
+            pid: tgid,
+            comm: String::from_utf8_lossy(&comm[..len]).into_owned(),
+        })
+    }
+}
+
+/// One socket seen by the probes.
+#[derive(Debug, Clone)]
+pub struct End {
+    pub cookie: u64,
+    pub role: Role,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub netns_cookie: u64,
+    pub cgroup_id: u64,
+    pub cgroup: Option<String>,
+    pub process: Option<Process>,
+    /// uid of the owning process, when the kernel saw it in process context.
+    pub uid: Option<u32>,
+    /// Set when a process asked this (accepted) socket for its pre-NAT destination
+    /// with `SO_ORIGINAL_DST`: the connection was redirected to it.
+    pub interception: Option<Interception>,
+    /// The end existed before the probes attached.
+    pub preexisting: bool,
+    /// Some kernel event of this end was lost.
+    pub lost: bool,
+    pub opened_ns: u64,
+    pub closed_ns: Option<u64>,
+    pub bytes_sent: Option<u64>,
+    pub bytes_received: Option<u64>,
+    /// This end sent a FIN / received one (from the close event).
+    pub fin_sent: bool,
+    pub fin_received: bool,
+    /// This end closed first / its peer did / the connection was reset.
+    pub closed_first: bool,
+    pub peer_closed_first: bool,
+    pub reset: bool,
+    pub egress: Stream,
+    pub ingress: Stream,
+}
+
+/// What `SO_ORIGINAL_DST` told a proxy about a socket it accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interception {
+    /// Where the client meant to go. For a proxy that found no NAT entry (TPROXY,
+    /// or a connection made to its port directly) this is the socket's own address.
+    pub original: SocketAddr,
+    /// The socket's own address: the proxy's listener (127.0.0.1:15001, pod:15006).
+    pub accepted_on: SocketAddr,
+    /// The process that asked.
+    pub process: Process,
+    pub uid: u32,
+    pub gid: u32,
+    pub cgroup_id: u64,
+    /// The kernel had a NAT entry for it (iptables `REDIRECT`/`DNAT`).
+    pub nat: bool,
+}
+
+/// A connection: one or two ends.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+    pub client_end: Option<End>,
+    pub server_end: Option<End>,
+    pub first_ns: u64,
+    pub last_ns: u64,
+    /// Still open when it was flushed (agent exit).
+    pub open: bool,
+    /// The classification, once more bytes could not change it
+    /// ([`super::FlowTable::settle`]): the captured prefixes are freed and the kernel stops
+    /// capturing this connection.
+    pub settled: Option<Box<Classification>>,
+    /// Bytes arrived since the last [`super::FlowTable::settle`] looked at this connection.
+    pub(super) new_data: bool,
+}
+
+impl Connection {
+    /// Ends present, client first.
+    pub fn ends(&self) -> impl Iterator<Item = &End> {
+        self.client_end.iter().chain(self.server_end.iter())
+    }
+
+    /// The better of the two captures of one direction: the sender's egress or the
+    /// receiver's ingress. When both hold bytes and they differ, the receiver's:
+    /// what its kernel kept is what the peer read.
+    fn pick<'a>(sent: Option<&'a Stream>, received: Option<&'a Stream>) -> Option<&'a Stream> {
+        match (sent, received) {
+            (Some(x), Some(y)) => {
+                if stream::first_difference(x, y).is_some()
+                    || y.contiguous().len() > x.contiguous().len()
+                {
+                    Some(y)
+                } else {
+                    Some(x)
+                }
+            }
+            (x, None) => x,
+            (None, y) => y,
+        }
+    }
+
+    fn client_streams(&self) -> (Option<&Stream>, Option<&Stream>) {
+        (
+            self.client_end.as_ref().map(|e| &e.egress),
+            self.server_end.as_ref().map(|e| &e.ingress),
+        )
+    }
+
+    fn server_streams(&self) -> (Option<&Stream>, Option<&Stream>) {
+        (
+            self.server_end.as_ref().map(|e| &e.egress),
+            self.client_end.as_ref().map(|e| &e.ingress),
+        )
+    }
+
+    /// Client-to-server bytes: the client's egress or the server's ingress.
+    pub fn client_to_server(&self) -> Option<&Stream> {
+        let (sent, received) = self.client_streams();
+        Self::pick(sent, received)
+    }
+
+    /// Server-to-client bytes: the server's egress or the client's ingress.
+    pub fn server_to_client(&self) -> Option<&Stream> {
+        let (sent, received) = self.server_streams();
+        Self::pick(sent, received)
+    }
+
+    /// Conflicting overlaps in each direction, client to server first: segments
+    /// whose bytes differ from bytes already received, and captures at the two ends
+    /// that differ.
+    pub fn overlaps(&self) -> (Overlaps, Overlaps) {
+        fn of(pair: (Option<&Stream>, Option<&Stream>)) -> Overlaps {
+            match pair {
+                (Some(a), Some(b)) => Overlaps::merge(a, b),
+                (Some(s), None) | (None, Some(s)) => *s.overlaps(),
+                (None, None) => Overlaps::default(),
+            }
+        }
+        (of(self.client_streams()), of(self.server_streams()))
+    }
+
+    /// Classifies the connection: the classifier on [`Connection::classify_input`],
+    /// with low confidence when the streams held conflicting overlaps.
+    pub fn classify(&self) -> Classification {
+        let mut cls = crate::classify::classify(&self.classify_input());
+        let (c2s, s2c) = self.overlaps();
+        stream::flag_overlaps(&mut cls, &c2s, &s2c);
+        cls
+    }
+
+    /// Bytes client to server and server to client, from the kernel's counters.
+    pub fn byte_counts(&self) -> (Option<u64>, Option<u64>) {
+        if let Some(c) = &self.client_end
+            && c.bytes_sent.is_some()
+        {
+            return (c.bytes_sent, c.bytes_received);
+        }
+        if let Some(s) = &self.server_end
+            && s.bytes_sent.is_some()
+        {
+            return (s.bytes_received, s.bytes_sent);
+        }
+        (None, None)
+    }
+
+    /// How the connection ended, from the ends' close flags and captured RSTs.
+    pub fn closing(&self) -> Closing {
+        let closed = self.all_closed();
+        let mut first = None;
+        let mut reset_by = None;
+        for (end, me, peer) in [
+            (&self.client_end, Party::Client, Party::Server),
+            (&self.server_end, Party::Server, Party::Client),
+        ] {
+            let Some(e) = end else { continue };
+            if first.is_none() {
+                if e.closed_first {
+                    first = Some(me);
+                } else if e.peer_closed_first {
+                    first = Some(peer);
+                }
+            }
+            if reset_by.is_none() {
+                if e.egress.rst {
+                    reset_by = Some(me);
+                } else if e.ingress.rst {
+                    reset_by = Some(peer);
+                }
+            }
+        }
+        if first.is_none() {
+            first = reset_by;
+        }
+        Closing {
+            closed,
+            first,
+            reset_by,
+        }
+    }
+
+    /// What the classifier needs, borrowed from this connection.
+    pub fn classify_input(&self) -> ConnInput<'_> {
+        fn side(s: Option<&Stream>) -> Side<'_> {
+            match s {
+                Some(s) => Side {
+                    bytes: s.contiguous(),
+                    chunks: &s.chunks,
+                    base: 0,
+                    truncated: s.truncated,
+                    midstream: s.midstream,
+                },
+                None => Side::default(),
+            }
+        }
+        let preexisting = self.preexisting();
+        let mut client = side(self.client_to_server());
+        let mut server = side(self.server_to_client());
+        client.midstream |= preexisting;
+        server.midstream |= preexisting;
+        // A hole left by a segment cut at the chunk size is not a loss.
+        let gap = |s: Option<&Stream>| s.is_some_and(|s| s.has_gap() && !s.truncated);
+        ConnInput {
+            client,
+            server,
+            server_port: self.server.port(),
+            closing: self.closing(),
+            lost: self.ends().any(|e| e.lost)
+                || gap(self.client_to_server())
+                || gap(self.server_to_client()),
+        }
+    }
+
+    pub fn preexisting(&self) -> bool {
+        self.ends().any(|e| e.preexisting)
+    }
+
+    pub fn all_closed(&self) -> bool {
+        self.ends().all(|e| e.closed_ns.is_some())
+    }
+
+    pub fn both_ends(&self) -> bool {
+        self.client_end.is_some() && self.server_end.is_some()
+    }
+}
+
+/// An address as the kernel reports it: IPv4 in the first 4 bytes or IPv6; a
+/// v4-mapped IPv6 address (a v6 socket talking IPv4) is reported as plain IPv4.
+pub fn addr(fam: u16, raw: &[u8; 16]) -> IpAddr {
+    if fam == family::INET {
+        IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
+    } else {
+        let v6 = Ipv6Addr::from(*raw);
+        match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(v6),
+        }
+    }
+}

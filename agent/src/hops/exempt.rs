@@ -1,0 +1,155 @@
+//! The mesh's own connections that no policy governs: built-in exemptions, each
+//! with a name, a reason in the record, and a switch (`run --disable-exemption
+//! NAME`) that turns it off.
+//!
+//! | name | what |
+//! | --- | --- |
+//! | `proxy-to-app` | a proxy delivering inbound traffic to its app inside one pod (Envoy's 127.0.0.6 passthrough, or the pod's own address or loopback) |
+//! | `istio-envoy-prometheus` | port 15090 of a meshed pod: Prometheus scraping Envoy |
+//! | `istio-agent-health` | ports 15020 and 15021 of a meshed pod: merged metrics, health, and the kubelet probes Istio rewrites to them |
+//! | `istio-envoy-admin` | port 15000 on loopback in a meshed pod: Envoy's admin API |
+//! | `istio-dns` | an app's DNS over TCP redirected to the proxy's 15053 (Istio DNS capture) |
+//!
+//! A pod is *meshed* when a proxy was seen intercepting in its network namespace;
+//! the ports are exempt only there, so a server of someone else's listening on
+//! 15090 of an unmeshed host is judged like any other. 15008 (HBONE) is the mesh's
+//! mutual TLS, never exempt.
+
+use std::fmt;
+
+use super::{Hop, HopFacts, Hops};
+use crate::flows::Connection;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Builtin {
+    ProxyToApp,
+    IstioEnvoyPrometheus,
+    IstioAgentHealth,
+    IstioEnvoyAdmin,
+    IstioDns,
+}
+
+impl Builtin {
+    pub const ALL: [Builtin; 5] = [
+        Self::ProxyToApp,
+        Self::IstioEnvoyPrometheus,
+        Self::IstioAgentHealth,
+        Self::IstioEnvoyAdmin,
+        Self::IstioDns,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ProxyToApp => "proxy-to-app",
+            Self::IstioEnvoyPrometheus => "istio-envoy-prometheus",
+            Self::IstioAgentHealth => "istio-agent-health",
+            Self::IstioEnvoyAdmin => "istio-envoy-admin",
+            Self::IstioDns => "istio-dns",
+        }
+    }
+}
+
+impl fmt::Display for Builtin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Which built-in exemptions are on (all, unless switched off).
+#[derive(Debug, Clone, Default)]
+pub struct BuiltinExemptions {
+    disabled: Vec<Builtin>,
+}
+
+impl BuiltinExemptions {
+    /// From the names given to `--disable-exemption`; an unknown name is an error
+    /// that lists the known ones.
+    pub fn with_disabled(names: &[String]) -> Result<Self, String> {
+        let mut disabled = Vec::new();
+        for n in names {
+            let b = Builtin::ALL
+                .into_iter()
+                .find(|b| b.name() == n.as_str())
+                .ok_or_else(|| {
+                    format!(
+                        "unknown built-in exemption `{n}` (known: {})",
+                        Builtin::ALL.map(Builtin::name).join(", ")
+                    )
+                })?;
+            disabled.push(b);
+        }
+        Ok(Self { disabled })
+    }
+
+    fn on(&self, b: Builtin) -> bool {
+        !self.disabled.contains(&b)
+    }
+
+    /// The built-in exemption that covers `conn`, with the reason a record gives.
+    pub fn check(
+        &self,
+        facts: &HopFacts,
+        conn: &Connection,
+        hops: &Hops,
+    ) -> Option<(Builtin, String)> {
+        let port = conn.server.port();
+        if facts.hop == Hop::ProxyToApp && self.on(Builtin::ProxyToApp) {
+            let who = conn
+                .client_end
+                .as_ref()
+                .and_then(|e| e.process.as_ref())
+                .map_or_else(
+                    || "the proxy".to_owned(),
+                    |p| format!("{} (pid {})", p.comm, p.pid),
+                );
+            let from = facts
+                .delivers
+                .map(|c| format!(" (most likely the connection from {c})"))
+                .unwrap_or_default();
+            return Some((
+                Builtin::ProxyToApp,
+                format!(
+                    "intra-pod hop: {who} delivers inbound traffic{from} to its app on port {port} inside the pod's network namespace"
+                ),
+            ));
+        }
+        if facts.hop == Hop::AppToProxy
+            && facts
+                .interceptor
+                .as_ref()
+                .is_some_and(|i| i.accepted_on.port() == 15053)
+            && self.on(Builtin::IstioDns)
+        {
+            return Some((
+                Builtin::IstioDns,
+                format!(
+                    "Istio DNS capture: the app's DNS to {} answered by the proxy on 15053",
+                    conn.server
+                ),
+            ));
+        }
+        // The mesh's own ports, on a pod a proxy intercepts in.
+        let server = conn.server_end.as_ref()?;
+        let meshed = hops.is_meshed_netns(server.netns_cookie) || hops.proxy_of(server).is_some();
+        if !meshed || facts.hop == Hop::AppToProxy {
+            return None;
+        }
+        let (b, what) = match port {
+            15090 => (Builtin::IstioEnvoyPrometheus, "Envoy's Prometheus endpoint"),
+            15020 => (
+                Builtin::IstioAgentHealth,
+                "the Istio agent's merged metrics and rewritten app probes",
+            ),
+            15021 => (
+                Builtin::IstioAgentHealth,
+                "the Istio agent's health checks (kubelet probes)",
+            ),
+            15000 if conn.server.ip().is_loopback() => {
+                (Builtin::IstioEnvoyAdmin, "Envoy's admin API on loopback")
+            }
+            _ => return None,
+        };
+        self.on(b)
+            .then(|| (b, format!("port {port} of a meshed pod serves {what}")))
+    }
+}

@@ -1,0 +1,446 @@
+//! Hops: the mesh's own data path, between `flows` and `verdict`.
+//!
+//! In a meshed pod the application does not speak mutual TLS itself: iptables
+//! rules redirect its connections to a local proxy, which opens its own
+//! connection to the destination (Istio's sidecar on 15001/15006, ambient's
+//! ztunnel, Linkerd's proxy on 4140/4143). One logical connection (app ->
+//! destination) is then up to three hops on the node, each a connection of the flow
+//! table, and this stage says which is which:
+//!
+//! | hop | what it is | judged by |
+//! | --- | --- | --- |
+//! | `direct` | no proxy on either end | its own bytes |
+//! | `app_to_proxy` | the app's connection, redirected to a proxy in its own network namespace | the proxy's upstream connection to the same destination (linked by proxy, destination and time) |
+//! | `proxy_upstream` | a proxy's connection towards the destination (mutual TLS in a healthy mesh), or one that arrived at a proxy from another proxy | its own bytes, at the original destination port |
+//! | `proxy_inbound` | a connection from a client without a proxy that a server-side proxy intercepted | its own bytes, at the original destination port |
+//! | `proxy_to_app` | the proxy delivering inbound traffic to its app, inside one pod | built-in exemption |
+//!
+//! Proxies are recognised by what they do, not by their names: a process that asks
+//! the kernel for a socket's original destination (`SO_ORIGINAL_DST`, reported by
+//! the `cgroup/getsockopt` probe) intercepts traffic; its other sockets are the
+//! proxy's own. A process running as the proxy's uid but never intercepting is an
+//! ordinary client (a real bypass stays a violation).
+//!
+//! Counting: metrics and the edges view count a logical connection once per
+//! reporter: the `app_to_proxy` hop at the source (`reporter="source"`), the
+//! connection that reached the destination (`proxy_upstream`, `proxy_inbound`, or
+//! a `direct` one) at the destination; the proxy's own client end and the
+//! in-pod delivery are not counted again ([`Hop::reporters`]).
+
+mod exempt;
+mod link;
+
+use std::{
+    collections::VecDeque,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
+
+use foldhash::{HashMap, HashMapExt as _};
+use serde::Serialize;
+
+use agent_common::OrigDstEvent;
+
+use crate::{
+    capture::{ConnKind, Event},
+    classify::{Classification, MeshMarker},
+    flows::{Connection, End, Process},
+};
+pub use exempt::{Builtin, BuiltinExemptions};
+pub use link::UpstreamRef;
+
+/// What a connection is on the mesh's data path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Hop {
+    Direct,
+    AppToProxy,
+    ProxyUpstream,
+    ProxyInbound,
+    ProxyToApp,
+}
+
+impl Hop {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::AppToProxy => "app_to_proxy",
+            Self::ProxyUpstream => "proxy_upstream",
+            Self::ProxyInbound => "proxy_inbound",
+            Self::ProxyToApp => "proxy_to_app",
+        }
+    }
+
+    pub const ALL: [Hop; 5] = [
+        Self::Direct,
+        Self::AppToProxy,
+        Self::ProxyUpstream,
+        Self::ProxyInbound,
+        Self::ProxyToApp,
+    ];
+
+    /// Which reporters count a connection of this hop, given which of its ends are
+    /// sockets on this node: each logical connection once at its source and once at
+    /// its destination.
+    pub fn reporters(self, client_local: bool, server_local: bool) -> Reporters {
+        match self {
+            Self::Direct => Reporters {
+                source: client_local,
+                destination: server_local,
+            },
+            // The app's connection is the logical one at the source; where it went
+            // is counted where it arrived.
+            Self::AppToProxy => Reporters {
+                source: client_local,
+                destination: false,
+            },
+            // The proxy's client end is not counted again: the app's connection was.
+            Self::ProxyUpstream => Reporters {
+                source: false,
+                destination: server_local,
+            },
+            // A client without a proxy: counted at the source like any client.
+            Self::ProxyInbound => Reporters {
+                source: client_local,
+                destination: server_local,
+            },
+            Self::ProxyToApp => Reporters::default(),
+        }
+    }
+}
+
+/// Which of Istio's `reporter` values count a record.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reporters {
+    pub source: bool,
+    pub destination: bool,
+}
+
+impl Reporters {
+    pub fn any(self) -> bool {
+        self.source || self.destination
+    }
+}
+
+/// A process seen intercepting connections.
+#[derive(Debug, Clone)]
+pub struct Proxy {
+    pub process: Process,
+    pub uid: u32,
+    pub netns_cookie: u64,
+    pub cgroup_id: u64,
+    pub last_ns: u64,
+}
+
+/// The proxy that intercepted a connection, as a record names it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Interceptor {
+    pub pid: u32,
+    pub comm: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// The proxy's socket of this connection.
+    pub socket_cookie: u64,
+    /// Where the redirect sent the connection (the proxy's listener).
+    pub accepted_on: SocketAddr,
+    /// The kernel had a NAT entry (iptables REDIRECT/DNAT); false for TPROXY.
+    pub nat: bool,
+    /// Path below the cgroup v2 root of the proxy's socket.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+}
+
+/// What this stage says about one finished connection.
+#[derive(Debug, Clone)]
+pub struct HopFacts {
+    pub hop: Hop,
+    /// The proxy that accepted this connection (`app_to_proxy`, `proxy_inbound`,
+    /// `proxy_upstream` into a server-side proxy).
+    pub interceptor: Option<Interceptor>,
+    /// For `app_to_proxy`: the upstream connection whose bytes decided, if any.
+    pub upstream: Option<UpstreamRef>,
+    /// For `proxy_to_app`: the intercepted connection this one most likely
+    /// delivers (the latest one the same proxy accepted for this port).
+    pub delivers: Option<SocketAddr>,
+}
+
+impl HopFacts {
+    pub fn direct() -> Self {
+        Self {
+            hop: Hop::Direct,
+            interceptor: None,
+            upstream: None,
+            delivers: None,
+        }
+    }
+}
+
+/// Tunables.
+#[derive(Debug, Clone)]
+pub struct HopsConfig {
+    /// How long a finished upstream connection stays linkable (ns).
+    pub upstream_memory_ns: u64,
+    /// Most proxies remembered.
+    pub max_proxies: usize,
+}
+
+impl Default for HopsConfig {
+    fn default() -> Self {
+        Self {
+            upstream_memory_ns: 120_000_000_000,
+            max_proxies: 16_384,
+        }
+    }
+}
+
+/// Per proxy: its open upstream sockets, the upstream connections that finished
+/// lately, and the connections it accepted lately (for delivery hops).
+#[derive(Debug, Default)]
+struct ProxyState {
+    /// (destination, socket cookie, opened at).
+    open: Vec<(SocketAddr, u64, u64)>,
+    /// Finished upstream connections, newest last.
+    recent: VecDeque<link::Upstream>,
+    /// (accepted at, client, original destination) of intercepted connections.
+    accepted: VecDeque<(u64, SocketAddr, SocketAddr)>,
+}
+
+const RECENT_PER_PROXY: usize = 256;
+const ACCEPTED_PER_PROXY: usize = 256;
+
+/// A proxy is a process in a network namespace: a sidecar has one namespace, a
+/// node proxy such as ztunnel opens sockets in many.
+type ProxyKey = (u32, u64);
+
+/// The stage's state: the proxies seen and their upstream connections.
+pub struct Hops {
+    cfg: HopsConfig,
+    proxies: HashMap<ProxyKey, Proxy>,
+    state: HashMap<ProxyKey, ProxyState>,
+    /// Network namespaces a proxy intercepts in (meshed pods), with a count of
+    /// proxies seen there.
+    meshed_netns: HashMap<u64, u32>,
+}
+
+/// Envoy's inbound passthrough source addresses (`127.0.0.6`, `::6`).
+pub fn is_inbound_passthrough_source(ip: IpAddr) -> bool {
+    ip == IpAddr::V4(Ipv4Addr::new(127, 0, 0, 6))
+        || ip == IpAddr::V6(Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6))
+}
+
+impl Hops {
+    pub fn new(cfg: HopsConfig) -> Self {
+        Self {
+            cfg,
+            proxies: HashMap::new(),
+            state: HashMap::new(),
+            meshed_netns: HashMap::new(),
+        }
+    }
+
+    /// Proxies currently known.
+    pub fn proxies(&self) -> usize {
+        self.proxies.len()
+    }
+
+    /// Whether a network namespace has a proxy intercepting traffic (a meshed pod).
+    pub fn is_meshed_netns(&self, cookie: u64) -> bool {
+        cookie != 0 && self.meshed_netns.contains_key(&cookie)
+    }
+
+    /// Sees every kernel event before the flow table does: interceptions name
+    /// proxies; a proxy's new client sockets are its upstream connections.
+    pub fn on_event(&mut self, event: &Event<'_>) {
+        match event {
+            Event::OriginalDst(ev) => self.intercepted(ev),
+            Event::Conn(ConnKind::Established, ev)
+                if ev.role == agent_common::role::CLIENT && ev.tgid != 0 =>
+            {
+                let key = (ev.tgid, ev.netns_cookie);
+                let Some(p) = self.proxies.get(&key) else {
+                    return;
+                };
+                if !same_comm(&p.process, &ev.comm) {
+                    return;
+                }
+                let remote = SocketAddr::new(
+                    crate::flows::addr(ev.family, &ev.remote_addr),
+                    ev.remote_port,
+                );
+                let st = self.state.entry(key).or_default();
+                st.open.push((remote, ev.hdr.cookie, ev.hdr.ts_ns));
+            }
+            _ => {}
+        }
+    }
+
+    fn intercepted(&mut self, ev: &OrigDstEvent) {
+        let Some(process) = Process::from_raw(ev.tgid, &ev.comm) else {
+            return;
+        };
+        let key = (ev.tgid, ev.netns_cookie);
+        let fresh = self.proxies.get(&key).is_none_or(|p| p.process != process);
+        if fresh {
+            if self.proxies.len() >= self.cfg.max_proxies {
+                self.forget_oldest();
+            }
+            if let Some(old) = self.proxies.remove(&key) {
+                // The pid was reused by another program.
+                self.unmesh(old.netns_cookie);
+                self.state.remove(&key);
+            }
+            if ev.netns_cookie != 0 {
+                *self.meshed_netns.entry(ev.netns_cookie).or_default() += 1;
+            }
+        }
+        self.proxies.insert(
+            key,
+            Proxy {
+                process,
+                uid: ev.uid,
+                netns_cookie: ev.netns_cookie,
+                cgroup_id: ev.cgroup_id,
+                last_ns: ev.hdr.ts_ns,
+            },
+        );
+        let local = SocketAddr::new(crate::flows::addr(ev.family, &ev.local_addr), ev.local_port);
+        let remote = SocketAddr::new(
+            crate::flows::addr(ev.family, &ev.remote_addr),
+            ev.remote_port,
+        );
+        let original = if ev.result == 0 && ev.original_family != 0 {
+            SocketAddr::new(
+                crate::flows::addr(ev.original_family, &ev.original_addr),
+                ev.original_port,
+            )
+        } else {
+            local
+        };
+        let st = self.state.entry(key).or_default();
+        if st.accepted.len() >= ACCEPTED_PER_PROXY {
+            st.accepted.pop_front();
+        }
+        st.accepted.push_back((ev.hdr.ts_ns, remote, original));
+    }
+
+    fn unmesh(&mut self, netns: u64) {
+        if let Some(n) = self.meshed_netns.get_mut(&netns) {
+            *n -= 1;
+            if *n == 0 {
+                self.meshed_netns.remove(&netns);
+            }
+        }
+    }
+
+    fn forget_oldest(&mut self) {
+        let oldest = self
+            .proxies
+            .iter()
+            .min_by_key(|(_, p)| p.last_ns)
+            .map(|(&key, _)| key);
+        if let Some(key) = oldest {
+            self.proxies.remove(&key);
+            self.state.remove(&key);
+            self.unmesh(key.1);
+        }
+    }
+
+    /// Whether the client of `conn` sends through a mesh proxy of its own: yes for
+    /// the hops a proxy makes or captures; no for a local client in a network
+    /// namespace no proxy was seen intercepting in; unknown for a client elsewhere.
+    pub fn client_has_proxy(&self, conn: &Connection, facts: &HopFacts) -> Option<bool> {
+        match facts.hop {
+            Hop::AppToProxy | Hop::ProxyUpstream | Hop::ProxyToApp => Some(true),
+            Hop::Direct | Hop::ProxyInbound => {
+                let c = conn.client_end.as_ref()?;
+                Some(self.is_meshed_netns(c.netns_cookie))
+            }
+        }
+    }
+
+    /// The proxy that owns `end`, if its process is one seen intercepting in the
+    /// same network namespace.
+    pub fn proxy_of(&self, end: &End) -> Option<&Proxy> {
+        let process = end.process.as_ref()?;
+        let p = self.proxies.get(&(process.pid, end.netns_cookie))?;
+        (p.process == *process).then_some(p)
+    }
+
+    /// Which hop `conn` is, with the facts a record names. `cls` is the
+    /// classification of the connection's own bytes.
+    pub fn facts(&self, conn: &Connection, cls: &Classification) -> HopFacts {
+        let client_proxy = conn.client_end.as_ref().and_then(|e| self.proxy_of(e));
+        let server = conn.server_end.as_ref();
+        let interceptor = server.and_then(|s| {
+            let i = s.interception.as_ref()?;
+            Some(Interceptor {
+                pid: i.process.pid,
+                comm: i.process.comm.clone(),
+                uid: i.uid,
+                gid: i.gid,
+                socket_cookie: s.cookie,
+                accepted_on: i.accepted_on,
+                nat: i.nat,
+                cgroup: s.cgroup.clone(),
+            })
+        });
+        let same_netns = match (&conn.client_end, server) {
+            (Some(c), Some(s)) => c.netns_cookie != 0 && c.netns_cookie == s.netns_cookie,
+            _ => false,
+        };
+        let hop = if interceptor.is_some() {
+            if client_proxy.is_some() {
+                Hop::ProxyUpstream
+            } else if same_netns {
+                // Redirected inside the client's own network namespace: the app's
+                // outbound connection, captured by its proxy.
+                Hop::AppToProxy
+            } else if conn.client_end.is_none() && cls.mesh == Some(MeshMarker::IstioSidecar) {
+                // From another node, with Istio's ALPN or SNI: a client proxy's
+                // upstream connection.
+                Hop::ProxyUpstream
+            } else {
+                Hop::ProxyInbound
+            }
+        } else if client_proxy.is_some() && same_netns {
+            Hop::ProxyToApp
+        } else if client_proxy.is_some() {
+            Hop::ProxyUpstream
+        } else if same_netns && is_inbound_passthrough_source(conn.client.ip()) {
+            // Envoy's inbound passthrough bind, from a proxy not yet seen
+            // intercepting (it intercepted before the agent started).
+            Hop::ProxyToApp
+        } else {
+            Hop::Direct
+        };
+        let delivers = if hop == Hop::ProxyToApp {
+            conn.client_end
+                .as_ref()
+                .and_then(|c| Some((c.process.as_ref()?.pid, c.netns_cookie)))
+                .and_then(|key| self.state.get(&key))
+                .and_then(|st| {
+                    st.accepted
+                        .iter()
+                        .rev()
+                        .find(|(ts, _, orig)| {
+                            orig.port() == conn.server.port() && *ts <= conn.last_ns
+                        })
+                        .map(|(_, client, _)| *client)
+                })
+        } else {
+            None
+        };
+        HopFacts {
+            hop,
+            interceptor,
+            upstream: None,
+            delivers,
+        }
+    }
+}
+
+fn same_comm(p: &Process, comm: &[u8; 16]) -> bool {
+    Process::from_raw(p.pid, comm).is_some_and(|q| q.comm == p.comm)
+}
+
+#[cfg(test)]
+mod tests;

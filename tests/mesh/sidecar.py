@@ -1,0 +1,340 @@
+#!/usr/bin/python3
+"""A stand-in for Istio's sidecar (Envoy + istio-iptables) at the socket level.
+
+It is what the mesh tests and the seed scenario run in a pod's network namespace,
+next to iptables rules shaped like the ones istio-iptables writes (see mesh.sh).
+What it does, as Envoy does it:
+
+- outbound (15001): accepts what ISTIO_REDIRECT sent it, asks the kernel for the
+  original destination (getsockopt SO_ORIGINAL_DST), and sends the bytes on to that
+  destination: over Istio mutual TLS (SPIFFE client certificate, SNI
+  `outbound_.PORT_._.HOST`, ALPN `istio-http/1.1`/`istio`) when the route says
+  ISTIO_MUTUAL, in plaintext for DISABLE or destinations it does not know
+  (PassthroughCluster). HTTP/1.1 routes reuse pooled upstream connections across
+  downstream connections (keep-alive), as Envoy's connection pools do;
+- inbound (15006): accepts what ISTIO_IN_REDIRECT sent it, finds the original
+  port, terminates mutual TLS (client certificate required) or, where the port's
+  mode allows plaintext (PERMISSIVE, DISABLE), takes plaintext; STRICT plaintext is
+  closed unanswered. It forwards to the app at the pod's address and the original
+  port from source address 127.0.0.6 (Envoy's inbound passthrough bind);
+- 15021 (health), 15020 (merged metrics / rewritten probes), 15090 (Envoy's
+  Prometheus endpoint) and 15000 (admin, 127.0.0.1 only) answer plain HTTP;
+- it drops to uid/gid 1337 after binding and loading its certificates, which is
+  what the iptables owner rules skip.
+
+Where it differs from Envoy: no xDS (routes come from a JSON file), HTTP/1.1 only
+(no HTTP/2 upstreams, no istio-peer-exchange metadata exchange), one upstream
+connection per request at a time (Envoy multiplexes HTTP/2), and no retries.
+
+usage: sidecar.py CONFIG.json   (as root; runs until SIGTERM)
+"""
+
+import json
+import os
+import select
+import signal
+import socket
+import ssl
+import struct
+import sys
+import threading
+import time
+
+SO_ORIGINAL_DST = 80
+SOL_IPV6 = 41
+
+CONFIG = json.load(open(sys.argv[1]))
+POD_IP = CONFIG["pod_ip"]
+# Opened now: after the privileges are dropped its directory may be closed to us.
+LOG = open(CONFIG["log"], "a", buffering=1) if CONFIG.get("log") else None
+LOG_LOCK = threading.Lock()
+
+
+def log(*args):
+    if LOG:
+        with LOG_LOCK:
+            print(time.strftime("%H:%M:%S"), *args, file=LOG)
+
+
+def original_dst(sock):
+    """The pre-NAT destination of an accepted socket (what Envoy's original_dst
+    listener filter asks); the socket's own address when there is no NAT entry."""
+    try:
+        if sock.family == socket.AF_INET:
+            raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+            port, addr = struct.unpack("!2xH4s8x", raw)
+            return socket.inet_ntop(socket.AF_INET, addr), port
+        raw = sock.getsockopt(SOL_IPV6, SO_ORIGINAL_DST, 28)
+        port, addr = struct.unpack("!2xH4x16s4x", raw)
+        return socket.inet_ntop(socket.AF_INET6, addr), port
+    except OSError:
+        return sock.getsockname()[:2]
+
+
+def client_context(alpn):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_cert_chain(CONFIG["cert"], CONFIG["key"])
+    ctx.load_verify_locations(CONFIG["ca"])
+    # Istio checks the peer's SPIFFE identity, not a host name.
+    ctx.check_hostname = False
+    ctx.set_alpn_protocols(alpn)
+    return ctx
+
+
+def server_context():
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(CONFIG["cert"], CONFIG["key"])
+    ctx.load_verify_locations(CONFIG["ca"])
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.set_alpn_protocols(["istio-http/1.1", "istio", "http/1.1", "istio-peer-exchange"])
+    return ctx
+
+
+# Built before the privileges are dropped: the key files are root's.
+HTTP_CLIENT_CTX = client_context(["istio-http/1.1", "istio", "http/1.1"])
+TCP_CLIENT_CTX = client_context(["istio-peer-exchange", "istio"])
+SERVER_CTX = server_context()
+
+
+def route_for(addr, port):
+    for r in CONFIG.get("outbound", []):
+        if r["address"] == addr and int(r["port"]) == port:
+            return r
+    return {"mode": "PASSTHROUGH", "http": False}
+
+
+def inbound_mode(port):
+    return CONFIG.get("inbound", {}).get("ports", {}).get(str(port)) or CONFIG.get(
+        "inbound", {}
+    ).get("mode", "PERMISSIVE")
+
+
+def connect_upstream(addr, port, route):
+    raw = socket.create_connection((addr, port), timeout=5)
+    raw.settimeout(None)
+    if route["mode"] != "ISTIO_MUTUAL":
+        return raw
+    ctx = HTTP_CLIENT_CTX if route.get("http") else TCP_CLIENT_CTX
+    sni = route.get("sni") or "outbound_.%d_._.%s" % (port, addr)
+    return ctx.wrap_socket(raw, server_hostname=sni)
+
+
+def pump(a, b):
+    """Copies bytes both ways until either side closes."""
+    socks = [a, b]
+    try:
+        while True:
+            ready, _, _ = select.select(socks, [], [], 30)
+            if not ready:
+                return
+            for s in ready:
+                data = s.recv(65536)
+                if not data:
+                    return
+                (b if s is a else a).sendall(data)
+                # TLS sockets may hold decrypted bytes select() cannot see.
+                while isinstance(s, ssl.SSLSocket) and s.pending():
+                    (b if s is a else a).sendall(s.recv(65536))
+    except OSError:
+        return
+
+
+class Reader:
+    """Buffered reads of HTTP/1.1 messages from a socket."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.buf = b""
+
+    def fill(self):
+        data = self.sock.recv(65536)
+        if not data:
+            raise EOFError
+        self.buf += data
+
+    def head(self):
+        while b"\r\n\r\n" not in self.buf:
+            self.fill()
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        return head + b"\r\n\r\n"
+
+    def body(self, n):
+        while len(self.buf) < n:
+            self.fill()
+        body, self.buf = self.buf[:n], self.buf[n:]
+        return body
+
+    def rest(self):
+        out = self.buf
+        self.buf = b""
+        try:
+            while True:
+                data = self.sock.recv(65536)
+                if not data:
+                    return out
+                out += data
+        except OSError:
+            return out
+
+
+def header(head, name):
+    for line in head.split(b"\r\n")[1:]:
+        k, _, v = line.partition(b":")
+        if k.strip().lower() == name:
+            return v.strip()
+    return None
+
+
+class Pool:
+    """Idle upstream connections per destination, reused across downstream ones."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.idle = {}
+
+    def get(self, key):
+        with self.lock:
+            conns = self.idle.get(key) or []
+            while conns:
+                c = conns.pop()
+                # A pooled connection the upstream closed is readable (EOF).
+                if not select.select([c.sock], [], [], 0)[0]:
+                    return c
+                c.sock.close()
+        return None
+
+    def put(self, key, conn):
+        with self.lock:
+            self.idle.setdefault(key, []).append(conn)
+
+
+POOL = Pool()
+
+
+def http_outbound(down, addr, port, route):
+    reader = Reader(down)
+    key = (addr, port)
+    while True:
+        try:
+            head = reader.head()
+        except (EOFError, OSError):
+            return
+        length = int(header(head, b"content-length") or 0)
+        request = head + reader.body(length)
+        up = POOL.get(key)
+        fresh = up is None
+        if fresh:
+            up = Reader(connect_upstream(addr, port, route))
+        try:
+            up.sock.sendall(request)
+            resp_head = up.head()
+        except (EOFError, OSError):
+            if fresh:
+                return
+            up = Reader(connect_upstream(addr, port, route))
+            up.sock.sendall(request)
+            resp_head = up.head()
+        n = header(resp_head, b"content-length")
+        if n is not None:
+            down.sendall(resp_head + up.body(int(n)))
+            keep = (header(resp_head, b"connection") or b"").lower() != b"close"
+        else:
+            down.sendall(resp_head + up.rest())
+            keep = False
+        if keep:
+            POOL.put(key, up)
+        else:
+            up.sock.close()
+
+
+def outbound(down):
+    addr, port = original_dst(down)
+    route = route_for(addr, port)
+    log("outbound", down.getpeername(), "->", addr, port, route["mode"])
+    try:
+        if route.get("http") and route["mode"] == "ISTIO_MUTUAL":
+            http_outbound(down, addr, port, route)
+        else:
+            up = connect_upstream(addr, port, route)
+            pump(down, up)
+            up.close()
+    except (OSError, EOFError, ssl.SSLError) as e:
+        log("outbound error", e)
+    finally:
+        down.close()
+
+
+def inbound(down):
+    addr, port = original_dst(down)
+    mode = inbound_mode(port)
+    try:
+        first = down.recv(1, socket.MSG_PEEK)
+        if first == b"\x16":
+            down = SERVER_CTX.wrap_socket(down, server_side=True)
+        elif mode == "STRICT":
+            log("inbound plaintext refused (STRICT)", down.getpeername(), "port", port)
+            down.close()
+            return
+        log("inbound", down.getpeername(), "->", POD_IP, port, mode)
+        family = socket.AF_INET6 if ":" in POD_IP else socket.AF_INET
+        app = socket.socket(family, socket.SOCK_STREAM)
+        app.bind(("::6" if family == socket.AF_INET6 else "127.0.0.6", 0))
+        app.connect((POD_IP, port))
+        pump(down, app)
+        app.close()
+    except (OSError, ssl.SSLError) as e:
+        log("inbound error", e)
+    finally:
+        down.close()
+
+
+def plain_http(conn, body):
+    try:
+        Reader(conn).head()
+        conn.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+        )
+    except (OSError, EOFError):
+        pass
+    finally:
+        conn.close()
+
+
+def listen(addr, port):
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((addr, port))
+    s.listen(128)
+    return s
+
+
+def serve(sock, handler):
+    while True:
+        conn, _ = sock.accept()
+        threading.Thread(target=handler, args=(conn,), daemon=True).start()
+
+
+def main():
+    any_addr = "::" if ":" in POD_IP else "0.0.0.0"
+    listeners = [
+        (listen(any_addr, CONFIG.get("outbound_port", 15001)), outbound),
+        (listen(any_addr, CONFIG.get("inbound_port", 15006)), inbound),
+        (listen(any_addr, 15021), lambda c: plain_http(c, b"ready\n")),
+        (listen(any_addr, 15020), lambda c: plain_http(c, b"merged metrics\n")),
+        (listen(any_addr, 15090), lambda c: plain_http(c, b"envoy_server_live 1\n")),
+        (listen("127.0.0.1", 15000), lambda c: plain_http(c, b"admin\n")),
+    ]
+    # Everything is loaded and bound: become the proxy user the rules skip.
+    os.setgroups([])
+    os.setgid(CONFIG.get("gid", 1337))
+    os.setuid(CONFIG.get("uid", 1337))
+    for sock, handler in listeners:
+        threading.Thread(target=serve, args=(sock, handler), daemon=True).start()
+    print("sidecar ready", flush=True)
+    signal.sigwait({signal.SIGTERM, signal.SIGINT})
+
+
+if __name__ == "__main__":
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    main()
