@@ -37,7 +37,7 @@ impl Stages<'_> {
     pub fn record(&mut self, conn: &Connection) -> ConnectionRecord {
         let mut own = match &conn.settled {
             Some(cls) => classify::Classification::clone(cls),
-            None => classify::classify(&conn.classify_input()),
+            None => conn.classify(),
         };
         self.resumptions.apply(
             (conn.client.ip(), conn.server.ip(), conn.server.port()),
@@ -75,9 +75,7 @@ impl Stages<'_> {
             };
             let (logical, link) =
                 self.hops
-                    .upstream_evidence(conn, self.table, &same_service, &|c| {
-                        classify::classify(&c.classify_input())
-                    });
+                    .upstream_evidence(conn, self.table, &same_service, &|c| c.classify());
             facts.upstream = link;
             (logical, Some(own.protocol))
         } else {

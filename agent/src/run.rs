@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 use crate::{
     capture,
     cgroups::CgroupResolver,
-    classify::{self, Resumptions},
+    classify::Resumptions,
     cli::{OutputFormat, RunArgs},
     clock::Clock,
     export::{
@@ -354,6 +354,7 @@ struct Last {
     reloads_ok: u64,
     reloads_failed: u64,
     dropped: u64,
+    overlaps: u64,
 }
 
 impl Pipeline {
@@ -410,7 +411,7 @@ impl Pipeline {
                     self.policy = Some(p);
                 }
                 self.table.settle(&mut |conn| {
-                    let cls = classify::classify(&conn.classify_input());
+                    let cls = conn.classify();
                     cls.is_settled().then_some(cls)
                 });
                 // What is settled is counted now, not when it closes.
@@ -572,6 +573,10 @@ impl Pipeline {
         let dropped = self.records.dropped() + self.events.as_ref().map_or(0, Writer::dropped);
         m.records_dropped.inc_by(dropped - last.dropped);
         last.dropped = dropped;
+        let overlaps = self.table.stats().overlap_conflicts;
+        m.overlap_conflicts
+            .inc_by(overlaps.saturating_sub(last.overlaps));
+        last.overlaps = overlaps;
     }
 
     fn log_stats(&self, events: u64, decode_errors: u64, final_: bool) {

@@ -34,13 +34,15 @@ fn matches(r: &Record, e: &scenarios::Expect) -> bool {
         && e.mesh.is_none_or(|m| m == mesh)
         && e.resumed
             .is_none_or(|want| r["tls"]["resumed"].as_bool() == Some(want))
+        && e.confidence
+            .is_none_or(|want| str_of(r, "confidence") == want)
 }
 
 fn short(r: Option<&Record>) -> String {
     match r {
         Some(r) => {
             let (class, outcome, _, _) = summary(r);
-            format!("{class} ({outcome})")
+            format!("{class} ({outcome}, {})", str_of(r, "confidence"))
         }
         None => "missing".into(),
     }
@@ -121,6 +123,95 @@ fn tshark_view(cap: &str, ports: &[u16]) -> HashMap<u16, (String, String, String
         }
     }
     out
+}
+
+/// Every object below `v` (depth first, in order) that has `key`.
+fn objects_with<'a>(v: &'a Record, key: &str, out: &mut Vec<&'a Record>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            if m.contains_key(key) {
+                out.push(v);
+            }
+            for x in m.values() {
+                objects_with(x, key, out);
+            }
+        }
+        serde_json::Value::Array(a) => {
+            for x in a {
+                objects_with(x, key, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The TLS records each client sent, keyed by client port, as tshark dissects
+/// them: `CH 517` (ClientHello), `CCS`, `hs 7` (a cleartext handshake record),
+/// `app 61` (TLS 1.2 application data), `alert 26`, and the length alone for TLS 1.3
+/// encrypted records (the client's flight, then its application data). The first
+/// eight records of each connection.
+fn tshark_client_records(cap: &str, ports: &[u16]) -> HashMap<u16, Vec<String>> {
+    let mut s = Spawn::new("tshark").args([
+        "-r",
+        cap,
+        "-Y",
+        "tls.record",
+        "-T",
+        "json",
+        "--no-duplicate-keys",
+        "-J",
+        "tcp tls",
+    ]);
+    for p in ports {
+        s = s.arg("-d").arg(format!("tcp.port=={p},tls"));
+    }
+    let out = s.run_ok(Duration::from_secs(120));
+    let packets: Vec<Record> =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("tshark -T json: {e}"));
+    let field = |v: &Record, k: &str| -> String {
+        match &v[k] {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Array(a) => a
+                .iter()
+                .filter_map(|x| x.as_str())
+                .collect::<Vec<_>>()
+                .join("+"),
+            _ => String::new(),
+        }
+    };
+    let mut map: HashMap<u16, Vec<String>> = HashMap::new();
+    for pkt in &packets {
+        let layers = &pkt["_source"]["layers"];
+        let dst: u16 = field(&layers["tcp"], "tcp.dstport").parse().unwrap_or(0);
+        let src: u16 = field(&layers["tcp"], "tcp.srcport").parse().unwrap_or(0);
+        if !ports.contains(&dst) {
+            continue;
+        }
+        let mut records = Vec::new();
+        objects_with(&layers["tls"], "tls.record.length", &mut records);
+        let list = map.entry(src).or_default();
+        for r in records {
+            if list.len() >= 8 {
+                break;
+            }
+            let len = field(r, "tls.record.length");
+            let mut types = Vec::new();
+            objects_with(r, "tls.handshake.type", &mut types);
+            let hs: Vec<String> = types
+                .iter()
+                .map(|t| field(t, "tls.handshake.type"))
+                .collect();
+            list.push(match field(r, "tls.record.content_type").as_str() {
+                "20" => "CCS".to_owned(),
+                "21" => format!("alert {len}"),
+                "22" if hs.iter().any(|t| t == "1") => format!("CH {len}"),
+                "22" => format!("hs {len}"),
+                "23" => format!("app {len}"),
+                _ => len,
+            });
+        }
+    }
+    map
 }
 
 /// Suricata's JA4 of each TLS connection, keyed by client port.
@@ -215,6 +306,8 @@ fn classifier_matrix() {
         })
         .collect();
 
+    let tls_ports: Vec<u16> = matrix.iter().filter(|s| s.tls).map(|s| s.port).collect();
+    let records = tshark_client_records(&cap_s, &tls_ports);
     let mut rows = Vec::new();
     let mut failures = Vec::new();
     for sc in &matrix {
@@ -238,11 +331,12 @@ fn classifier_matrix() {
             let ok = a.is_some_and(|r| matches(r, exp)) && b.is_some_and(|r| matches(r, exp));
             if !ok {
                 failures.push(format!(
-                    "{} #{i}: expected {} ({:?}, {}), agent {:?}, pcap {:?}",
+                    "{} #{i}: expected {} ({:?}, {}, confidence {:?}), agent {:?}, pcap {:?}",
                     sc.name,
                     exp.class,
                     exp.outcome,
                     exp.protocol,
+                    exp.confidence,
                     a.map(|r| r.to_string()),
                     b.map(|r| r.to_string())
                 ));
@@ -252,30 +346,38 @@ fn classifier_matrix() {
             } else {
                 sc.name.to_owned()
             };
+            let client_port = b.and_then(|r| r["source_port"].as_u64()).unwrap_or(0) as u16;
+            let mut wants: Vec<&str> = exp.outcome.into_iter().collect();
+            wants.extend(exp.confidence);
             rows.push(Row {
                 scenario: name,
                 what: sc.what.to_owned(),
-                expected: format!(
-                    "{}{}",
-                    exp.class,
-                    exp.outcome.map(|o| format!(" ({o})")).unwrap_or_default()
-                ),
+                expected: if wants.is_empty() {
+                    exp.class.to_owned()
+                } else {
+                    format!("{} ({})", exp.class, wants.join(", "))
+                },
                 agent: short(a),
                 pcap: short(b),
+                client_records: records
+                    .get(&client_port)
+                    .map(|r| r.join(", "))
+                    .unwrap_or_default(),
                 evidence: a.map(|r| str_of(r, "evidence")).unwrap_or_default(),
                 ok,
             });
         }
-        assert_eq!(
-            live.len(),
-            sc.expect.len(),
-            "{}: live agent records: {live:?}",
-            sc.name
-        );
+        if live.len() != sc.expect.len() {
+            failures.push(format!(
+                "{}: {} live agent records for {} expected: {live:?}",
+                sc.name,
+                live.len(),
+                sc.expect.len()
+            ));
+        }
     }
 
     // Oracles on the same capture.
-    let tls_ports: Vec<u16> = matrix.iter().filter(|s| s.tls).map(|s| s.port).collect();
     let tshark = tshark_view(&cap_s, &tls_ports);
     let ja4 = suricata_ja4(&cap_s, ctx.dir.path());
     let mut checked = (0, 0, 0);
@@ -323,28 +425,38 @@ fn classifier_matrix() {
             checked.2 += 1;
         }
     }
+    let tshark_bad = oracle_failures
+        .iter()
+        .filter(|f| f.starts_with("tshark"))
+        .count();
+    let ja4_bad = oracle_failures
+        .iter()
+        .filter(|f| f.starts_with("Suricata"))
+        .count();
     let notes = vec![
         format!(
             "tshark 4.0 (`tls.handshake.extensions_server_name`, `tls.handshake.extensions_alpn_str`, \
-             `tls.handshake.extensions.supported_version`): SNI, offered ALPN and negotiated version agree on all {} TLS connections.",
+             `tls.handshake.extensions.supported_version`): SNI, offered ALPN and negotiated version agree on {} of {} TLS connections.",
+            checked.0 - tshark_bad.min(checked.0),
             checked.0
         ),
         format!(
-            "Suricata 7 (eve.json `tls.ja4`): JA4 agrees on all {} connections Suricata logged ({} TLS connections had no Suricata TLS event).",
-            checked.1, checked.2
+            "Suricata 7 (eve.json `tls.ja4`): JA4 agrees on {} of {} connections Suricata logged ({} TLS connections had no Suricata TLS event).",
+            checked.1 - ja4_bad.min(checked.1),
+            checked.1,
+            checked.2
         ),
     ];
     if let Ok(path) = std::env::var("MTLS_WRITE_ACCURACY") {
-        std::fs::write(&path, scenarios::render(&rows, &notes)).expect("write accuracy.md");
+        // Only the live matrix's section is ours: the rest of the file is kept.
+        let existing = std::fs::read_to_string(&path).unwrap_or_default();
+        let text = scenarios::splice(&existing, &scenarios::render(&rows, &notes));
+        std::fs::write(&path, text).expect("write accuracy.md");
     }
     assert!(
-        failures.is_empty(),
-        "misclassified:\n{}",
-        failures.join("\n")
-    );
-    assert!(
-        oracle_failures.is_empty(),
-        "oracles disagree:\n{}",
+        failures.is_empty() && oracle_failures.is_empty(),
+        "misclassified:\n{}\noracles disagree:\n{}",
+        failures.join("\n"),
         oracle_failures.join("\n")
     );
     assert!(
@@ -360,4 +472,153 @@ fn classifier_matrix() {
         tls_ports.len(),
         checked.2
     );
+}
+
+/// Issue 15 (evasion): a client sends one version of its first bytes, then a
+/// second, longer version at the same sequence numbers through a raw socket (see
+/// tests/peers/python/overlap_peer.py). The receiving kernel keeps the first version
+/// for the overlap; the live agent and `classify --pcap` on a capture of the same
+/// packets must see what the server read, and say with low confidence that two
+/// versions were on the wire.
+#[test]
+fn overlapping_segments_are_read_as_the_receiver_read_them() {
+    require_root();
+    let pair = integration_tests::NetnsPair::new("overlap", 110);
+    let cg_server = integration_tests::Cgroup::new("overlap-server");
+    let cg_client = integration_tests::Cgroup::new("overlap-client");
+    let dir = integration_tests::TempDir::new();
+    // The raw segment carries no TCP options: no timestamps on this connection.
+    integration_tests::sh(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            pair.b.name(),
+            "sysctl",
+            "-q",
+            "-w",
+            "net.ipv4.tcp_timestamps=0",
+        ],
+    );
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers/python/overlap_peer.py");
+    let script = script.to_str().expect("utf8").to_owned();
+    let cap = dir.path().join("overlap.pcapng");
+    let cap_s = cap.to_str().expect("utf8").to_owned();
+    let mut dumpcap = Spawn::new("dumpcap")
+        .args([
+            "-q",
+            "-i",
+            &format!("mtlsa{}a", pair.net),
+            "-f",
+            "tcp portrange 20110-20111",
+            "-w",
+            &cap_s,
+        ])
+        .netns(&pair.a)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    assert!(
+        integration_tests::wait_for(Duration::from_secs(10), || cap.exists().then_some(()))
+            .is_some(),
+        "dumpcap did not start"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let agent = Agent::start(AgentOptions::default());
+
+    // (port, order, protocol the server's bytes are)
+    let cases = [
+        (20110u16, "hello-first", "tls"),
+        (20111, "request-first", "http1"),
+    ];
+    let server_ip = pair.a_v4().to_string();
+    for (port, order, _) in cases {
+        let mut server = Spawn::new("/usr/bin/python3")
+            .args([script.as_str(), "server", &port.to_string()])
+            .netns(&pair.a)
+            .cgroup(&cg_server)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn();
+        integration_tests::peers::wait_listening(Some(&pair.a), port);
+        let out = Spawn::new("/usr/bin/python3")
+            .args([
+                script.as_str(),
+                "client",
+                &server_ip,
+                &port.to_string(),
+                order,
+            ])
+            .netns(&pair.b)
+            .cgroup(&cg_client)
+            .run_ok(Duration::from_secs(30));
+        let sent: Record = serde_json::from_str(out.trim())
+            .unwrap_or_else(|e| panic!("overlap_peer client printed {out:?}: {e}"));
+        assert!(
+            server.wait_timeout(Duration::from_secs(10)).is_some(),
+            "the {order} server did not finish"
+        );
+        let mut got = String::new();
+        if let Some(mut s) = server.inner().stdout.take() {
+            let _ = std::io::Read::read_to_string(&mut s, &mut got);
+        }
+        let hex = |k: &str| str_of(&sent, k);
+        let (first, second) = (hex("first"), hex("second"));
+        // What Linux delivered: the first version, then the second's tail.
+        let want = format!("{first}{}", &second[first.len()..]);
+        assert_eq!(
+            got.trim(),
+            want,
+            "{order}: the server read something else than the first version plus the second's tail"
+        );
+        assert_eq!(
+            str_of(&sent, "answer"),
+            "OK\n",
+            "{order}: the exchange did not finish"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    dumpcap.signal(libc::SIGINT);
+    assert!(
+        dumpcap.wait_timeout(Duration::from_secs(10)).is_some(),
+        "dumpcap did not stop"
+    );
+    let exit = agent.stop();
+    let pcap_out = Spawn::new(agent_bin().to_str().expect("utf8"))
+        .args(["classify", "--pcap", &cap_s, "--json"])
+        .run_ok(Duration::from_secs(60));
+    let pcap_records: Vec<Record> = pcap_out
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+
+    let mut failures = Vec::new();
+    for (port, order, protocol) in cases {
+        let live = exit.records.iter().find(|r| {
+            r["server"]["port"].as_u64() == Some(u64::from(port))
+                && str_of(&r["server"], "addr") == server_ip
+        });
+        let offline = pcap_records
+            .iter()
+            .find(|r| r["destination_port"].as_u64() == Some(u64::from(port)));
+        for (what, r) in [("live agent", live), ("classify --pcap", offline)] {
+            let Some(r) = r else {
+                failures.push(format!("{order}: no {what} record for port {port}"));
+                continue;
+            };
+            let evidence = str_of(r, "evidence");
+            if str_of(r, "protocol") != protocol
+                || str_of(r, "confidence") != "low"
+                || !evidence.contains("overlapping TCP segment")
+            {
+                failures.push(format!(
+                    "{order} ({what}): expected protocol {protocol} with low confidence and the overlap in the \
+                     evidence, got protocol {}, confidence {}: {evidence}",
+                    str_of(r, "protocol"),
+                    str_of(r, "confidence")
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -5,7 +5,9 @@
 //! - the Debian packages the build and the tests use;
 //! - bpf-linker built against LLVM 22 (what the pinned nightly uses);
 //! - cargo-fuzz; the dashboards' type checker (npm); the deploy checks' Python tools
-//!   (kubernetes-validate, helm-python-sdk) in a virtual environment, target/pytools.
+//!   (kubernetes-validate, helm-python-sdk) in a virtual environment, target/pytools;
+//!   the scenario matrix's gRPC peers (grpcio, which links BoringSSL) in another,
+//!   target/pytools-grpc.
 //!
 //! Idempotent and fast when everything is present. On a machine it cannot set up
 //! (not Debian/Ubuntu, not root) it prints the exact steps instead.
@@ -58,12 +60,27 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
     ),
     (
         "python3-venv",
-        "tests: the Python environment of kubernetes-validate and helm-python-sdk",
+        "tests: the Python environments of kubernetes-validate, helm-python-sdk and grpcio",
+    ),
+    (
+        "openjdk-17-jdk-headless",
+        "tests: Java JSSE peers of the scenario matrix (javac, keytool)",
+    ),
+    (
+        "libnss3-tools",
+        "tests: NSS peers of the scenario matrix (tstclnt, selfserv, certutil, pk12util)",
     ),
 ];
 
-/// Installed from bookworm-backports on Debian 12 (Suricata 7 with JA4).
-const BACKPORTS_PACKAGES: &[(&str, &str)] = &[("suricata", "tests: the JA4 oracle (Suricata 7)")];
+/// Installed from bookworm-backports on Debian 12 (Suricata 7 with JA4; Go 1.21,
+/// where bookworm's golang-go is 1.19).
+const BACKPORTS_PACKAGES: &[(&str, &str)] = &[
+    ("suricata", "tests: the JA4 oracle (Suricata 7)"),
+    (
+        "golang-1.21-go",
+        "tests: Go crypto/tls peers of the scenario matrix",
+    ),
+];
 const BACKPORTS_SOURCE: &str = "/etc/apt/sources.list.d/mtls-auditor-backports.sources";
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 pub const CARGO_FUZZ_VERSION: &str = "0.13.2";
@@ -100,14 +117,16 @@ fn manual_steps(root: &Path) -> String {
          \x20 rustup toolchain install {stable} --profile minimal --component clippy,rustfmt\n\
          \x20 rustup toolchain install {nightly} --profile minimal --component rust-src\n\
          \x20 apt-get install -y {}   # or your distribution's equivalents; LLVM 22 is required\n\
-         \x20 apt-get install -y suricata   # Suricata 7 (bookworm-backports on Debian 12)\n\
+         \x20 apt-get install -y suricata golang-1.21-go   # Suricata 7, Go 1.21 (bookworm-backports on Debian 12)\n\
          \x20 apt-get install -y npm   # unless your nodejs brings npm (NodeSource's does)\n\
          \x20 PATH={LLVM_BIN}:$PATH cargo install bpf-linker --version {BPF_LINKER_VERSION} \\\n\
          \x20     --no-default-features --features llvm-22 --locked\n\
          \x20 cargo install cargo-fuzz --version {CARGO_FUZZ_VERSION} --locked\n\
          \x20 (cd dashboards && npm ci)\n\
          \x20 python3 -m venv target/pytools && target/pytools/bin/pip install -r {PY_REQUIREMENTS} \\\n\
-         \x20     && cp {PY_REQUIREMENTS} target/pytools/\n",
+         \x20     && cp {PY_REQUIREMENTS} target/pytools/\n\
+         \x20 python3 -m venv target/pytools-grpc && target/pytools-grpc/bin/pip install -r {GRPC_REQUIREMENTS} \\\n\
+         \x20     && cp {GRPC_REQUIREMENTS} target/pytools-grpc/\n",
         pkgs.join(" ")
     )
 }
@@ -271,7 +290,9 @@ pub fn setup(extra_packages: &[&str]) -> Result<()> {
     if !missing.is_empty() || !backports.is_empty() {
         let bookworm = codename().as_deref() == Some("bookworm");
         if !backports.is_empty() && bookworm && !Path::new(BACKPORTS_SOURCE).exists() {
-            eprintln!("setup: adding Debian bookworm-backports (Suricata 7) as {BACKPORTS_SOURCE}");
+            eprintln!(
+                "setup: adding Debian bookworm-backports (Suricata 7, Go 1.21) as {BACKPORTS_SOURCE}"
+            );
             std::fs::write(
                 BACKPORTS_SOURCE,
                 "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\n\
@@ -350,44 +371,91 @@ pub fn setup(extra_packages: &[&str]) -> Result<()> {
 
 /// The deploy checks' Python environment.
 pub fn pytools_dir(root: &Path) -> std::path::PathBuf {
-    root.join("target/pytools")
+    PY_ENVS[0].dir(root)
 }
 
 const PY_REQUIREMENTS: &str = "deploy/tools/requirements.txt";
+const GRPC_REQUIREMENTS: &str = "tests/peers/python/requirements.txt";
 
-/// Present, and made from the current requirements (a copy is kept inside).
+/// A Python virtual environment under target/, made from a pinned requirements file.
+struct PyEnv {
+    /// Below the project root.
+    dir: &'static str,
+    requirements: &'static str,
+    /// A file inside the environment that only a complete install has.
+    marker: &'static str,
+    what: &'static str,
+}
+
+const PY_ENVS: [PyEnv; 2] = [
+    PyEnv {
+        dir: "target/pytools",
+        requirements: PY_REQUIREMENTS,
+        marker: "bin/kubernetes-validate",
+        what: "the deploy checks' Python tools: kubernetes-validate and helm-python-sdk",
+    },
+    PyEnv {
+        dir: "target/pytools-grpc",
+        requirements: GRPC_REQUIREMENTS,
+        marker: "bin/python",
+        what: "the scenario matrix's gRPC peers: grpcio (BoringSSL)",
+    },
+];
+
+impl PyEnv {
+    fn dir(&self, root: &Path) -> std::path::PathBuf {
+        root.join(self.dir)
+    }
+
+    /// Present, and made from the current requirements (a copy is kept inside).
+    fn ok(&self, root: &Path) -> bool {
+        let dir = self.dir(root);
+        let want = std::fs::read(root.join(self.requirements)).ok();
+        let have = std::fs::read(dir.join("requirements.txt")).ok();
+        want.is_some() && want == have && dir.join(self.marker).exists()
+    }
+
+    fn install(&self, root: &Path) -> Result<()> {
+        let dir = self.dir(root);
+        eprintln!(
+            "setup: installing {} into {} (pip)",
+            self.what,
+            dir.display()
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        let dir_s = dir.to_string_lossy().into_owned();
+        cmd("python3", &["-m", "venv", &dir_s])
+            .context("creating the Python virtual environment")?;
+        let pip = dir.join("bin/pip");
+        let req = root.join(self.requirements);
+        cmd(
+            &pip.to_string_lossy(),
+            &[
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--no-input",
+                "--require-virtualenv",
+                "-r",
+                &req.to_string_lossy(),
+            ],
+        )
+        .with_context(|| format!("installing {}", self.what))?;
+        std::fs::copy(&req, dir.join("requirements.txt"))?;
+        Ok(())
+    }
+}
+
 fn pytools_ok(root: &Path) -> bool {
-    let dir = pytools_dir(root);
-    let want = std::fs::read(root.join(PY_REQUIREMENTS)).ok();
-    let have = std::fs::read(dir.join("requirements.txt")).ok();
-    want.is_some() && want == have && dir.join("bin/kubernetes-validate").exists()
+    PY_ENVS.iter().all(|e| e.ok(root))
 }
 
 fn install_pytools(root: &Path) -> Result<()> {
-    let dir = pytools_dir(root);
-    eprintln!(
-        "setup: installing kubernetes-validate and helm-python-sdk into {} (pip)",
-        dir.display()
-    );
-    let _ = std::fs::remove_dir_all(&dir);
-    let dir_s = dir.to_string_lossy().into_owned();
-    cmd("python3", &["-m", "venv", &dir_s]).context("creating the Python virtual environment")?;
-    let pip = dir.join("bin/pip");
-    let req = root.join(PY_REQUIREMENTS);
-    cmd(
-        &pip.to_string_lossy(),
-        &[
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--no-input",
-            "--require-virtualenv",
-            "-r",
-            &req.to_string_lossy(),
-        ],
-    )
-    .context("installing the Python tools of the deploy checks")?;
-    std::fs::copy(&req, dir.join("requirements.txt"))?;
+    for env in &PY_ENVS {
+        if !env.ok(root) {
+            env.install(root)?;
+        }
+    }
     Ok(())
 }
 
@@ -419,7 +487,10 @@ fn describe(m: &Missing) -> String {
         parts.push("the dashboards' type checker (npm ci in dashboards/)".to_owned());
     }
     if !m.pytools {
-        parts.push("the deploy checks' Python tools (target/pytools)".to_owned());
+        parts.push(
+            "the Python tools of the deploy checks and the gRPC peers (target/pytools, target/pytools-grpc)"
+                .to_owned(),
+        );
     }
     parts.join(", ")
 }

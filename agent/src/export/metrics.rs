@@ -88,6 +88,7 @@ pub struct Metrics {
     pub policy_reloads: IntCounterVec,
     pub policy_loaded: IntGauge,
     pub records_dropped: IntCounter,
+    pub overlap_conflicts: IntCounter,
     pub events_emitted: IntCounter,
     pub events_suppressed: IntCounter,
     pub edges_overflow: IntCounter,
@@ -216,6 +217,11 @@ impl Metrics {
                 &r,
                 "records_dropped_total",
                 "Connection records and events dropped because their writer could not keep up.",
+            )?,
+            overlap_conflicts: counter(
+                &r,
+                "tcp_overlap_conflicts_total",
+                "Overlapping TCP segments whose bytes differed (an evasion attempt or a broken stack); the receiver's copy is the one classified.",
             )?,
             events_emitted: counter(&r, "verdict_events_total", "Verdict events written.")?,
             events_suppressed: counter(

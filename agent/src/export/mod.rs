@@ -26,7 +26,7 @@ use thiserror::Error;
 use tracing::warn;
 
 use crate::{
-    classify::{self, Classification, Protocol},
+    classify::{Classification, Protocol},
     clock::Clock,
     flows::{Connection, End, Role},
     hops::{Hop, HopFacts, Interceptor, Reporters},
@@ -191,12 +191,7 @@ impl ConnectionRecord {
 
     /// Classifies `conn` and builds its record (without policy).
     pub fn new(conn: &Connection, clock: &Clock) -> Self {
-        Self::with_classification(
-            conn,
-            clock,
-            classify::classify(&conn.classify_input()),
-            None,
-        )
+        Self::with_classification(conn, clock, conn.classify(), None)
     }
 
     pub fn with_classification(

@@ -4,7 +4,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use agent_common::family;
 
-use super::Stream;
+use super::{Overlaps, Stream, stream};
 use crate::classify::{Classification, Closing, ConnInput, Party, Side};
 
 /// Which side of the connection an end is.
@@ -116,11 +116,15 @@ impl Connection {
         self.client_end.iter().chain(self.server_end.iter())
     }
 
-    /// The better of the two captures of one direction.
-    fn pick<'a>(a: Option<&'a Stream>, b: Option<&'a Stream>) -> Option<&'a Stream> {
-        match (a, b) {
+    /// The better of the two captures of one direction: the sender's egress or the
+    /// receiver's ingress. When both hold bytes and they differ, the receiver's:
+    /// what its kernel kept is what the peer read.
+    fn pick<'a>(sent: Option<&'a Stream>, received: Option<&'a Stream>) -> Option<&'a Stream> {
+        match (sent, received) {
             (Some(x), Some(y)) => {
-                if y.contiguous().len() > x.contiguous().len() {
+                if stream::first_difference(x, y).is_some()
+                    || y.contiguous().len() > x.contiguous().len()
+                {
                     Some(y)
                 } else {
                     Some(x)
@@ -131,20 +135,53 @@ impl Connection {
         }
     }
 
-    /// Client-to-server bytes: the client's egress or the server's ingress.
-    pub fn client_to_server(&self) -> Option<&Stream> {
-        Self::pick(
+    fn client_streams(&self) -> (Option<&Stream>, Option<&Stream>) {
+        (
             self.client_end.as_ref().map(|e| &e.egress),
             self.server_end.as_ref().map(|e| &e.ingress),
         )
     }
 
-    /// Server-to-client bytes: the server's egress or the client's ingress.
-    pub fn server_to_client(&self) -> Option<&Stream> {
-        Self::pick(
+    fn server_streams(&self) -> (Option<&Stream>, Option<&Stream>) {
+        (
             self.server_end.as_ref().map(|e| &e.egress),
             self.client_end.as_ref().map(|e| &e.ingress),
         )
+    }
+
+    /// Client-to-server bytes: the client's egress or the server's ingress.
+    pub fn client_to_server(&self) -> Option<&Stream> {
+        let (sent, received) = self.client_streams();
+        Self::pick(sent, received)
+    }
+
+    /// Server-to-client bytes: the server's egress or the client's ingress.
+    pub fn server_to_client(&self) -> Option<&Stream> {
+        let (sent, received) = self.server_streams();
+        Self::pick(sent, received)
+    }
+
+    /// Conflicting overlaps in each direction, client to server first: segments
+    /// whose bytes differ from bytes already received, and captures at the two ends
+    /// that differ.
+    pub fn overlaps(&self) -> (Overlaps, Overlaps) {
+        fn of(pair: (Option<&Stream>, Option<&Stream>)) -> Overlaps {
+            match pair {
+                (Some(a), Some(b)) => Overlaps::merge(a, b),
+                (Some(s), None) | (None, Some(s)) => *s.overlaps(),
+                (None, None) => Overlaps::default(),
+            }
+        }
+        (of(self.client_streams()), of(self.server_streams()))
+    }
+
+    /// Classifies the connection: the classifier on [`Connection::classify_input`],
+    /// with low confidence when the streams held conflicting overlaps.
+    pub fn classify(&self) -> Classification {
+        let mut cls = crate::classify::classify(&self.classify_input());
+        let (c2s, s2c) = self.overlaps();
+        stream::flag_overlaps(&mut cls, &c2s, &s2c);
+        cls
     }
 
     /// Bytes client to server and server to client, from the kernel's counters.

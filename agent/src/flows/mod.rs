@@ -35,7 +35,7 @@ use crate::{
     classify::Classification,
 };
 pub use conn::{Connection, End, Interception, Process, Role, addr};
-pub use stream::Stream;
+pub use stream::{Overlaps, Stream};
 
 /// Counters of the flow table.
 #[derive(Debug, Default, Clone, Copy)]
@@ -44,6 +44,9 @@ pub struct FlowStats {
     pub connections_emitted: u64,
     /// Data or close events for sockets never announced (their announcement was lost).
     pub orphan_events: u64,
+    /// Captured segments that overlapped bytes already received with different
+    /// bytes (TCP evasion or corruption; see [`stream`]).
+    pub overlap_conflicts: u64,
     pub listeners: u64,
     /// Accepted sockets that learned their original destination and joined the
     /// client's end of the connection (interceptions on this node).
@@ -419,8 +422,8 @@ impl FlowTable {
         } else {
             &mut end.ingress
         };
-        if keep {
-            stream.insert(h.offset, payload, budget, h.hdr.ts_ns);
+        if keep && stream.insert(h.offset, payload, budget, h.hdr.ts_ns) {
+            self.stats.overlap_conflicts += 1;
         }
         stream.seen_bytes += u64::from(h.seg_len);
         if h.flags & data_flags::TRUNCATED != 0 {

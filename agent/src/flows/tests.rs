@@ -160,7 +160,7 @@ fn a_settled_connection_is_marked_decided_and_keeps_no_more_bytes() {
     let s = ([10, 213, 0, 1], 8080);
     open_pair(&mut t, c, s);
     let judge = &mut |conn: &Connection| {
-        let cls = crate::classify::classify(&conn.classify_input());
+        let cls = conn.classify();
         cls.is_settled().then_some(cls)
     };
     let req = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
@@ -195,5 +195,72 @@ fn a_settled_connection_is_marked_decided_and_keeps_no_more_bytes() {
     assert_eq!(
         conn.client_end.as_ref().map(|e| e.egress.seen_bytes),
         Some((req.len() + more.len()) as u64)
+    );
+}
+
+#[test]
+fn conflicting_overlaps_keep_the_first_bytes_lower_confidence_and_are_counted() {
+    let mut t = FlowTable::new(FlowConfig::default(), None);
+    let c = ([10, 213, 0, 2], 40000);
+    let s = ([10, 213, 0, 1], 8080);
+    open_pair(&mut t, c, s);
+    let req = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    // The server receives the request, then other bytes at the same offsets.
+    let other = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 and more bytes than before";
+    t.on_event(Event::Data(data(2, direction::INGRESS, 0, req), req));
+    t.on_event(Event::Data(data(2, direction::INGRESS, 0, other), other));
+    let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+    t.on_event(Event::Data(data(2, direction::EGRESS, 0, resp), resp));
+    assert_eq!(t.stats().overlap_conflicts, 1);
+    for (cookie, a, b) in [(1, c, s), (2, s, c)] {
+        t.on_event(Event::Conn(
+            ConnKind::Closed,
+            conn_event(kind::CLOSED, cookie, role::UNKNOWN, a, b),
+        ));
+    }
+    let mut out = Vec::new();
+    t.tick(1_500, &mut |c| out.push(c));
+    let conn = &out[0];
+    let c2s = conn.client_to_server().expect("c2s");
+    assert!(c2s.contiguous().starts_with(req), "the first copy is kept");
+    let cls = conn.classify();
+    assert_eq!(cls.protocol, crate::classify::Protocol::Http1);
+    assert_eq!(cls.confidence, crate::classify::Confidence::Low);
+    assert!(
+        cls.evidence.contains("overlapping TCP segment"),
+        "{}",
+        cls.evidence
+    );
+    assert_eq!(conn.overlaps().0.segments, 1);
+}
+
+#[test]
+fn captures_that_differ_use_the_receivers_bytes() {
+    let mut t = FlowTable::new(FlowConfig::default(), None);
+    let c = ([10, 213, 0, 2], 40001);
+    let s = ([10, 213, 0, 1], 8080);
+    open_pair(&mut t, c, s);
+    // The client's socket sent one thing; the server's kernel received another
+    // (injected on the path), longer or not.
+    let sent = b"\x16\x03\x01\x00\x10 a client hello";
+    let received = b"GET / HTTP/1.1\r\n";
+    t.on_event(Event::Data(data(1, direction::EGRESS, 0, sent), sent));
+    t.on_event(Event::Data(
+        data(2, direction::INGRESS, 0, received),
+        received,
+    ));
+    let conn = t.conns.iter().next().map(|(_, c)| c).expect("connection");
+    assert_eq!(
+        conn.client_to_server().map(Stream::contiguous),
+        Some(&received[..])
+    );
+    let (c2s, s2c) = conn.overlaps();
+    assert!(c2s.captures_differ && !s2c.any());
+    let cls = conn.classify();
+    assert_eq!(cls.confidence, crate::classify::Confidence::Low);
+    assert!(
+        cls.evidence.contains("as sent and as received differ"),
+        "{}",
+        cls.evidence
     );
 }

@@ -1,56 +1,15 @@
-//! The classifier's scenario matrix: real handshakes and real cleartext protocols
-//! between two network namespaces, each on its own server port, while the agent
-//! runs and `dumpcap` records the same traffic.
-//!
-//! Every scenario names the class it must produce. The integration test runs the
-//! matrix, compares the live agent's records and the offline classification of
-//! the capture with that expectation and with the oracles (tshark, Suricata), and
-//! can write the result as `docs/accuracy.md`.
+//! The first rows of the matrix: OpenSSL (curl, s_client, s_server), rustls, nginx
+//! and the cleartext protocols, on TLS 1.2 and 1.3, with and without client
+//! certificates.
 
 use std::{
-    fmt::Write as _,
     path::{Path, PathBuf},
     process::Stdio,
     time::Duration,
 };
 
-use crate::{
-    Cgroup, Child, NetnsPair, Spawn, TempDir,
-    peers::{Pki, wait_listening},
-};
-
-/// What a scenario must produce.
-#[derive(Debug, Clone)]
-pub struct Expect {
-    pub class: &'static str,
-    pub outcome: Option<&'static str>,
-    pub protocol: &'static str,
-    pub mesh: Option<&'static str>,
-    /// `tls.resumed` must be this, when given.
-    pub resumed: Option<bool>,
-}
-
-/// One row of the matrix.
-pub struct Scenario {
-    pub name: &'static str,
-    pub what: &'static str,
-    pub port: u16,
-    pub tls: bool,
-    /// Connections the scenario makes to `port` (in order).
-    pub expect: Vec<Expect>,
-    pub run: fn(&Ctx, u16),
-}
-
-/// Shared set-up: the namespaces, certificates and binaries.
-pub struct Ctx {
-    pub pair: NetnsPair,
-    pub cg_server: Cgroup,
-    pub cg_client: Cgroup,
-    pub dir: TempDir,
-    pub pki: Pki,
-    pub rsa: RsaChain,
-    pub rustls_client: PathBuf,
-}
+use super::{Ctx, Expect, Scenario, curl_tls, e, p, strs, with_cert};
+use crate::{Child, Spawn, peers::wait_listening};
 
 /// An RSA hierarchy: root -> intermediate -> leaves; the client presents a chain
 /// of three certificates.
@@ -196,136 +155,8 @@ impl RsaChain {
     }
 }
 
-fn p(path: &Path) -> &str {
-    path.to_str().expect("UTF-8 path")
-}
-
-impl Ctx {
-    pub fn new(rustls_client: PathBuf) -> Self {
-        let pair = NetnsPair::new("matrix", 40);
-        let dir = TempDir::new();
-        let pki = Pki::generate(dir.path());
-        let rsa = RsaChain::generate(dir.path());
-        Self {
-            pair,
-            cg_server: Cgroup::new("matrix-server"),
-            cg_client: Cgroup::new("matrix-client"),
-            dir,
-            pki,
-            rsa,
-            rustls_client,
-        }
-    }
-
-    pub fn server_ip(&self) -> String {
-        self.pair.a_v4().to_string()
-    }
-
-    /// A server in namespace a, waited for until it listens on `port`.
-    pub fn server(&self, program: &str, args: &[&str], port: u16) -> Child {
-        let child = Spawn::new(program)
-            .args(args)
-            .netns(&self.pair.a)
-            .cgroup(&self.cg_server)
-            .current_dir(self.dir.path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        wait_listening(Some(&self.pair.a), port);
-        child
-    }
-
-    /// `openssl s_server -www` with the EC server certificate plus `extra`.
-    pub fn s_server(&self, port: u16, extra: &[&str]) -> Child {
-        let mut args = vec![
-            "s_server",
-            "-quiet",
-            "-www",
-            "-accept",
-            "",
-            "-cert",
-            p(self.pki.server_cert()),
-            "-key",
-            p(self.pki.server_key()),
-            "-CAfile",
-            p(self.pki.ca()),
-        ];
-        let port_s = port.to_string();
-        args[4] = &port_s;
-        args.extend_from_slice(extra);
-        self.server("openssl", &args, port)
-    }
-
-    /// A client in namespace b; runs to completion (its exit status is not judged:
-    /// refused connections fail on purpose).
-    pub fn client(&self, program: &str, args: &[&str]) -> std::process::Output {
-        Spawn::new(program)
-            .args(args)
-            .netns(&self.pair.b)
-            .cgroup(&self.cg_client)
-            .current_dir(self.dir.path())
-            .run(Duration::from_secs(30))
-    }
-
-    pub fn curl(&self, url: &str, extra: &[&str]) -> std::process::Output {
-        let mut args = vec![
-            "-sS",
-            "--max-time",
-            "10",
-            "--noproxy",
-            "*",
-            "-o",
-            "/dev/null",
-            "--cacert",
-            p(self.pki.ca()),
-        ];
-        args.extend_from_slice(extra);
-        args.push(url);
-        self.client("curl", &args)
-    }
-
-    pub fn https(&self, port: u16) -> String {
-        format!("https://{}:{port}/", self.server_ip())
-    }
-
-    pub fn client_cert_args(&self) -> Vec<String> {
-        vec![
-            "--cert".into(),
-            p(self.pki.client_cert()).into(),
-            "--key".into(),
-            p(self.pki.client_key()).into(),
-        ]
-    }
-}
-
-fn curl_tls(ctx: &Ctx, port: u16, extra: &[&str]) {
-    let out = ctx.curl(&ctx.https(port), extra);
-    let _ = out;
-}
-
-fn with_cert<'a>(ctx: &'a Ctx, extra: &[&'a str]) -> Vec<String> {
-    let mut v = ctx.client_cert_args();
-    v.extend(extra.iter().map(|s| (*s).to_owned()));
-    v
-}
-
-fn strs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
-}
-
-fn e(class: &'static str, outcome: &'static str, protocol: &'static str) -> Expect {
-    Expect {
-        class,
-        outcome: Some(outcome),
-        protocol,
-        mesh: None,
-        resumed: None,
-    }
-}
-
-/// The matrix.
-pub fn matrix() -> Vec<Scenario> {
+/// The rows.
+pub fn rows() -> Vec<Scenario> {
     vec![
         Scenario {
             name: "tls13-mtls-ecdsa",
@@ -872,6 +703,7 @@ pub fn matrix() -> Vec<Scenario> {
                 protocol: "ssh",
                 mesh: None,
                 resumed: None,
+                confidence: None,
             }],
             run: |ctx, port| {
                 let _s = sshd(ctx, port);
@@ -1048,53 +880,4 @@ fn sshd(ctx: &Ctx, port: u16) -> Child {
         ],
         port,
     )
-}
-
-/// A rendered row of docs/accuracy.md.
-pub struct Row {
-    pub scenario: String,
-    pub what: String,
-    pub expected: String,
-    pub agent: String,
-    pub pcap: String,
-    pub evidence: String,
-    pub ok: bool,
-}
-
-/// Renders the accuracy table.
-pub fn render(rows: &[Row], oracle_notes: &[String]) -> String {
-    let mut s = String::new();
-    let ok = rows.iter().filter(|r| r.ok).count();
-    let _ = writeln!(s, "# Classifier accuracy\n");
-    let _ = writeln!(
-        s,
-        "Generated by `cargo xtask accuracy` (the `classifier_matrix` integration test): every scenario is real \
-         traffic between two network namespaces, classified by the live agent and, from a `dumpcap` capture of the \
-         same traffic, by `mtls-auditor classify --pcap`. {ok} of {} connections are right in both.\n",
-        rows.len()
-    );
-    let _ = writeln!(
-        s,
-        "| scenario | traffic | expected | live agent | pcap | evidence (live agent) |"
-    );
-    let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- |");
-    for r in rows {
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} | {} | {} | {} |",
-            r.scenario,
-            r.what,
-            r.expected,
-            r.agent,
-            r.pcap,
-            r.evidence.replace('|', "\\|")
-        );
-    }
-    if !oracle_notes.is_empty() {
-        let _ = writeln!(s, "\n## Independent oracles\n");
-        for n in oracle_notes {
-            let _ = writeln!(s, "- {n}");
-        }
-    }
-    s
 }

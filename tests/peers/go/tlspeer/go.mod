@@ -1,0 +1,3 @@
+module mtls-auditor/tests/peers/tlspeer
+
+go 1.21
