@@ -145,7 +145,7 @@ mod tests {
     #[test]
     fn control_channel_tls_with_and_without_tls_auth() {
         for auth in [0, 28] {
-            let mut c = pkt(P_CONTROL_HARD_RESET_CLIENT_V2, &[0; 8 + 1 + 4].repeat(1));
+            let mut c = pkt(P_CONTROL_HARD_RESET_CLIENT_V2, &[0; 13]);
             c.extend(control(auth, &[0x16, 3, 1, 0, 2, 1, 0]));
             c.extend(control(auth, b"more"));
             let mut s = pkt(P_CONTROL_HARD_RESET_SERVER_V2, &[0; 13]);

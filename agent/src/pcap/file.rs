@@ -240,7 +240,7 @@ impl<R: BufRead> Reader<R> {
         Err(OpenError::Magic(magic))
     }
 
-    /// Where and why the file stopped being readable early, once [`Reader::next`]
+    /// Where and why the file stopped being readable early, once [`Reader::next_record`]
     /// has returned `None`.
     pub fn stop(&self) -> Option<&Stop> {
         self.stop.as_ref()
@@ -254,7 +254,7 @@ impl<R: BufRead> Reader<R> {
     /// The next packet record; `None` at the end of the file or where it stopped
     /// being readable (see [`Reader::stop`]). I/O errors other than the end of the
     /// file are returned.
-    pub fn next(&mut self) -> Result<Option<Record<'_>>, std::io::Error> {
+    pub fn next_record(&mut self) -> Result<Option<Record<'_>>, std::io::Error> {
         if self.stop.is_some() {
             return Ok(None);
         }
@@ -621,7 +621,7 @@ mod tests {
     fn all(bytes: &[u8]) -> (Vec<(u64, Vec<u8>)>, Option<Stop>) {
         let mut r = Reader::open(bytes).expect("opens");
         let mut out = Vec::new();
-        while let Some(rec) = r.next().expect("no io error") {
+        while let Some(rec) = r.next_record().expect("no io error") {
             match rec {
                 Record::Packet { ts_ns, data, .. } => out.push((ts_ns, data.to_vec())),
                 Record::Skipped(s) => out.push((0, format!("{s:?}").into_bytes())),

@@ -81,7 +81,7 @@ pub fn read_from(
     })?;
     let mut tracker = Tracker::new(budget);
     loop {
-        let record = reader.next().map_err(|source| PcapError::Read {
+        let record = reader.next_record().map_err(|source| PcapError::Read {
             path: path.to_path_buf(),
             source,
         })?;
