@@ -1,21 +1,22 @@
 //! IPv4 and IPv6 fragment reassembly for offline captures (the live agent sees
 //! reassembled packets: the kernel has already put them together).
 //!
-//! The per-packet buffers are etherparse's `IpDefragBuf`; this module keys them,
-//! bounds how many are open and for how long, and recycles their memory.
+//! Each packet being put together is a zeroed buffer and a list of the byte
+//! ranges filled; overlapping fragments keep the bytes that came first (as Linux
+//! does). At most [`MAX_OPEN`] packets are open at once, none for longer than
+//! [`MAX_AGE_NS`] of capture time, none larger than 64 KiB.
 
 use std::{collections::HashMap, net::IpAddr};
 
-use etherparse::{
-    IpFragOffset, IpNumber, Ipv6ExtensionSlice, LaxIpSlice,
-    defrag::{IpDefragBuf, IpFragRange},
-};
+use super::ip::FragInfo;
 
 /// Packets being put together at once; the oldest is dropped beyond this.
-const MAX_OPEN: usize = 4096;
+pub const MAX_OPEN: usize = 4096;
 /// A packet whose fragments span more capture time than this is dropped (Linux's
 /// default `ipfrag_time` is 30 s).
-const MAX_AGE_NS: u64 = 60_000_000_000;
+pub const MAX_AGE_NS: u64 = 60_000_000_000;
+/// The largest payload an IP header can describe.
+const MAX_PAYLOAD: usize = 65_535;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Key {
@@ -27,57 +28,66 @@ struct Key {
     depth: u8,
 }
 
-/// A fragment taken from an IP header.
-#[derive(Debug, Clone, Copy)]
-pub struct Fragment<'a> {
-    key_id: u32,
-    offset: IpFragOffset,
-    more: bool,
-    proto: IpNumber,
-    payload: &'a [u8],
+#[derive(Debug, Default)]
+struct Partial {
+    data: Vec<u8>,
+    /// Filled `[start, end)` ranges, sorted and disjoint.
+    filled: Vec<(usize, usize)>,
+    /// The payload's length, once the last fragment arrived.
+    end: Option<usize>,
+    first_ts: u64,
 }
 
-/// The fragment an IP packet carries, if it is one.
-pub fn fragment<'a>(ip: &LaxIpSlice<'a>) -> Option<Fragment<'a>> {
-    let payload = ip.payload();
-    match ip {
-        LaxIpSlice::Ipv4(v4) => {
-            if !payload.fragmented {
-                return None;
-            }
-            let h = v4.header();
-            Some(Fragment {
-                key_id: u32::from(h.identification()),
-                offset: h.fragments_offset(),
-                more: h.more_fragments(),
-                proto: payload.ip_number,
-                payload: payload.payload,
-            })
+impl Partial {
+    /// Adds a fragment; false if it contradicts what is known (an end that moves,
+    /// data past the end, more than 64 KiB).
+    fn add(&mut self, offset: usize, more: bool, bytes: &[u8]) -> bool {
+        let stop = offset + bytes.len();
+        if stop > MAX_PAYLOAD || (more && bytes.len() % 8 != 0) {
+            return false;
         }
-        LaxIpSlice::Ipv6(v6) => {
-            let frag = v6.extensions().clone().into_iter().find_map(|e| match e {
-                Ipv6ExtensionSlice::Fragment(f) => Some(f),
-                _ => None,
-            })?;
-            // Decoded here from the raw header: etherparse 0.19 reads the offset and
-            // the M flag from the wrong bits (RFC 8200 4.5: a 13-bit offset, two
-            // reserved bits, then M as the lowest bit).
-            let raw = frag.slice();
-            let field = u16::from_be_bytes([*raw.get(2)?, *raw.get(3)?]);
-            let (units, more) = (field >> 3, field & 1 == 1);
-            if units == 0 && !more {
-                // An atomic fragment: the whole packet.
-                return None;
+        match (self.end, more) {
+            (Some(end), _) if stop > end || (!more && stop != end) => return false,
+            (None, false) => {
+                if self.filled.last().is_some_and(|&(_, e)| e > stop) {
+                    return false;
+                }
+                self.end = Some(stop);
             }
-            let id = u32::from_be_bytes([*raw.get(4)?, *raw.get(5)?, *raw.get(6)?, *raw.get(7)?]);
-            Some(Fragment {
-                key_id: id,
-                offset: IpFragOffset::try_new(units).ok()?,
-                more,
-                proto: frag.next_header(),
-                payload: payload.payload,
-            })
+            _ => {}
         }
+        if self.data.len() < stop {
+            self.data.resize(stop, 0);
+        }
+        // Copy only what no earlier fragment covered.
+        let mut at = offset;
+        for &(s, e) in &self.filled {
+            if e <= at || s >= stop {
+                continue;
+            }
+            if s > at {
+                self.data[at..s].copy_from_slice(&bytes[at - offset..s - offset]);
+            }
+            at = at.max(e);
+        }
+        if at < stop {
+            self.data[at..stop].copy_from_slice(&bytes[at - offset..]);
+        }
+        self.filled.push((offset, stop));
+        self.filled.sort_unstable();
+        let mut merged: Vec<(usize, usize)> = Vec::with_capacity(self.filled.len());
+        for &(s, e) in &self.filled {
+            match merged.last_mut() {
+                Some(last) if s <= last.1 => last.1 = last.1.max(e),
+                _ => merged.push((s, e)),
+            }
+        }
+        self.filled = merged;
+        true
+    }
+
+    fn complete(&self) -> bool {
+        matches!((self.end, self.filled.as_slice()), (Some(end), [(0, e)]) if *e == end)
     }
 }
 
@@ -86,7 +96,6 @@ pub fn fragment<'a>(ip: &LaxIpSlice<'a>) -> Option<Fragment<'a>> {
 pub struct Whole {
     pub proto: u8,
     pub payload: Vec<u8>,
-    sections: Vec<IpFragRange>,
 }
 
 /// What adding a fragment did.
@@ -101,19 +110,29 @@ pub enum Added {
 
 #[derive(Debug, Default)]
 pub struct Defrag {
-    open: HashMap<Key, (IpDefragBuf, u64)>,
-    spare: Vec<(Vec<u8>, Vec<IpFragRange>)>,
+    open: HashMap<Key, Partial>,
     /// Packets dropped unfinished (evicted, expired) so far.
     pub abandoned: u64,
 }
 
 impl Defrag {
-    pub fn add(&mut self, src: IpAddr, dst: IpAddr, depth: u8, f: Fragment<'_>, ts: u64) -> Added {
+    /// Adds the fragment `f` of a packet from `src` to `dst` whose payload is of
+    /// protocol `proto`.
+    pub fn add(
+        &mut self,
+        src: IpAddr,
+        dst: IpAddr,
+        proto: u8,
+        depth: u8,
+        f: FragInfo,
+        bytes: &[u8],
+        ts: u64,
+    ) -> Added {
         let key = Key {
             src,
             dst,
-            id: f.key_id,
-            proto: f.proto.0,
+            id: f.id,
+            proto,
             depth,
         };
         if !self.open.contains_key(&key) {
@@ -121,39 +140,30 @@ impl Defrag {
             if self.open.len() >= MAX_OPEN {
                 self.evict_oldest();
             }
-            let (data, sections) = self.spare.pop().unwrap_or_default();
-            self.open
-                .insert(key, (IpDefragBuf::new(f.proto, data, sections), ts));
+            self.open.insert(
+                key,
+                Partial {
+                    first_ts: ts,
+                    ..Partial::default()
+                },
+            );
         }
-        let Some((buf, _)) = self.open.get_mut(&key) else {
+        let Some(p) = self.open.get_mut(&key) else {
             return Added::Invalid;
         };
-        if buf.add(f.offset, f.more, f.payload).is_err() {
-            if let Some((buf, _)) = self.open.remove(&key) {
-                self.spare.push(buf.take_bufs());
-            }
+        if !p.add(f.offset, f.more, bytes) {
+            self.open.remove(&key);
             return Added::Invalid;
         }
-        if !buf.is_complete() {
+        if !p.complete() {
             return Added::Pending;
         }
         match self.open.remove(&key) {
-            Some((buf, _)) => {
-                let (payload, sections) = buf.take_bufs();
-                Added::Complete(Whole {
-                    proto: key.proto,
-                    payload,
-                    sections,
-                })
-            }
+            Some(p) => Added::Complete(Whole {
+                proto,
+                payload: p.data,
+            }),
             None => Added::Invalid,
-        }
-    }
-
-    /// Gives a reassembled packet's memory back.
-    pub fn recycle(&mut self, whole: Whole) {
-        if self.spare.len() < 64 {
-            self.spare.push((whole.payload, whole.sections));
         }
     }
 
@@ -165,7 +175,7 @@ impl Defrag {
     fn expire(&mut self, now: u64) {
         let before = self.open.len();
         self.open
-            .retain(|_, (_, first)| now.saturating_sub(*first) <= MAX_AGE_NS);
+            .retain(|_, p| now.saturating_sub(p.first_ts) <= MAX_AGE_NS);
         self.abandoned += (before - self.open.len()) as u64;
     }
 
@@ -173,13 +183,11 @@ impl Defrag {
         let oldest = self
             .open
             .iter()
-            .min_by_key(|(_, (_, ts))| *ts)
+            .min_by_key(|(_, p)| p.first_ts)
             .map(|(k, _)| *k);
-        if let Some(k) = oldest
-            && let Some((buf, _)) = self.open.remove(&k)
-        {
+        if let Some(k) = oldest {
+            self.open.remove(&k);
             self.abandoned += 1;
-            self.spare.push(buf.take_bufs());
         }
     }
 }
@@ -188,23 +196,9 @@ impl Defrag {
 mod tests {
     use super::*;
 
-    /// An IPv4 fragment of `payload` at byte `offset` (a multiple of 8).
-    fn v4_fragment(id: u16, offset: u16, more: bool, payload: &[u8]) -> Vec<u8> {
-        let total = 20 + payload.len() as u16;
-        let flags_off = (if more { 0x2000 } else { 0 }) | (offset / 8);
-        let mut v = vec![0x45, 0];
-        v.extend_from_slice(&total.to_be_bytes());
-        v.extend_from_slice(&id.to_be_bytes());
-        v.extend_from_slice(&flags_off.to_be_bytes());
-        v.extend_from_slice(&[64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2]);
-        v.extend_from_slice(payload);
-        v
-    }
-
-    fn feed(d: &mut Defrag, pkt: &[u8], ts: u64) -> Added {
-        let (ip, _) = LaxIpSlice::from_slice(pkt).expect("ip");
-        let f = fragment(&ip).expect("a fragment");
-        d.add(ip.source_addr(), ip.destination_addr(), 0, f, ts)
+    fn add(d: &mut Defrag, id: u32, offset: usize, more: bool, bytes: &[u8], ts: u64) -> Added {
+        let (a, b) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        d.add(a, b, 6, 0, FragInfo { id, offset, more }, bytes, ts)
     }
 
     #[test]
@@ -212,62 +206,69 @@ mod tests {
         let data: Vec<u8> = (0..40u8).collect();
         let mut d = Defrag::default();
         assert!(matches!(
-            feed(&mut d, &v4_fragment(7, 24, false, &data[24..]), 1),
+            add(&mut d, 7, 24, false, &data[24..], 1),
             Added::Pending
         ));
         assert!(matches!(
-            feed(&mut d, &v4_fragment(7, 0, true, &data[..16]), 2),
+            add(&mut d, 7, 0, true, &data[..16], 2),
             Added::Pending
         ));
-        match feed(&mut d, &v4_fragment(7, 16, true, &data[16..24]), 3) {
+        match add(&mut d, 7, 16, true, &data[16..24], 3) {
             Added::Complete(w) => {
                 assert_eq!(w.payload, data);
                 assert_eq!(w.proto, 6);
-                d.recycle(w);
             }
             other => panic!("{other:?}"),
         }
         assert_eq!(d.pending(), 0);
     }
 
-    /// An IPv6 fragment as RFC 8200 lays it out.
-    fn v6_fragment(id: u32, offset: u16, more: bool, payload: &[u8]) -> Vec<u8> {
-        let mut v = vec![0x60, 0, 0, 0];
-        v.extend_from_slice(&(8 + payload.len() as u16).to_be_bytes());
-        v.extend_from_slice(&[44, 64]);
-        v.extend_from_slice(&[0xfd, 0x13, 2, 0x13, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
-        v.extend_from_slice(&[0xfd, 0x13, 2, 0x13, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
-        v.extend_from_slice(&[6, 0]);
-        v.extend_from_slice(&(offset | u16::from(more)).to_be_bytes());
-        v.extend_from_slice(&id.to_be_bytes());
-        v.extend_from_slice(payload);
-        v
-    }
-
     #[test]
-    fn ipv6_fragment_headers_as_the_rfc_lays_them_out() {
-        let data: Vec<u8> = (0..64u8).collect();
+    fn overlaps_keep_the_first_bytes_and_contradictions_drop_the_packet() {
         let mut d = Defrag::default();
-        // Offsets that etherparse 0.19 would misread (32 bytes: its M bit clear).
         assert!(matches!(
-            feed(&mut d, &v6_fragment(9, 32, false, &data[32..]), 1),
+            add(&mut d, 1, 0, true, &[1; 16], 0),
             Added::Pending
         ));
-        match feed(&mut d, &v6_fragment(9, 0, true, &data[..32]), 2) {
-            Added::Complete(w) => assert_eq!(w.payload, data),
+        // Overlapping bytes 8..16 arrive again with other values: the first stay.
+        match add(&mut d, 1, 8, false, &[2; 16], 1) {
+            Added::Complete(w) => {
+                assert_eq!(&w.payload[..16], &[1; 16]);
+                assert_eq!(&w.payload[16..], &[2; 8]);
+            }
             other => panic!("{other:?}"),
         }
+        assert!(matches!(
+            add(&mut d, 2, 0, false, &[0; 8], 0),
+            Added::Complete(_)
+        ));
+        assert!(matches!(
+            add(&mut d, 3, 16, false, &[0; 8], 0),
+            Added::Pending
+        ));
+        assert!(
+            matches!(add(&mut d, 3, 24, false, &[0; 8], 0), Added::Invalid),
+            "a second end"
+        );
+        assert!(
+            matches!(add(&mut d, 4, 0, true, &[0; 7], 0), Added::Invalid),
+            "unaligned"
+        );
+        assert!(
+            matches!(add(&mut d, 5, 65_528, true, &[0; 16], 0), Added::Invalid),
+            "past 64 KiB"
+        );
     }
 
     #[test]
     fn old_and_excess_packets_are_abandoned() {
         let mut d = Defrag::default();
-        feed(&mut d, &v4_fragment(1, 0, true, &[0; 8]), 0);
-        feed(&mut d, &v4_fragment(2, 0, true, &[0; 8]), MAX_AGE_NS + 1);
+        add(&mut d, 1, 0, true, &[0; 8], 0);
+        add(&mut d, 2, 0, true, &[0; 8], MAX_AGE_NS + 1);
         assert_eq!(d.pending(), 1);
         assert_eq!(d.abandoned, 1);
-        for id in 3..(3 + MAX_OPEN as u16) {
-            feed(&mut d, &v4_fragment(id, 0, true, &[0; 8]), MAX_AGE_NS + 2);
+        for id in 3..(3 + MAX_OPEN as u32) {
+            add(&mut d, id, 0, true, &[0; 8], MAX_AGE_NS + 2);
         }
         assert_eq!(d.pending(), MAX_OPEN);
         assert_eq!(d.abandoned, 2);

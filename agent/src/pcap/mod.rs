@@ -1,11 +1,13 @@
 //! Offline mode: the same classifier on a pcap or pcapng capture.
 //!
-//! [`file`] reads the capture format, [`link`] and [`frag`] take each frame down
-//! to IP (link layers, tunnels, fragments), [`tcp`] tracks and reassembles TCP
-//! connections, [`report`] says what was left out and where a file ended early.
+//! [`file`] reads the capture format, [`link`], [`ip`] and [`frag`] take each
+//! frame down to TCP (link layers, tunnels, IP headers, fragments), [`tcp`] tracks
+//! and reassembles TCP connections, [`report`] says what was left out and where a
+//! file ended early.
 
 pub mod file;
 pub mod frag;
+pub mod ip;
 pub mod link;
 pub mod report;
 pub mod tcp;

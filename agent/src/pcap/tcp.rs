@@ -8,11 +8,10 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use etherparse::{LaxIpSlice, TcpSlice};
-
 use super::{
     LinkType, ReadReport, SkipReason,
-    frag::{self, Added, Defrag},
+    frag::{Added, Defrag},
+    ip,
     link::{self, Layer},
 };
 use crate::{
@@ -188,10 +187,8 @@ impl Tracker {
     /// deeper inside a tunnel).
     fn first_layer_failed(&self, link: LinkType, data: &[u8]) -> bool {
         match link::start(link, data) {
-            Ok(Layer::Ip(b)) => LaxIpSlice::from_slice(b).is_err(),
-            Ok(layer) => {
-                !matches!(link::next(layer), Ok(Layer::Ip(b)) if LaxIpSlice::from_slice(b).is_ok())
-            }
+            Ok(Layer::Ip(b)) => ip::parse(b).is_err(),
+            Ok(layer) => !matches!(link::next(layer), Ok(Layer::Ip(b)) if ip::parse(b).is_ok()),
             Err(_) => true,
         }
     }
@@ -211,22 +208,40 @@ impl Tracker {
     }
 
     fn ip(&mut self, b: &[u8], ts: u64, depth: u8) -> Result<(), SkipReason> {
-        let (ip, _) = LaxIpSlice::from_slice(b).map_err(|_| SkipReason::Malformed("IP header"))?;
-        let (src, dst) = (ip.source_addr(), ip.destination_addr());
-        if let Some(f) = frag::fragment(&ip) {
-            return match self.defrag.add(src, dst, depth, f, ts) {
-                Added::Pending => Ok(()),
-                Added::Invalid => Err(SkipReason::FragmentsInvalid),
-                Added::Complete(whole) => {
-                    self.report.reassembled += 1;
-                    let r = self.transport(whole.proto, &whole.payload, src, dst, ts, depth);
-                    self.defrag.recycle(whole);
-                    r
-                }
-            };
+        let packet = ip::parse(b)?;
+        let Some(f) = packet.frag else {
+            return self.transport(
+                packet.proto,
+                packet.payload,
+                packet.src,
+                packet.dst,
+                ts,
+                depth,
+            );
+        };
+        match self.defrag.add(
+            packet.src,
+            packet.dst,
+            packet.proto,
+            depth,
+            f,
+            packet.payload,
+            ts,
+        ) {
+            Added::Pending => Ok(()),
+            Added::Invalid => Err(SkipReason::FragmentsInvalid),
+            Added::Complete(whole) => {
+                self.report.reassembled += 1;
+                // IPv6 may keep extension headers inside the fragmented part.
+                let (proto, payload) = if packet.src.is_ipv6() {
+                    let (proto, payload, _) = ip::v6_extensions(whole.proto, &whole.payload)?;
+                    (proto, payload)
+                } else {
+                    (whole.proto, whole.payload.as_slice())
+                };
+                self.transport(proto, payload, packet.src, packet.dst, ts, depth)
+            }
         }
-        let payload = ip.payload();
-        self.transport(payload.ip_number.0, payload.payload, src, dst, ts, depth)
     }
 
     fn transport(
@@ -240,19 +255,18 @@ impl Tracker {
     ) -> Result<(), SkipReason> {
         match proto {
             6 => {
-                let tcp =
-                    TcpSlice::from_slice(b).map_err(|_| SkipReason::Malformed("TCP header"))?;
+                let tcp = ip::tcp(b)?;
                 self.report.tcp_segments += 1;
                 self.segment(Segment {
-                    src: SocketAddr::new(src, tcp.source_port()),
-                    dst: SocketAddr::new(dst, tcp.destination_port()),
-                    seq: tcp.sequence_number(),
-                    ack_no: tcp.acknowledgment_number(),
-                    syn: tcp.syn(),
-                    ack: tcp.ack(),
-                    fin: tcp.fin(),
-                    rst: tcp.rst(),
-                    payload: tcp.payload(),
+                    src: SocketAddr::new(src, tcp.src_port),
+                    dst: SocketAddr::new(dst, tcp.dst_port),
+                    seq: tcp.seq,
+                    ack_no: tcp.ack_no,
+                    syn: tcp.syn,
+                    ack: tcp.ack,
+                    fin: tcp.fin,
+                    rst: tcp.rst,
+                    payload: tcp.payload,
                     ts,
                 });
                 Ok(())
