@@ -99,7 +99,12 @@ pub enum PolicyCommand {
 
 #[derive(Debug, Args)]
 pub struct ClassifyArgs {
-    /// The capture to read (pcap or pcapng; Ethernet, Linux cooked, raw IP, loopback).
+    /// The capture to read: pcap or pcapng; Ethernet (802.1Q/QinQ, PPPoE, MPLS),
+    /// Linux cooked v1/v2 (any ARPHRD type), raw IP, BSD loopback, PPP, 802.11;
+    /// tunnels (IP-in-IP, GRE, VXLAN, Geneve, GTP-U, CAPWAP, Teredo) are followed
+    /// and IP fragments reassembled. Packets that cannot be read are counted on
+    /// stderr with the reason; a file that ends mid-record (copied while tcpdump
+    /// was writing it) is read up to the cut, which stderr names.
     #[arg(long, value_name = "FILE")]
     pub pcap: PathBuf,
     /// JSON lines instead of a table. Field names follow the metric labels
@@ -109,6 +114,10 @@ pub struct ClassifyArgs {
     /// Bytes kept from the start of each direction.
     #[arg(long, default_value_t = 65_536)]
     pub budget: u32,
+    /// Exit non-zero (after printing what was read) if the file ends early or is
+    /// corrupt part-way, or if any packet could not be read.
+    #[arg(long)]
+    pub strict: bool,
 }
 
 #[derive(Debug, Args)]

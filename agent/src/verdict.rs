@@ -142,6 +142,7 @@ mod tests {
             outcome,
             tls: None,
             starttls: None,
+            tunnel: None,
             http: None,
             mesh: None,
         }

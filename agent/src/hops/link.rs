@@ -241,5 +241,6 @@ fn no_evidence(why: String) -> Classification {
         starttls: None,
         http: None,
         mesh: None,
+        tunnel: None,
     }
 }
