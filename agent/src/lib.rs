@@ -26,6 +26,7 @@ pub mod pcap;
 pub mod policy;
 #[cfg(feature = "agent")]
 pub mod probes;
+pub mod report;
 #[cfg(feature = "agent")]
 pub mod run;
 pub mod verdict;
