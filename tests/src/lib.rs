@@ -13,6 +13,7 @@ pub mod kubeapi;
 pub mod net;
 pub mod peers;
 pub mod proc;
+pub mod report;
 pub mod scenarios;
 
 pub use agent::{Agent, AgentOptions, Record};

@@ -56,6 +56,10 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
         "python3-venv",
         "tests: the Python environment of kubernetes-validate and helm-python-sdk",
     ),
+    (
+        "chromium",
+        "tests: a headless screenshot of `mtls-auditor report --format html`",
+    ),
 ];
 
 /// Installed from bookworm-backports on Debian 12 (Suricata 7 with JA4).
