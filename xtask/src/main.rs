@@ -180,6 +180,10 @@ fn seed(target: &str) -> Result<()> {
     let root = project_root();
     let seeds: &[&str] = match target {
         "pcap_file" => &["agent/tests/data/handshakes.pcapng"],
+        "report_answer" => &[
+            "agent/tests/data/prometheus-vector.json",
+            "agent/tests/data/prometheus-matrix.json",
+        ],
         _ => &[],
     };
     if seeds.is_empty() {

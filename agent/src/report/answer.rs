@@ -149,6 +149,20 @@ mod tests {
         assert!(!a.success);
         assert_eq!(a.error_type.as_deref(), Some("bad_data"));
         assert!(decode("<html>").is_err());
+        // Real answers (agent/tests/data/make-prometheus-answers.sh).
+        let a = decode(include_str!("../../tests/data/prometheus-vector.json")).expect("vector");
+        let Some(Result::Vector(v)) = a.result else {
+            panic!("not a vector")
+        };
+        assert_eq!(v.len(), 2);
+        assert_eq!(v[0].labels["connection_security_policy"], "mutual_tls");
+        assert_eq!(v[0].value, 14.0);
+        let a = decode(include_str!("../../tests/data/prometheus-matrix.json")).expect("matrix");
+        let Some(Result::Matrix(m)) = a.result else {
+            panic!("not a matrix")
+        };
+        assert_eq!(m[0].labels["instance"], "node-1:9477");
+        assert_eq!(m[0].points.len(), 6);
         assert!(decode(r#"{"hello":"world"}"#).is_err());
     }
 }
