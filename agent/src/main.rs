@@ -402,6 +402,7 @@ fn main() -> ExitCode {
             root_namespace,
         }) => policy_explain(paths, from, to, root_namespace),
         Command::Edges(args) => edges(args),
+        Command::Report(args) => mtls_auditor::report::run(args).map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -315,7 +315,12 @@ fn prometheus_sees_the_seed_scenario_verdict_by_verdict() {
     };
     let fill = |q: &str| fill_with(q, "example-service-a");
     let mut checked = 0;
-    for file in ["overview.json", "workload.json", "agent-health.json"] {
+    for file in [
+        "overview.json",
+        "workload.json",
+        "agent-health.json",
+        "strict-readiness.json",
+    ] {
         let dash: Record = serde_json::from_str(
             &std::fs::read_to_string(root().join("dashboards").join(file)).expect("read"),
         )

@@ -207,6 +207,13 @@ fn seed(target: &str) -> Result<()> {
         .iter()
         .map(|f| root.join(f))
         .collect(),
+        "report_answer" => [
+            "agent/tests/data/prometheus-vector.json",
+            "agent/tests/data/prometheus-matrix.json",
+        ]
+        .iter()
+        .map(|f| root.join(f))
+        .collect(),
         _ => Vec::new(),
     };
     let dir = root.join("fuzz/seeds").join(target);
