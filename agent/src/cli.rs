@@ -247,7 +247,9 @@ pub struct RunArgs {
     /// Turn off a built-in exemption of the mesh's own traffic: `proxy-to-app`
     /// (a proxy delivering inbound traffic to its app inside one pod),
     /// `istio-envoy-prometheus` (15090), `istio-agent-health` (15020, 15021),
-    /// `istio-envoy-admin` (15000 on loopback), `istio-dns` (DNS captured to 15053).
+    /// `istio-envoy-admin` (15000 on loopback), `istio-dns` (DNS captured to 15053),
+    /// `istio-ambient-probe` (kubelet probes from 169.254.7.127), `linkerd-admin`
+    /// (4191), `linkerd-tap` (4190).
     /// Repeatable or comma-separated. See docs/mesh.md.
     #[arg(
         long = "disable-exemption",
@@ -260,6 +262,9 @@ pub struct RunArgs {
             "istio-agent-health",
             "istio-envoy-admin",
             "istio-dns",
+            "istio-ambient-probe",
+            "linkerd-admin",
+            "linkerd-tap",
         ])
     )]
     pub disable_exemption: Vec<String>,
