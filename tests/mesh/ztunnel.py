@@ -171,19 +171,19 @@ class H2:
     """One HTTP/2 connection carrying CONNECT streams; a reader thread feeds them."""
 
     def __init__(self, sock, server_side, on_stream=None):
+        # One TLS connection must not be read and written by two threads at once
+        # (OpenSSL does not allow it): every TLS read and write holds `lock`, and the
+        # socket is non-blocking so that the reader never holds it while it waits.
+        sock.setblocking(False)
         self.sock = sock
         self.lock = threading.Lock()
+        self.buf = b""
         self.streams = {}
         self.next_id = 1
         self.on_stream = on_stream
         self.closed = False
         if server_side:
-            got = b""
-            while len(got) < len(PREFACE):
-                chunk = sock.recv(len(PREFACE) - len(got))
-                if not chunk:
-                    raise EOFError
-                got += chunk
+            got = self.recv_exact(len(PREFACE))
             if got != PREFACE:
                 raise ValueError("not an HTTP/2 preface")
             self.send(frame(SETTINGS, 0, 0))
@@ -192,16 +192,28 @@ class H2:
         threading.Thread(target=self.read_loop, daemon=True).start()
 
     def send(self, data):
+        view = memoryview(data)
         with self.lock:
-            self.sock.sendall(data)
+            while view:
+                try:
+                    view = view[self.sock.send(view):]
+                except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
+                    select.select([], [self.sock], [], 1)
 
     def recv_exact(self, n):
-        out = b""
-        while len(out) < n:
-            chunk = self.sock.recv(n - len(out))
+        while len(self.buf) < n:
+            with self.lock:
+                try:
+                    chunk = self.sock.recv(65536)
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                    chunk = None
+            if chunk is None:
+                select.select([self.sock], [], [], 1)
+                continue
             if not chunk:
                 raise EOFError
-            out += chunk
+            self.buf += chunk
+        out, self.buf = self.buf[:n], self.buf[n:]
         return out
 
     def read_loop(self):

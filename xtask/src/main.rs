@@ -33,8 +33,11 @@ enum Cmd {
     /// Set up, build and run the agent on this host with the seed example scenario
     /// (examples/seed): three workloads, their Istio policies, traffic that shows
     /// every verdict, a live table. Ctrl-C stops and cleans up (needs root).
+    /// `--mode ambient` (first) runs it on Istio ambient's data path (ztunnel,
+    /// HBONE) instead of sidecars.
     Run {
-        /// Arguments passed on to `mtls-auditor run`.
+        /// `--mode sidecar|ambient` first, then arguments passed on to
+        /// `mtls-auditor run`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
