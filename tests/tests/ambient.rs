@@ -142,8 +142,15 @@ fn ambient_requests_are_judged_by_their_hbone_tunnel() {
     let url = |n: u8| format!("http://{}:8080/", ip(n));
 
     // Three healthy requests from b to a: HBONE, pooled.
+    let ztunnel_log =
+        || std::fs::read_to_string(work.path().join("ztunnel.log")).unwrap_or_default();
     for _ in 0..3 {
-        assert_eq!(node.pod("b").curl(&url(1)), "hello from a\n");
+        assert_eq!(
+            node.pod("b").curl(&url(1)),
+            "hello from a\n",
+            "ztunnel's log:\n{}",
+            ztunnel_log()
+        );
     }
     // A client outside the mesh: refused by a's ztunnel (STRICT) ...
     assert_eq!(node.pod("c").curl(&url(1)), "");
