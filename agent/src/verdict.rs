@@ -63,6 +63,32 @@ pub fn judge(observed: &Classification, expected: &Expectation) -> (Verdict, Str
     if expected.exempt.is_some() {
         return (Verdict::Exempt, format!("exempt: {}", expected.reason));
     }
+    // A connection the policy refuses whatever its security: refused is
+    // enforcement working, served is a violation.
+    if let Some(why) = &expected.deny {
+        return match observed.outcome {
+            Outcome::ServerRefused => (
+                Verdict::Rejected,
+                format!(
+                    "{} attempt refused by the server, as the policy requires: {why}",
+                    class.as_str()
+                ),
+            ),
+            Outcome::Incomplete => (
+                Verdict::Violation,
+                format!(
+                    "the policy refuses this connection ({why}) (capture incomplete: the server may have refused it)"
+                ),
+            ),
+            _ => (
+                Verdict::Violation,
+                format!(
+                    "observed {} but the policy refuses this connection: {why}",
+                    class.as_str()
+                ),
+            ),
+        };
+    }
     let Some(have) = observed_rank(class) else {
         return (
             Verdict::Unknown,
@@ -81,13 +107,19 @@ pub fn judge(observed: &Classification, expected: &Expectation) -> (Verdict, Str
             && need == 0
             && observed.outcome != Outcome::ServerRefused
         {
-            return (
-                Verdict::Permissive,
+            // Istio's PERMISSIVE, or a Linkerd authorization without identity.
+            let why = if expected.reason.contains("PERMISSIVE") {
                 format!(
                     "plaintext accepted by a PERMISSIVE server ({}): this client must move to mutual TLS before STRICT",
                     expected.reason
-                ),
-            );
+                )
+            } else {
+                format!(
+                    "plaintext accepted by a server that admits clients without a mesh identity ({}): this client must move to mutual TLS before the server requires it",
+                    expected.reason
+                )
+            };
+            return (Verdict::Permissive, why);
         }
         return (
             Verdict::Compliant,
@@ -155,6 +187,7 @@ mod tests {
             reason: "PeerAuthentication default/p spec.mtls.mode=STRICT".into(),
             policies: vec![],
             auto_mtls: None,
+            deny: None,
         }
     }
 
@@ -266,6 +299,43 @@ mod tests {
             assert_eq!(v, want, "case {i}: {why}");
         }
     }
+
+    /// A connection the policy refuses: refused is `rejected` whatever it was,
+    /// served is a `violation`, even with mutual TLS.
+    #[test]
+    fn a_denied_connection_is_rejected_when_refused_and_a_violation_when_served() {
+        use Outcome::*;
+        use SecurityClass as C;
+        let mut e = exp(Requirement::MutualTls, false, false);
+        e.deny = Some("Server shop/cart (port 8080; Server shop/cart spec.accessPolicy=deny): no authorization, so Linkerd refuses every client".into());
+        for (class, outcome, want) in [
+            (C::MutualTls, ServerRefused, Verdict::Rejected),
+            (C::None, ServerRefused, Verdict::Rejected),
+            (C::MutualTls, Completed, Verdict::Violation),
+            (C::None, Completed, Verdict::Violation),
+            (C::Unknown, Completed, Verdict::Violation),
+            (C::None, Incomplete, Verdict::Violation),
+        ] {
+            let (v, why) = judge(&obs(class, outcome), &e);
+            assert_eq!(v, want, "{class:?} {outcome:?}: {why}");
+            assert!(why.contains("Server shop/cart"), "{why}");
+        }
+        // Exemptions still win.
+        e.exempt = Some("x".into());
+        assert_eq!(judge(&obs(C::None, Completed), &e).0, Verdict::Exempt);
+    }
+
+    #[test]
+    fn plaintext_into_a_linkerd_unauthenticated_policy_is_permissive_in_linkerd_words() {
+        let mut e = exp(Requirement::None, true, false);
+        e.reason = "Server shop/cart spec.accessPolicy=all-unauthenticated admits 10.0.0.1 without a mesh identity".into();
+        let (v, why) = judge(&obs(SecurityClass::None, Outcome::Completed), &e);
+        assert_eq!(v, Verdict::Permissive);
+        assert!(
+            why.contains("without a mesh identity") && !why.contains("STRICT"),
+            "{why}"
+        );
+    }
 }
 
 /// Who the two ends are and what policy says about the connection: the fields a
@@ -376,6 +446,7 @@ pub fn assess(
             reason: format!("built-in exemption {b}: {reason}"),
             policies: Vec::new(),
             auto_mtls: None,
+            deny: None,
         },
         None => policy.expect(&q),
     };
