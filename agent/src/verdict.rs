@@ -12,7 +12,7 @@
 use serde::Serialize;
 
 use crate::{
-    classify::{Classification, Outcome, SecurityClass},
+    classify::{Classification, Outcome, Protocol, SecurityClass},
     policy::{Expectation, model::Requirement, rank},
 };
 
@@ -80,6 +80,20 @@ pub fn judge(observed: &Classification, expected: &Expectation) -> (Verdict, Str
                     "the policy refuses this connection ({why}) (capture incomplete: the server may have refused it)"
                 ),
             ),
+            // HTTP (in plaintext, or inside the proxies' mutual TLS) gets a 403
+            // on the accepted connection: the bytes do not say whether it was
+            // refused.
+            _ if expected.deny_http
+                && (matches!(observed.protocol, Protocol::Http1 | Protocol::H2c)
+                    || class == SecurityClass::MutualTls) =>
+            {
+                (
+                    Verdict::Unknown,
+                    format!(
+                        "the policy refuses this client ({why}), but Linkerd refuses an HTTP request with a 403 on the accepted connection, which the capture cannot tell from a served one"
+                    ),
+                )
+            }
             _ => (
                 Verdict::Violation,
                 format!(
@@ -163,7 +177,7 @@ pub fn judge(observed: &Classification, expected: &Expectation) -> (Verdict, Str
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::classify::{Confidence, Protocol};
+    use crate::classify::Confidence;
 
     fn obs(class: SecurityClass, outcome: Outcome) -> Classification {
         Classification {
@@ -188,6 +202,7 @@ mod tests {
             policies: vec![],
             auto_mtls: None,
             deny: None,
+            deny_http: false,
         }
     }
 
@@ -325,6 +340,44 @@ mod tests {
         assert_eq!(judge(&obs(C::None, Completed), &e).0, Verdict::Exempt);
     }
 
+    /// Linkerd answers a denied HTTP request with a 403 on the accepted
+    /// connection: served HTTP (plaintext, or inside mutual TLS) is `unknown`,
+    /// other plaintext still a `violation`, a refusal still `rejected`.
+    #[test]
+    fn a_denied_http_port_may_answer_with_a_403() {
+        use Outcome::*;
+        use SecurityClass as C;
+        let mut e = exp(Requirement::MutualTls, false, false);
+        e.deny = Some("Server shop/web (port 8080; Server shop/web spec.accessPolicy=deny)".into());
+        e.deny_http = true;
+        let with = |e: &Expectation, class, outcome, protocol| {
+            let mut o = obs(class, outcome);
+            o.protocol = protocol;
+            judge(&o, e).0
+        };
+        assert_eq!(
+            with(&e, C::None, Completed, Protocol::Http1),
+            Verdict::Unknown
+        );
+        assert_eq!(
+            with(&e, C::MutualTls, Completed, Protocol::Tls),
+            Verdict::Unknown
+        );
+        assert_eq!(
+            with(&e, C::None, Completed, Protocol::Redis),
+            Verdict::Violation
+        );
+        assert_eq!(
+            with(&e, C::None, ServerRefused, Protocol::Http1),
+            Verdict::Rejected
+        );
+        e.deny_http = false;
+        assert_eq!(
+            with(&e, C::None, Completed, Protocol::Http1),
+            Verdict::Violation
+        );
+    }
+
     #[test]
     fn plaintext_into_a_linkerd_unauthenticated_policy_is_permissive_in_linkerd_words() {
         let mut e = exp(Requirement::None, true, false);
@@ -447,6 +500,7 @@ pub fn assess(
             policies: Vec::new(),
             auto_mtls: None,
             deny: None,
+            deny_http: false,
         },
         None => policy.expect(&q),
     };

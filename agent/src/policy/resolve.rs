@@ -72,6 +72,12 @@ pub struct Expectation {
     /// `expected` is `mutual_tls`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deny: Option<String>,
+    /// With `deny`: the refusal may be an HTTP 403 on an accepted connection
+    /// (Linkerd answers denied HTTP requests so, and refuses other traffic at
+    /// the TCP level), so a connection that completed is not proof it was
+    /// served.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub deny_http: bool,
 }
 
 pub fn rank(r: Requirement) -> u8 {
@@ -422,6 +428,7 @@ impl PolicySet {
                 policies,
                 auto_mtls: None,
                 deny: None,
+                deny_http: false,
             };
         }
         let tps = &self.files.transport_policies;
@@ -444,6 +451,7 @@ impl PolicySet {
                 policies: vec![name],
                 auto_mtls: None,
                 deny: None,
+                deny_http: false,
             };
         }
 
@@ -486,6 +494,7 @@ impl PolicySet {
         // two meshed pods Linkerd's proxies speak mutual TLS.
         let mut auto_mtls = None;
         let mut deny = None;
+        let mut deny_http = false;
         if let Some(dst) = linkerd_dst {
             let client_meshed = q.source.as_ref().is_some_and(|w| w.linkerd.is_some())
                 && q.client_has_proxy != Some(false);
@@ -511,6 +520,7 @@ impl PolicySet {
                 Admission::Deny => {
                     best = (Requirement::MutualTls, d.reason.clone());
                     deny = Some(d.reason.clone());
+                    deny_http = d.http;
                 }
             }
             if client_meshed && !matches!(d.admission, Admission::Localhost | Admission::Deny) {
@@ -576,6 +586,7 @@ impl PolicySet {
             policies,
             auto_mtls,
             deny,
+            deny_http,
         }
     }
 }

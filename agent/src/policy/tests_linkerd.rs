@@ -256,6 +256,12 @@ fn servers_select_pods_and_ports() {
     let p = set(&server("shop", "web", "web", "8080", None));
     let d = decide(&p, &web, 8080, None, "10.1.0.1");
     assert!(
+        d.http,
+        "a detected port may be HTTP: a refusal may be a 403"
+    );
+    let opaque = server("shop", "web", "web", "8080", None) + "  proxyProtocol: opaque\n";
+    assert!(!decide(&set(&opaque), &web, 8080, None, "10.1.0.1").http);
+    assert!(
         d.reason.contains(
             "Server shop/web (port 8080; Server shop/web spec.accessPolicy=deny): no authorization"
         ),
@@ -387,9 +393,12 @@ fn targets_and_unresolved_references() {
         Admission::Authenticated
     );
     let p = set(&format!("{srv}{}", policy("shop", "p", route, &[sa])));
-    assert_eq!(
-        decide(&p, &web, 8080, Some(&cart), "10.1.0.1").admission,
-        Admission::Deny
+    let d = decide(&p, &web, 8080, Some(&cart), "10.1.0.1");
+    assert_eq!(d.admission, Admission::Deny);
+    assert!(
+        d.reason.contains("per-route AuthorizationPolicies are not interpreted and may admit requests: AuthorizationPolicy shop/p (targetRef HTTPRoute web-get)"),
+        "{}",
+        d.reason
     );
     let p = set(&format!(
         "{srv}{}",
@@ -526,6 +535,7 @@ fn expectations_from_linkerd() {
     let e = p.expect(&q(Some(&cart), &meshed("shop", "web", Some("deny")), 8080));
     assert_eq!(e.expected, Requirement::MutualTls);
     assert!(e.auto_mtls.is_none());
+    assert!(e.deny_http, "a default policy's port is detected");
     assert!(
         e.deny
             .as_deref()

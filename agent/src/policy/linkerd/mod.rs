@@ -62,6 +62,10 @@ pub struct LinkerdDecision {
     pub reason: String,
     /// Every Linkerd object (or default) that had a say.
     pub policies: Vec<String>,
+    /// The port's protocol may be HTTP (detected, or declared HTTP/1, HTTP/2,
+    /// gRPC): Linkerd refuses a denied HTTP request with a 403 on an accepted
+    /// connection, and refuses other traffic at the TCP level.
+    pub http: bool,
 }
 
 /// What is known of the client.
@@ -99,6 +103,9 @@ pub struct LinkerdIndex {
     policies: HashMap<String, Vec<PolicyAuthz>>,
     /// Namespace default policies (from `Namespace` objects in the files).
     namespace_defaults: HashMap<String, InboundPolicy>,
+    /// Per namespace, the AuthorizationPolicies that target an HTTPRoute or a
+    /// GRPCRoute (not interpreted: they authorize requests).
+    route_policies: HashMap<String, Vec<String>>,
     pub cluster: LinkerdCluster,
 }
 
@@ -188,8 +195,21 @@ impl LinkerdIndex {
             })
             .collect();
         let mut policies: HashMap<String, Vec<PolicyAuthz>> = HashMap::new();
+        let mut route_policies: HashMap<String, Vec<String>> = HashMap::new();
         for (i, ap) in files.authorization_policies.iter().enumerate() {
             let ap = &ap.object;
+            if let Some(AuthzTarget::HttpRoute(r) | AuthzTarget::GrpcRoute(r)) =
+                ap.spec.target_ref.target()
+            {
+                route_policies
+                    .entry(ap.metadata.ns().to_owned())
+                    .or_default()
+                    .push(format!(
+                        "{} (targetRef {} {r})",
+                        ap_label(ap),
+                        ap.spec.target_ref.kind
+                    ));
+            }
             if matches!(
                 ap.spec.target_ref.target(),
                 Some(AuthzTarget::Server(_) | AuthzTarget::Namespace(_))
@@ -216,6 +236,7 @@ impl LinkerdIndex {
             servers,
             policies,
             namespace_defaults,
+            route_policies,
             cluster,
         }
     }
@@ -334,7 +355,14 @@ impl LinkerdIndex {
         port: u16,
         client: LinkerdClient<'_>,
     ) -> LinkerdDecision {
-        let (server_desc, authzs, mut policies) = match self.server_for(&files.servers, w, port) {
+        let server = self.server_for(&files.servers, w, port);
+        // Linkerd detects the protocol unless the Server says opaque or TLS (a
+        // default policy's port is detected; `config.linkerd.io/opaque-ports`
+        // is not read).
+        let http = server
+            .and_then(|s| s.spec.proxy_protocol.as_deref())
+            .is_none_or(|p| !matches!(p, "opaque" | "TLS"));
+        let (server_desc, authzs, mut policies) = match server {
             Some(s) => {
                 let label = server_label(s);
                 let mut authzs = Vec::new();
@@ -387,6 +415,7 @@ impl LinkerdIndex {
                     "a loopback client: Linkerd's proxy-init does not redirect traffic on `lo`, so {server_desc} does not apply"
                 ),
                 policies,
+                http,
             };
         }
         let from_here: Vec<&Authz> = authzs
@@ -405,7 +434,20 @@ impl LinkerdIndex {
             admission,
             reason,
             policies: policies.clone(),
+            http,
         };
+        // Per-route authorizations may admit requests the Server refuses.
+        let routes = self
+            .route_policies
+            .get(&w.namespace)
+            .filter(|r| !r.is_empty())
+            .map(|r| {
+                format!(
+                    "; per-route AuthorizationPolicies are not interpreted and may admit requests: {}",
+                    r.join(", ")
+                )
+            })
+            .unwrap_or_default();
         if from_here.is_empty() {
             let why = if authzs.is_empty() {
                 format!("{server_desc}: no authorization, so Linkerd refuses every client")
@@ -419,7 +461,7 @@ impl LinkerdIndex {
                         .join("; ")
                 )
             };
-            return decision(Admission::Deny, why);
+            return decision(Admission::Deny, format!("{why}{routes}"));
         }
         // An authorization without identity admits plaintext; a non-audit one
         // is the one the proxy reports.
@@ -465,7 +507,7 @@ impl LinkerdIndex {
             None => decision(
                 Admission::Deny,
                 format!(
-                    "client identity {id} matches no authorization of {server_desc} ({})",
+                    "client identity {id} matches no authorization of {server_desc} ({}){routes}",
                     from_here
                         .iter()
                         .map(|a| format!(
