@@ -394,13 +394,25 @@ impl PolicySet {
         client_addr: Option<IpAddr>,
     ) -> LinkerdDecision {
         let identity = client.and_then(|w| self.linkerd.identity_of(w));
+        self.linkerd_decision_for_identity(destination, port, identity.as_deref(), client_addr)
+    }
+
+    /// [`Self::linkerd_decision`] for a client known by its mesh identity (as
+    /// its certificate would carry it) rather than by its workload.
+    pub fn linkerd_decision_for_identity(
+        &self,
+        destination: &Workload,
+        port: u16,
+        identity: Option<&str>,
+        client_addr: Option<IpAddr>,
+    ) -> LinkerdDecision {
         self.linkerd.decide(
             &self.files,
             destination,
             port,
             LinkerdClient {
                 addr: client_addr,
-                identity: identity.as_deref(),
+                identity,
             },
         )
     }
