@@ -308,7 +308,12 @@ fn policy_explain(
     if e.deny.is_some() {
         writeln!(
             out,
-            "refused:    yes (the policy admits no such client: a served connection is a violation)"
+            "refused:    yes (the policy admits no such client: a served connection is a violation{})",
+            if e.deny_http {
+                "; HTTP gets a 403 on an accepted connection, which the capture cannot tell from a served one"
+            } else {
+                ""
+            }
         )?;
     }
     writeln!(

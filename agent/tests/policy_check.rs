@@ -594,64 +594,12 @@ fn linkerd_documentation_examples_load_unchanged() {
     );
 }
 
-/// `policy explain` for Linkerd workloads of a standalone inventory: the
-/// deciding Server and field, refusals, and the proxies' mutual TLS.
+/// `policy explain` for Linkerd workloads of a standalone inventory
+/// (examples/linkerd-policy.yaml): the deciding Server and field, refusals,
+/// and the proxies' mutual TLS.
 #[test]
 fn explain_names_the_deciding_linkerd_objects() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let policy = dir.path().join("linkerd.yaml");
-    std::fs::write(
-        &policy,
-        r#"apiVersion: mtls-auditor.io/v1alpha1
-kind: Inventory
-metadata:
-  name: shop
-spec:
-  workloads:
-  - name: web
-    namespace: shop
-    serviceAccount: web
-    labels: {app: web}
-    ports: {http: 8080}
-    linkerd: {defaultInboundPolicy: all-authenticated}
-    match:
-      addresses: ["10.213.150.1"]
-  - name: cart
-    namespace: shop
-    serviceAccount: cart
-    labels: {app: cart}
-    linkerd: {}
-    match:
-      addresses: ["10.213.150.2"]
-  - name: legacy
-    namespace: shop
-    labels: {app: legacy}
-    match:
-      addresses: ["10.213.150.3"]
----
-apiVersion: policy.linkerd.io/v1beta3
-kind: Server
-metadata:
-  name: web-admin
-  namespace: shop
-spec:
-  podSelector:
-    matchLabels: {app: web}
-  port: 9990
----
-apiVersion: policy.linkerd.io/v1beta3
-kind: Server
-metadata:
-  name: web-http
-  namespace: shop
-spec:
-  podSelector:
-    matchLabels: {app: web}
-  port: http
-  accessPolicy: cluster-unauthenticated
-"#,
-    )
-    .expect("write");
+    let policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/linkerd-policy.yaml");
     let run = |from: &str, to: &str| {
         let out = Command::new(env!("CARGO_BIN_EXE_mtls-auditor"))
             .args(["policy", "explain", "--policy"])
@@ -685,6 +633,7 @@ spec:
     // A Server without authorizations refuses everyone.
     let e = run("shop/cart", "shop/web:9990");
     assert!(e.contains("refused:    yes"), "{e}");
+    assert!(e.contains("HTTP gets a 403"), "a detected port: {e}");
     assert!(
         e.contains("Server shop/web-admin spec.accessPolicy=deny"),
         "{e}"
