@@ -347,7 +347,7 @@ fn read<T: DeserializeOwned>(all: &BTreeMap<Key, DynamicObject>, kind: &str) -> 
     all.values().filter_map(|o| convert::<T>(o, kind)).collect()
 }
 
-const POLICY_KINDS: [PolicyKind; 6] = [
+const POLICY_KINDS: [PolicyKind; super::state::POLICY_KINDS as usize] = [
     PolicyKind {
         mesh: "Istio",
         group: "security.istio.io",
