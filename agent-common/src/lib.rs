@@ -75,6 +75,10 @@ pub mod kind {
     /// A process asked a socket for its pre-NAT destination (`SO_ORIGINAL_DST`):
     /// it intercepts traffic. [`crate::OrigDstEvent`].
     pub const ORIGINAL_DST: u32 = 6;
+    /// A connect()ing socket's first packet (its SYN, after netfilter's OUTPUT and
+    /// POSTROUTING) carries other addresses than the socket names: DNAT, SNAT or
+    /// REDIRECT. [`crate::ConnEvent`] with the packet's addresses as local/remote.
+    pub const NAT: u32 = 7;
 }
 
 /// Which way the bytes went, seen from the socket that carried them.
@@ -378,9 +382,11 @@ pub mod stats {
         MapUpdateFailed = 14, "map_update_failed";
         /// `SO_ORIGINAL_DST` answers reported (interceptions seen).
         OrigDstEvents = 15, "original_dst_events";
+        /// Connections whose SYN left with other addresses than the socket's (NAT).
+        NatEvents = 16, "nat_events";
     }
     /// Number of slots in the stats map.
-    pub const LEN: u32 = 16;
+    pub const LEN: u32 = 17;
 }
 
 #[cfg(feature = "user")]

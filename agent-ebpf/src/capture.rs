@@ -69,6 +69,7 @@ pub fn mtls_capture_ingress(ctx: SkBuffContext) -> i32 {
 
 /// Where the payload starts and what the TCP header says.
 struct Segment {
+    ip_len: u32,
     hdr_len: u32,
     seq: u32,
     flags: u8,
@@ -122,6 +123,7 @@ fn parse_headers(ctx: &SkBuffContext, skb: *mut __sk_buff) -> Result<Option<Segm
         )
     };
     Ok(Some(Segment {
+        ip_len: ip_len as u32,
         hdr_len: ip_len as u32 + u32::from(doff >> 4) * 4,
         seq,
         flags,
@@ -152,6 +154,7 @@ fn parse_headers_slow(
     let doff: u8 = ctx.load(off + 12).map_err(|_| Stat::HeaderUnparsed)?;
     let flags: u8 = ctx.load(off + 13).map_err(|_| Stat::HeaderUnparsed)?;
     Ok(Some(Segment {
+        ip_len,
         hdr_len: ip_len + u32::from(doff >> 4) * 4,
         seq: u32::from_be(seq),
         flags,
@@ -218,6 +221,15 @@ fn try_capture(ctx: &SkBuffContext, dir: u8) -> Result<(), Stat> {
         return Err(Stat::HeaderUnparsed);
     }
     let seg_len = skb_len - seg.hdr_len;
+    if dir == direction::EGRESS && seg.flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN {
+        // A connect()ing socket's SYN, past netfilter: where it really goes.
+        if state.flags & sock_flags::COOKIE == 0 {
+            // SAFETY: cookie of the skb's socket.
+            state.cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+            state.flags |= sock_flags::COOKIE;
+        }
+        nat_check(ctx, sk, state.cookie, seg.ip_len)?;
+    }
     if seg_len == 0 && seg.flags & tcp_flags::RST == 0 {
         // ACKs and FINs: the close event says which side sent a FIN.
         return Ok(());
@@ -449,6 +461,63 @@ fn adopt_preexisting(ctx: &SkBuffContext, sk: *mut bpf_sock) -> Result<*mut Sock
     entry.submit(wakeup_flags());
     bump(Stat::ConnEvents, 1);
     Ok(st)
+}
+
+/// Reports a SYN whose addresses differ from its socket's: the connection was
+/// translated (DNAT, SNAT, REDIRECT) on its way out. Runs once per connection.
+#[inline(never)]
+fn nat_check(ctx: &SkBuffContext, sk: *mut bpf_sock, cookie: u64, ip_len: u32) -> Result<(), Stat> {
+    // SAFETY: context field read.
+    let proto = u16::from_be(unsafe { (*ctx.as_ptr().cast::<__sk_buff>()).protocol } as u16);
+    let off = ip_len as usize;
+    let sport: u16 = u16::from_be(ctx.load(off).map_err(|_| Stat::HeaderUnparsed)?);
+    let dport: u16 = u16::from_be(ctx.load(off + 2).map_err(|_| Stat::HeaderUnparsed)?);
+    // SAFETY: full socket from bpf_sk_fullsock.
+    let s = unsafe { &*sk };
+    let mut local = [0u8; 16];
+    let mut remote = [0u8; 16];
+    let (same, fam) = if proto == ETH_P_IP {
+        let saddr: [u8; 4] = ctx.load(12).map_err(|_| Stat::HeaderUnparsed)?;
+        let daddr: [u8; 4] = ctx.load(16).map_err(|_| Stat::HeaderUnparsed)?;
+        local[..4].copy_from_slice(&saddr);
+        remote[..4].copy_from_slice(&daddr);
+        (
+            saddr == s.src_ip4.to_ne_bytes() && daddr == s.dst_ip4.to_ne_bytes(),
+            agent_common::family::INET,
+        )
+    } else {
+        local = ctx.load(8).map_err(|_| Stat::HeaderUnparsed)?;
+        remote = ctx.load(24).map_err(|_| Stat::HeaderUnparsed)?;
+        let mut ss = [0u8; 16];
+        let mut sd = [0u8; 16];
+        copy_ip6(&mut ss, &s.src_ip6);
+        copy_ip6(&mut sd, &s.dst_ip6);
+        (local == ss && remote == sd, agent_common::family::INET6)
+    };
+    if same && sport == s.src_port as u16 && dport == u16::from_be(s.dst_port) {
+        return Ok(());
+    }
+    let Some(mut entry) = MTLS_EVENTS.reserve_untyped::<ConnEvent>(0) else {
+        return Err(Stat::RingbufFull);
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: reserved space of the right size, zeroed then filled.
+    unsafe {
+        ptr::write_bytes(ev, 0, 1);
+        let e = &mut *ev;
+        e.hdr.kind = kind::NAT;
+        e.hdr.cookie = cookie;
+        e.hdr.ts_ns = bpf_ktime_get_ns();
+        e.family = fam;
+        e.role = role::CLIENT;
+        e.local_addr = local;
+        e.remote_addr = remote;
+        e.local_port = sport;
+        e.remote_port = dport;
+    }
+    entry.submit(wakeup_flags());
+    bump(Stat::NatEvents, 1);
+    Ok(())
 }
 
 /// Copies an IPv6 address kept as four network-order `u32` words.

@@ -16,6 +16,9 @@ pub enum ConnKind {
     Closed,
     Listen,
     Preexisting,
+    /// A connect()ing socket's SYN left with other addresses (local/remote are the
+    /// packet's).
+    Nat,
 }
 
 /// Kind of any event.
@@ -35,6 +38,7 @@ impl TryFrom<u32> for EventKind {
             kind::CLOSED => Self::Conn(ConnKind::Closed),
             kind::LISTEN => Self::Conn(ConnKind::Listen),
             kind::PREEXISTING => Self::Conn(ConnKind::Preexisting),
+            kind::NAT => Self::Conn(ConnKind::Nat),
             kind::DATA => Self::Data,
             kind::ORIGINAL_DST => Self::OriginalDst,
             other => return Err(DecodeError::UnknownKind(other)),

@@ -37,6 +37,65 @@ pub enum Command {
     /// Ask a running agent for its edges: source -> destination:port, observed,
     /// expected, verdict, connections, last seen.
     Edges(EdgesArgs),
+    /// STRICT readiness across the cluster, from Prometheus: for each server seen
+    /// in the window, its mode, the clients that still send it plaintext or one-way
+    /// TLS, the clients it refuses, its mutual-TLS share; every policy violation;
+    /// and which agents reported, so missing data is never read as "ready".
+    Report(ReportArgs),
+}
+
+/// How `mtls-auditor report` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    Table,
+    Markdown,
+    Json,
+    Html,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Prometheus' base URL (`http://host:9090`, or with a path prefix); the
+    /// report reads its HTTP API (/api/v1/query, /api/v1/query_range).
+    #[arg(long, env = "MTLS_AUDITOR_PROMETHEUS", value_name = "URL")]
+    pub prometheus: String,
+    /// Length of the window, ending at --until (`7d`, `36h`, `90m`).
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    pub since: std::time::Duration,
+    /// End of the window, RFC 3339 (`2026-12-01T10:00:00Z`). Default: now.
+    #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+    pub until: Option<std::time::SystemTime>,
+    /// Only servers in this namespace (and this namespace's connections to
+    /// destinations no agent saw).
+    #[arg(long, short)]
+    pub namespace: Option<String>,
+    /// Policy files or directories that give each server its mode (Istio
+    /// PeerAuthentication, with an Inventory for workload labels). With cluster
+    /// access the API server's PeerAuthentications and pods are read as well.
+    /// Without either, the mode is inferred from the agents' verdicts.
+    #[arg(long = "policy", value_delimiter = ',')]
+    pub policy: Vec<PathBuf>,
+    /// Istio's root namespace (mesh-wide policies).
+    #[arg(
+        long,
+        env = "MTLS_AUDITOR_ROOT_NAMESPACE",
+        default_value = "istio-system"
+    )]
+    pub root_namespace: String,
+    /// Kubernetes: read PeerAuthentications and pods (once) from the API server this
+    /// kubeconfig names. Inside a pod with a service account this is automatic.
+    #[arg(long, env = "MTLS_AUDITOR_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// `table` and `markdown` for people, `json` for scripts (the documented
+    /// contract), `html` for one self-contained page with charts.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
+    pub format: ReportFormat,
+    /// Write the report to this file instead of stdout.
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Deadline of each request to Prometheus (and to the API server).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
 }
 
 #[derive(Debug, Args)]
@@ -99,7 +158,12 @@ pub enum PolicyCommand {
 
 #[derive(Debug, Args)]
 pub struct ClassifyArgs {
-    /// The capture to read (pcap or pcapng; Ethernet, Linux cooked, raw IP, loopback).
+    /// The capture to read: pcap or pcapng; Ethernet (802.1Q/QinQ, PPPoE, MPLS),
+    /// Linux cooked v1/v2 (any ARPHRD type), raw IP, BSD loopback, PPP, 802.11;
+    /// tunnels (IP-in-IP, GRE, VXLAN, Geneve, GTP-U, CAPWAP, Teredo) are followed
+    /// and IP fragments reassembled. Packets that cannot be read are counted on
+    /// stderr with the reason; a file that ends mid-record (copied while tcpdump
+    /// was writing it) is read up to the cut, which stderr names.
     #[arg(long, value_name = "FILE")]
     pub pcap: PathBuf,
     /// JSON lines instead of a table. Field names follow the metric labels
@@ -109,6 +173,10 @@ pub struct ClassifyArgs {
     /// Bytes kept from the start of each direction.
     #[arg(long, default_value_t = 65_536)]
     pub budget: u32,
+    /// Exit non-zero (after printing what was read) if the file ends early or is
+    /// corrupt part-way, or if any packet could not be read.
+    #[arg(long)]
+    pub strict: bool,
 }
 
 #[derive(Debug, Args)]
@@ -179,7 +247,9 @@ pub struct RunArgs {
     /// Turn off a built-in exemption of the mesh's own traffic: `proxy-to-app`
     /// (a proxy delivering inbound traffic to its app inside one pod),
     /// `istio-envoy-prometheus` (15090), `istio-agent-health` (15020, 15021),
-    /// `istio-envoy-admin` (15000 on loopback), `istio-dns` (DNS captured to 15053).
+    /// `istio-envoy-admin` (15000 on loopback), `istio-dns` (DNS captured to 15053),
+    /// `istio-ambient-probe` (kubelet probes from 169.254.7.127), `linkerd-admin`
+    /// (4191), `linkerd-tap` (4190).
     /// Repeatable or comma-separated. See docs/mesh.md.
     #[arg(
         long = "disable-exemption",
@@ -192,6 +262,9 @@ pub struct RunArgs {
             "istio-agent-health",
             "istio-envoy-admin",
             "istio-dns",
+            "istio-ambient-probe",
+            "linkerd-admin",
+            "linkerd-tap",
         ])
     )]
     pub disable_exemption: Vec<String>,

@@ -31,6 +31,7 @@ pub mod policy;
 pub mod probes;
 #[cfg(feature = "agent")]
 pub mod record;
+pub mod report;
 #[cfg(feature = "agent")]
 pub mod run;
 pub mod text;

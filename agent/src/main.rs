@@ -27,7 +27,7 @@ fn init_logging(level: &str, format: LogFormat) {
 }
 
 fn classify_pcap(args: &ClassifyArgs) -> anyhow::Result<()> {
-    let records = pcap::classify_file(&args.pcap, args.budget)?;
+    let pcap::Classified { records, report } = pcap::classify_file(&args.pcap, args.budget)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if args.json {
         for r in &records {
@@ -65,6 +65,23 @@ fn classify_pcap(args: &ClassifyArgs) -> anyhow::Result<()> {
         }
     }
     out.flush()?;
+    drop(out);
+    // What was left out, after what was read: on stderr, so `--json` stays clean.
+    let path = args.pcap.display();
+    for m in report.messages(records.len()) {
+        eprintln!("mtls-auditor: {path}: {m}");
+    }
+    if args.strict && (report.stop.is_some() || report.unreadable() > 0) {
+        bail!(
+            "{path}: --strict: the capture was not read completely ({} unreadable packet(s){})",
+            report.unreadable(),
+            if report.stop.is_some() {
+                ", the file ended early"
+            } else {
+                ""
+            }
+        );
+    }
     Ok(())
 }
 
@@ -415,6 +432,7 @@ fn main() -> ExitCode {
             root_namespace,
         }) => policy_explain(paths, from, to, root_namespace),
         Command::Edges(args) => edges(args),
+        Command::Report(args) => mtls_auditor::report::run(args).map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

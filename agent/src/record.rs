@@ -59,6 +59,16 @@ impl Stages<'_> {
                 })
                 .and_then(|w| w.container);
         }
+        if facts.hop == Hop::ProxyToApp
+            && let Some((cls, link)) = self
+                .hops
+                .tunnel_evidence(conn, self.table, &|c| c.classify())
+        {
+            // A delivery out of a tunnel stands for the logical connection at the
+            // destination: the tunnel's class decides.
+            facts.tunnel = Some(link);
+            own = cls;
+        }
         let (cls, app_protocol) = if facts.hop == Hop::AppToProxy {
             let inventory = self.policy.map(|p| &p.inventory);
             // A proxy sends a connection for a service's address to one of its

@@ -487,8 +487,11 @@ impl Pipeline {
             }
         }
         let record = self.stages().record(conn);
-        if record.hop == Hop::ProxyUpstream {
+        if matches!(record.hop, Hop::ProxyUpstream | Hop::ProxyTunnel) {
             self.hops.upstream_finished(conn, &record.classification);
+        }
+        if record.hop == Hop::ProxyTunnel {
+            self.hops.tunnel_finished(conn, &record.classification);
         }
         if conn.counted {
             self.shared.metrics.observe_bytes(&record);

@@ -188,6 +188,7 @@ mod tests {
             outcome,
             tls: None,
             starttls: None,
+            tunnel: None,
             http: None,
             mesh: None,
         }
@@ -459,12 +460,27 @@ pub fn assess(
             comm: e.process.as_ref().map(|p| p.comm.as_str()),
         }
     }
-    let source = match &conn.client_end {
-        Some(e) => inv.workload_of(&facts(e)),
-        None => inv.workload_by_addr(conn.client.ip()),
+    // A proxy's socket is attributed by its address first: a node proxy
+    // (ztunnel) runs in a cgroup of its own and opens sockets in every pod's
+    // network namespace with the pod's address. A delivery out of a tunnel is
+    // attributed to the tunnel's client, the real one.
+    let of_end = |e: &crate::flows::End, is_proxy: bool| {
+        let by_addr = (is_proxy && !e.local.ip().is_loopback())
+            .then(|| inv.workload_by_addr(e.local.ip()))
+            .flatten();
+        by_addr.or_else(|| inv.workload_of(&facts(e)))
+    };
+    let client_addr = hop
+        .tunnel
+        .as_ref()
+        .map_or(conn.client.ip(), |t| t.client.ip());
+    let source = match (&conn.client_end, &hop.tunnel) {
+        (_, Some(t)) => inv.workload_by_addr(t.client.ip()),
+        (Some(e), None) => of_end(e, hop.client_is_proxy),
+        (None, None) => inv.workload_by_addr(conn.client.ip()),
     };
     let destination = match server_end {
-        Some(e) => inv.workload_of(&facts(e)),
+        Some(e) => of_end(e, hop.server_is_proxy),
         None => inv.workload_by_addr(conn.server.ip()),
     };
     let services = inv.services_for(conn.server.ip(), conn.server.port());
@@ -476,7 +492,7 @@ pub fn assess(
     let q = Query {
         source: source.clone(),
         destination: destination.clone(),
-        source_addr: conn.client.ip(),
+        source_addr: client_addr,
         destination_addr: conn.server.ip(),
         port: conn.server.port(),
         services: services.clone(),

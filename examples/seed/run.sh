@@ -15,13 +15,35 @@
 #   a -> a:8081       loopback hop inside one workload             exempt
 #   node -> a:15021   the kubelet probing the sidecar's health     exempt
 #
+# With `--mode ambient` (first argument; `./x run --mode ambient`) the same pods are
+# enrolled in Istio ambient instead: istio-cni's in-pod rules and one ztunnel
+# stand-in (its own network namespace and cgroup, sockets in every enrolled pod)
+# that carries b -> a:8080 over HBONE (mutual TLS to a's 15008) and delivers it from
+# b's own address; legacy-client stays outside the mesh:
+#
+#   b -> a:8080       app -> ztunnel -> HBONE -> ztunnel -> app     compliant
+#   legacy -> a:8080  plaintext, refused by a's STRICT ztunnel      rejected
+#   legacy -> c:8080  plaintext, c is PERMISSIVE                    permissive
+#   b -> legacy:8080  plaintext to a pod outside the mesh (STRICT)  violation
+#   a -> a:8081       loopback inside one workload                  exempt
+#   node -> a:8080    the kubelet's probe, SNATed to 169.254.7.127  exempt
+#
 # The agent runs alongside and prints one table row per connection that counts (or
 # JSON with MTLS_AUDITOR_FORMAT=json, every hop). Runs until Ctrl-C; SEED_ROUNDS=N
 # stops after N rounds of traffic (SEED_HOLD=1 then keeps the agent running until
 # stopped). Everything it creates is removed on exit.
 #
-# usage (root): MTLS_AUDITOR_BIN=target/release/mtls-auditor examples/seed/run.sh [agent args...]
+# usage (root): MTLS_AUDITOR_BIN=target/release/mtls-auditor examples/seed/run.sh [--mode sidecar|ambient] [agent args...]
 set -euo pipefail
+mode=sidecar
+if [ "${1:-}" = --mode ]; then
+    mode=${2:-}
+    shift 2 || true
+fi
+case $mode in
+    sidecar | ambient) ;;
+    *) echo "seed: --mode must be sidecar or ambient, not '$mode'" >&2; exit 2 ;;
+esac
 here=$(cd "$(dirname "$0")" && pwd)
 mesh=$(cd "$here/../../tests/mesh" && pwd)
 bin=${MTLS_AUDITOR_BIN:-$here/../../target/release/mtls-auditor}
@@ -52,7 +74,9 @@ cleanup() {
     for d in "$cgbase"/*/*; do [ -f "$d/cgroup.kill" ] && echo 1 > "$d/cgroup.kill"; done 2>/dev/null
     for p in "${pods[@]}"; do ip netns del "mtlsa-seed-$p" 2>/dev/null; done
     ip netns del mtlsa-seed-node 2>/dev/null
+    ip netns del mtlsa-seed-ztunnel 2>/dev/null
     for _ in $(seq 20); do
+        [ -f "$cgbase/ztunnel/cgroup.kill" ] && echo 1 > "$cgbase/ztunnel/cgroup.kill"
         rmdir "$cgbase"/*/* "$cgbase"/* "$cgbase" 2>/dev/null
         [ -d "$cgbase" ] || break
         sleep 0.1
@@ -150,9 +174,40 @@ for _ in $(seq 300); do
 done
 grep -q "ready: reporting connections" "$work/agent.log" || { echo "seed: the agent did not start" >&2; exit 1; }
 
-sidecar a STRICT -i 9090
-sidecar b STRICT -o 9090
-sidecar c PERMISSIVE
+# --- ambient: istio-cni's in-pod rules and one ztunnel for the node --------------
+# The kubelet's probes reach enrolled pods from 169.254.7.127 (istio-cni's host
+# SNAT rule), which the in-pod rules let past ztunnel.
+ambient() {
+    local entries=() p
+    for p in a b c; do
+        ip netns exec "mtlsa-seed-$p" sh "$mesh/ambient-iptables.sh"
+        ip -n "mtlsa-seed-$p" route add 169.254.7.127/32 via 10.213.51.254
+        ip netns exec mtlsa-seed-node iptables -w -t nat -A POSTROUTING -p tcp -d "$(ip_of "$p")" \
+            -m owner --socket-exists -j SNAT --to-source 169.254.7.127
+        local m=STRICT
+        [ "$p" = c ] && m=PERMISSIVE
+        entries+=("{\"name\":\"$p\",\"ip\":\"$(ip_of "$p")\",\"netns\":\"/var/run/netns/mtlsa-seed-$p\",\"identity\":\"spiffe://cluster.local/ns/default/sa/$(workload "$p")\",\"cert\":\"$work/$p.pem\",\"key\":\"$work/$p.key\",\"mode\":\"$m\"}")
+    done
+    local IFS=,
+    printf '{"ca":"%s","log":"%s","pods":[%s]}\n' "$work/ca.pem" "$work/ztunnel.log" "${entries[*]}" > "$work/ztunnel.json"
+    ip netns del mtlsa-seed-ztunnel 2>/dev/null || true
+    ip netns add mtlsa-seed-ztunnel
+    ip -n mtlsa-seed-ztunnel link set lo up
+    mkdir -p "$cgbase/ztunnel"
+    bash -c 'echo $$ > "$0/cgroup.procs"; exec ip netns exec mtlsa-seed-ztunnel "${@:1}"' \
+        "$cgbase/ztunnel" /usr/bin/python3 "$mesh/ztunnel.py" "$work/ztunnel.json" >/dev/null 2>&1 &
+    pids+=($!)
+}
+
+if [ "$mode" = ambient ]; then
+    ambient
+    listeners=(a:15008 b:15001 c:15006)
+else
+    sidecar a STRICT -i 9090
+    sidecar b STRICT -o 9090
+    sidecar c PERMISSIVE
+    listeners=(a:15006 b:15001 c:15006)
+fi
 
 # --- the apps (plain HTTP/1.1: the sidecars do the mutual TLS) -------------------
 as a /usr/bin/python3 "$mesh/app.py" example-service-a 0.0.0.0 8080 9090 >/dev/null 2>&1 &
@@ -162,11 +217,19 @@ as a /usr/bin/python3 "$mesh/app.py" example-service-a 127.0.0.1 8081 >/dev/null
 pids+=($!)
 as c /usr/bin/python3 "$mesh/app.py" example-service-c 0.0.0.0 8080 >/dev/null 2>&1 &
 pids+=($!)
+if [ "$mode" = ambient ]; then
+    # The pod outside the mesh serves plain HTTP too.
+    as legacy /usr/bin/python3 "$mesh/app.py" legacy-client 0.0.0.0 8080 >/dev/null 2>&1 &
+    pids+=($!)
+    listeners+=(legacy:8080)
+fi
+listening() { # listening POD:PORT
+    ip netns exec "mtlsa-seed-${1%%:*}" ss -Hltn "sport = :${1##*:}" | grep -q .
+}
 for _ in $(seq 100); do
-    ip netns exec mtlsa-seed-a ss -Hltn 'sport = :15006' | grep -q . \
-        && ip netns exec mtlsa-seed-b ss -Hltn 'sport = :15001' | grep -q . \
-        && ip netns exec mtlsa-seed-c ss -Hltn 'sport = :15006' | grep -q . \
-        && ip netns exec mtlsa-seed-a ss -Hltn 'sport = :8080' | grep -q . && break
+    ok=1
+    for l in "${listeners[@]}" a:8080; do listening "$l" || { ok=0; break; }; done
+    [ "$ok" = 1 ] && break
     sleep 0.1
 done
 
@@ -179,6 +242,15 @@ get() { # get P URL [curl args]
 }
 
 round() {
+    if [ "$mode" = ambient ]; then
+        get b http://10.213.51.1:8080/
+        get legacy http://10.213.51.1:8080/
+        get legacy http://10.213.51.3:8080/
+        get b http://10.213.51.4:8080/
+        get a http://127.0.0.1:8081/
+        (ip netns exec mtlsa-seed-node curl -sS --max-time 5 --noproxy '*' -o /dev/null http://10.213.51.1:8080/) 2>/dev/null || true
+        return
+    fi
     get b http://10.213.51.1:8080/
     get b http://10.213.51.1:9090/
     get legacy http://10.213.51.1:8080/

@@ -2,20 +2,24 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mtls_auditor::pcap::DataLink;
+use mtls_auditor::pcap::LinkType;
 use mtls_auditor::{classify, pcap::Tracker};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&kind, rest)) = data.split_first() else {
         return;
     };
-    let link = match kind % 6 {
-        0 => DataLink::ETHERNET,
-        1 => DataLink::LINUX_SLL,
-        2 => DataLink::LINUX_SLL2,
-        3 => DataLink::RAW,
-        4 => DataLink::NULL,
-        _ => DataLink::IPV6,
+    let link = match kind % 10 {
+        0 => LinkType::ETHERNET,
+        1 => LinkType::LINUX_SLL,
+        2 => LinkType::LINUX_SLL2,
+        3 => LinkType::RAW,
+        4 => LinkType::NULL,
+        5 => LinkType::PPP,
+        6 => LinkType::IEEE802_11_RADIOTAP,
+        7 => LinkType::PPP_ETHER,
+        8 => LinkType::IEEE802_11,
+        _ => LinkType::IPV6,
     };
     let mut t = Tracker::new(4096);
     // The same bytes as several frames, so connections get more than one segment.

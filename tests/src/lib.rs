@@ -14,6 +14,7 @@ pub mod mesh;
 pub mod net;
 pub mod peers;
 pub mod proc;
+pub mod report;
 pub mod scenarios;
 
 pub use agent::{Agent, AgentOptions, Record};

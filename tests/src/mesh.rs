@@ -224,8 +224,11 @@ impl Pod {
 /// kubelet's) and pods on it.
 pub struct MeshNode {
     // Pods go before their parent cgroups and the node namespace that holds their
-    // veths' peers.
+    // veths' peers; the ztunnel stand-in before the pods whose namespaces hold its
+    // sockets, its own namespace and cgroup after them.
+    ztunnel: Vec<Child>,
     pub pods: Vec<Pod>,
+    zt: Option<(Cgroup, Netns)>,
     _parents: CgroupTree,
     pub node: Netns,
     pub net: u8,
@@ -282,7 +285,9 @@ impl MeshNode {
             pods.push(pod);
         }
         Self {
+            ztunnel: Vec::new(),
             pods,
+            zt: None,
             _parents: parents,
             node,
             net,
@@ -292,6 +297,7 @@ impl MeshNode {
     /// Ends every process of every pod (proxies close their pooled connections
     /// while the network is still there), keeping the namespaces and cgroups.
     pub fn stop_processes(&mut self) {
+        self.ztunnel.clear();
         for p in &mut self.pods {
             p.children.clear();
         }
@@ -318,6 +324,105 @@ impl MeshNode {
             .netns(&self.node)
             .run(Duration::from_secs(20));
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// How an ambient pod is served by ztunnel.
+#[derive(Debug, Clone)]
+pub struct AmbientPod {
+    pub name: String,
+    /// Enrolled (`istio.io/dataplane-mode: ambient`): istio-cni's in-pod rules and
+    /// ztunnel's sockets in its network namespace.
+    pub enrolled: bool,
+    /// ztunnel's inbound policy for plaintext: `STRICT` or `PERMISSIVE`.
+    pub mode: String,
+}
+
+impl MeshNode {
+    /// Enrolls pods in ambient: istio-cni's in-pod rules (tests/mesh/ambient-iptables.sh,
+    /// a route back to the kubelet's SNAT address) and one ztunnel stand-in
+    /// (tests/mesh/ztunnel.py) in a namespace and cgroup of its own (`<tag>/ztunnel`),
+    /// with sockets in every enrolled pod; the node SNATs its own connections to
+    /// enrolled pods to 169.254.7.127, as istio-cni's host rule does for the
+    /// kubelet's probes.
+    pub fn start_ztunnel(&mut self, tag: &str, pods: &[AmbientPod], pki: &MeshPki, work: &Path) {
+        let mut entries = Vec::new();
+        for spec in pods.iter().filter(|p| p.enrolled) {
+            let pod = self.pod(&spec.name);
+            let args = [
+                "netns",
+                "exec",
+                pod.ns.name(),
+                "sh",
+                &mesh_dir().join("ambient-iptables.sh").display().to_string(),
+            ]
+            .map(str::to_owned);
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            sh("ip", &refs);
+            pod.ns.ip(&[
+                "route",
+                "add",
+                "169.254.7.127/32",
+                "via",
+                &self.node_ip().to_string(),
+            ]);
+            let node_args = [
+                "netns",
+                "exec",
+                self.node.name(),
+                "iptables",
+                "-w",
+                "-t",
+                "nat",
+                "-A",
+                "POSTROUTING",
+                "-p",
+                "tcp",
+                "-d",
+                &pod.ip.to_string(),
+                "-m",
+                "owner",
+                "--socket-exists",
+                "-j",
+                "SNAT",
+                "--to-source",
+                "169.254.7.127",
+            ]
+            .map(str::to_owned);
+            let refs: Vec<&str> = node_args.iter().map(String::as_str).collect();
+            sh("ip", &refs);
+            entries.push(serde_json::json!({
+                "name": spec.name,
+                "ip": pod.ip.to_string(),
+                "netns": pod.ns.path(),
+                "identity": format!("spiffe://cluster.local/ns/default/sa/{}", spec.name),
+                "cert": pki.cert(&spec.name),
+                "key": pki.key(&spec.name),
+                "mode": spec.mode,
+            }));
+        }
+        let log = work.join("ztunnel.log");
+        let config = serde_json::json!({"ca": pki.ca(), "log": log, "pods": entries});
+        let path = work.join("ztunnel.json");
+        std::fs::write(&path, config.to_string()).expect("ztunnel config");
+        let ns = Netns::new(&format!("mtlsa-{tag}-zt"));
+        let cg = Cgroup::new(&format!("{tag}/ztunnel"));
+        let child = Spawn::new("/usr/bin/python3")
+            .arg(mesh_dir().join("ztunnel.py"))
+            .arg(&path)
+            .netns(&ns)
+            .cgroup(&cg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        self.ztunnel.push(child);
+        self.zt = Some((cg, ns));
+        for spec in pods.iter().filter(|p| p.enrolled) {
+            let pod = self.pod(&spec.name);
+            for p in [15001, 15006, 15008] {
+                wait_listening(Some(&pod.ns), p);
+            }
+        }
     }
 }
 

@@ -375,7 +375,7 @@ fn deployment_content_is_what_the_agent_needs_and_no_more() {
 
     // Every dashboard, labelled for Grafana's sidecar, byte for byte.
     let dashboards = read("grafana-dashboards.yaml");
-    for name in ["overview", "workload", "agent-health"] {
+    for name in ["overview", "workload", "agent-health", "strict-readiness"] {
         let file = std::fs::read_to_string(root().join(format!("dashboards/{name}.json")))
             .expect("dashboard");
         let cm = dashboards

@@ -116,8 +116,10 @@ fn cart_pod(pair: &NetnsPair, app: &str) -> Value {
     )
 }
 
+/// checkout declares an Istio sidecar (`sidecar.istio.io/status`): DestinationRules
+/// configure its proxy, so they say what it must send.
 fn checkout_pod(pair: &NetnsPair) -> Value {
-    pod(
+    let mut p = pod(
         "shop",
         "checkout-0",
         CHECKOUT_UID,
@@ -127,7 +129,10 @@ fn checkout_pod(pair: &NetnsPair) -> Value {
         false,
         ("checkout", &format!("cri-o://{CHECKOUT_CONTAINER}")),
         NODE,
-    )
+    );
+    p["metadata"]["annotations"] =
+        json!({"sidecar.istio.io/status": "{\"containers\":[\"istio-proxy\"]}"});
+    p
 }
 
 /// Pod-shaped cgroups below `mtls-auditor-tests/<prefix>`: cart (systemd driver,

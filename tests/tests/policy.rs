@@ -204,6 +204,134 @@ fn seed_scenario_produces_every_verdict() {
     assert!(!cg.exists(), "cgroup left behind: {}", cg.display());
 }
 
+/// The seed scenario's ambient variant (`run.sh --mode ambient`): the same verdicts
+/// on Istio ambient's data path, no false finding on it.
+#[test]
+fn seed_scenario_in_ambient_mode_produces_the_same_verdicts() {
+    require_root();
+    let dir = TempDir::new();
+    let out = dir.path().join("records.jsonl");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/seed/run.sh");
+    let run = Spawn::new("bash")
+        .arg(&script)
+        .args(["--mode", "ambient"])
+        .env("MTLS_AUDITOR_BIN", agent_bin())
+        .env("SEED_ROUNDS", "1")
+        .env("MTLS_AUDITOR_FORMAT", "json")
+        .env("MTLS_AUDITOR_OUTPUT", &out)
+        .run(Duration::from_secs(120));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "the seed scenario failed: {stderr}");
+    let text = std::fs::read_to_string(&out).expect("records");
+    let records: Vec<Record> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    let find = |src: &str, dst: &str, port: u64, hop: &str| -> Record {
+        records
+            .iter()
+            .find(|r| {
+                s(r, "source_workload") == src
+                    && s(r, "destination_workload") == dst
+                    && r["destination_port"].as_u64() == Some(port)
+                    && s(r, "hop") == hop
+            })
+            .cloned()
+            .unwrap_or_else(|| panic!("no {src} -> {dst}:{port} {hop} in:\n{text}\n{stderr}"))
+    };
+    let cases = [
+        // b's app -> ztunnel, judged by the HBONE connection that carried it.
+        (
+            "example-service-b",
+            "example-service-a",
+            8080,
+            "app_to_proxy",
+            "mutual_tls",
+            "compliant",
+        ),
+        // ztunnel's delivery to a's app from b's address, judged by its tunnel.
+        (
+            "example-service-b",
+            "example-service-a",
+            8080,
+            "proxy_to_app",
+            "mutual_tls",
+            "compliant",
+        ),
+        // Plaintext from outside the mesh: refused by a (STRICT), taken by c.
+        (
+            "legacy-client",
+            "example-service-a",
+            8080,
+            "proxy_inbound",
+            "none",
+            "rejected",
+        ),
+        (
+            "legacy-client",
+            "example-service-c",
+            8080,
+            "proxy_inbound",
+            "none",
+            "permissive",
+        ),
+        // b's plaintext to a pod outside the mesh, under the namespace's STRICT.
+        (
+            "example-service-b",
+            "legacy-client",
+            8080,
+            "app_to_proxy",
+            "none",
+            "violation",
+        ),
+        (
+            "example-service-a",
+            "example-service-a",
+            8081,
+            "direct",
+            "none",
+            "exempt",
+        ),
+    ];
+    for (src, dst, port, hop, observed, verdict) in cases {
+        let r = find(src, dst, port, hop);
+        assert_eq!(s(&r, "connection_security_policy"), observed, "{r}");
+        assert_eq!(s(&r, "verdict"), verdict, "{r}");
+    }
+    let carried = find(
+        "example-service-b",
+        "example-service-a",
+        8080,
+        "app_to_proxy",
+    );
+    assert_eq!(carried["upstream"]["linked_by"], "tunnel", "{carried}");
+    // The kubelet's probe from istio-cni's SNAT address.
+    let probe = records
+        .iter()
+        .find(|r| r["client"]["addr"] == "169.254.7.127")
+        .unwrap_or_else(|| panic!("no probe in:\n{text}"));
+    assert_eq!(s(probe, "verdict"), "exempt", "{probe}");
+    // No false finding on the mesh's own path.
+    for r in &records {
+        if matches!(s(r, "hop").as_str(), "proxy_to_app" | "proxy_tunnel")
+            || (s(r, "hop") == "app_to_proxy" && s(r, "destination_workload") != "legacy-client")
+        {
+            assert!(
+                matches!(s(r, "verdict").as_str(), "compliant" | "exempt"),
+                "{r}"
+            );
+        }
+    }
+    let netns = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip");
+    assert!(
+        !String::from_utf8_lossy(&netns.stdout).contains("mtlsa-seed"),
+        "namespaces left behind"
+    );
+}
+
 const POLICY_STRICT: &str = "apiVersion: mtls-auditor.io/v1alpha1
 kind: TransportPolicy
 metadata:

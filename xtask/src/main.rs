@@ -33,8 +33,11 @@ enum Cmd {
     /// Set up, build and run the agent on this host with the seed example scenario
     /// (examples/seed): three workloads, their Istio policies, traffic that shows
     /// every verdict, a live table. Ctrl-C stops and cleans up (needs root).
+    /// `--mode ambient` (first) runs it on Istio ambient's data path (ztunnel,
+    /// HBONE) instead of sidecars.
     Run {
-        /// Arguments passed on to `mtls-auditor run`.
+        /// `--mode sidecar|ambient` first, then arguments passed on to
+        /// `mtls-auditor run`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -175,32 +178,67 @@ fn fuzz(run: &FuzzRun, targets: &[String]) -> Result<()> {
 }
 
 /// Starts a target's corpus from real inputs where the repository has them: the
-/// test captures for the capture-file reader.
+/// test captures for the capture-file reader, and `fuzz/seeds/<target>/` (cut from
+/// the same captures by `fuzz/make-seeds.py`) for the others.
 fn seed(target: &str) -> Result<()> {
     let root = project_root();
-    let seeds: &[&str] = match target {
-        "pcap_file" => &["agent/tests/data/handshakes.pcapng"],
-        "policy_yaml" => &[
+    let mut seeds: Vec<PathBuf> = match target {
+        "pcap_file" => [
+            "handshakes.pcapng",
+            "stacks.pcapng",
+            "upgrades.pcapng",
+            "sll-arphrd.pcap",
+            "sll2.pcap",
+            "qinq-pppoe.pcap",
+            "udp-tunnels.pcap",
+            "ip-tunnels.pcap",
+            "gre.pcap",
+            "fragments.pcap",
+            "truncated.pcap",
+            "skipped.pcapng",
+        ]
+        .iter()
+        .map(|f| root.join("agent/tests/data").join(f))
+        .collect(),
+        "policy_yaml" => [
             "agent/tests/data/policy/istio-docs.yaml",
             "agent/tests/data/policy/linkerd-docs.yaml",
             "examples/seed/istio-policies.yaml",
             "examples/seed/inventory.yaml",
             "examples/transport-policy.yaml",
             "examples/istio-mesh-config.yaml",
-        ],
-        _ => &[],
+        ]
+        .iter()
+        .map(|f| root.join(f))
+        .collect(),
+        "report_answer" => [
+            "agent/tests/data/prometheus-vector.json",
+            "agent/tests/data/prometheus-matrix.json",
+        ]
+        .iter()
+        .map(|f| root.join(f))
+        .collect(),
+        _ => Vec::new(),
     };
+    let dir = root.join("fuzz/seeds").join(target);
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for e in entries {
+            seeds.push(
+                e.with_context(|| format!("reading {}", dir.display()))?
+                    .path(),
+            );
+        }
+    }
     if seeds.is_empty() {
         return Ok(());
     }
     let corpus = root.join("fuzz/corpus").join(target);
     std::fs::create_dir_all(&corpus).with_context(|| format!("creating {}", corpus.display()))?;
-    for s in seeds {
-        let from = root.join(s);
+    for from in &seeds {
         let name = from
             .file_name()
-            .ok_or_else(|| anyhow!("{s}: no file name"))?;
-        std::fs::copy(&from, corpus.join(name))
+            .ok_or_else(|| anyhow!("{}: no file name", from.display()))?;
+        std::fs::copy(from, corpus.join(name))
             .with_context(|| format!("copying {} into {}", from.display(), corpus.display()))?;
     }
     Ok(())

@@ -70,6 +70,10 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
         "libnss3-tools",
         "tests: NSS peers of the scenario matrix (tstclnt, selfserv, certutil, pk12util)",
     ),
+    (
+        "chromium",
+        "tests: a headless screenshot of `mtls-auditor report --format html`",
+    ),
 ];
 
 /// Installed from bookworm-backports on Debian 12 (Suricata 7 with JA4; Go 1.21,

@@ -6,8 +6,11 @@
 //! The TLS 1.3 size arithmetic is documented in [`tls`].
 
 pub mod ja4;
+pub mod openvpn;
 pub mod plaintext;
 pub mod tls;
+pub mod tunnel;
+pub mod upgrade;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -16,6 +19,7 @@ use serde::Serialize;
 
 pub use plaintext::HttpInfo;
 pub use tls::{CertInfo, ClientAuth, TlsInfo};
+pub use tunnel::{Tunnel, TunnelKind};
 
 /// The observed security of a connection (the `connection_security_policy` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -57,6 +61,16 @@ pub enum Protocol {
     Mysql,
     Redis,
     Smtp,
+    Imap,
+    Pop3,
+    Ftp,
+    Nntp,
+    Xmpp,
+    Ldap,
+    /// A SOCKS 4/5 proxy negotiation.
+    Socks,
+    /// OpenVPN over TCP.
+    Openvpn,
     Ssh,
     /// Printable bytes of no protocol we know.
     Text,
@@ -181,9 +195,15 @@ pub struct Classification {
     pub outcome: Outcome,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsInfo>,
-    /// The cleartext protocol that upgraded to TLS (PostgreSQL, SMTP, MySQL).
+    /// The cleartext protocol that upgraded to TLS (PostgreSQL, MySQL, SMTP, IMAP,
+    /// POP3, FTP, NNTP, XMPP, LDAP; `text`/`binary` for a preamble of no known
+    /// protocol).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub starttls: Option<Protocol>,
+    /// The proxy tunnel the connection went through (HTTP CONNECT, SOCKS, with the
+    /// target the client asked for), or that carries its TLS (OpenVPN).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<Tunnel>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpInfo>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -267,9 +287,39 @@ pub fn classify(input: &ConnInput<'_>) -> Classification {
     cls
 }
 
+/// Control characters escaped and the length capped: for names taken from the
+/// wire (a tunnel's target) that go into human-facing evidence.
+pub fn sanitize(s: &str) -> String {
+    let mut out = String::new();
+    for c in s.chars().take(256) {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Tunnels followed inside one connection (a CONNECT through a SOCKS proxy, ...).
+const MAX_TUNNELS: usize = 2;
+
 fn classify_bytes(input: &ConnInput<'_>) -> Classification {
     let (client, server) = (&input.client, &input.server);
     if client.midstream || server.midstream {
+        // A capture (or an agent) that joined late still saw the handshake if each
+        // direction's first captured bytes are its hello, at a record boundary.
+        let hellos = tls::starts_with_client_hello(client.bytes)
+            && (server.bytes.is_empty()
+                || tls::starts_with_hello(server.bytes, tls::HS_SERVER_HELLO));
+        if hellos {
+            let mut cls = from_tls(input, client, server, None);
+            cls.evidence = format!(
+                "the start of the connection was not captured, but each direction begins with its TLS hello; {}",
+                cls.evidence
+            );
+            return cls;
+        }
         return Classification {
             connection_security_policy: SecurityClass::Unknown,
             confidence: Confidence::High,
@@ -281,13 +331,30 @@ fn classify_bytes(input: &ConnInput<'_>) -> Classification {
             outcome: Outcome::Incomplete,
             tls: None,
             starttls: None,
+            tunnel: None,
             http: None,
             mesh: None,
         };
     }
+    classify_streams(input, client, server, 0)
+}
 
-    if tls::starts_with_handshake(client.bytes) {
+fn classify_streams(
+    input: &ConnInput<'_>,
+    client: &Side<'_>,
+    server: &Side<'_>,
+    tunnels: usize,
+) -> Classification {
+    if tls::starts_with_handshake(client.bytes) || tls::starts_with_client_hello(client.bytes) {
         return from_tls(input, client, server, None);
+    }
+    if tunnels < MAX_TUNNELS {
+        if let Some(t) = tunnel::detect(client.bytes, server.bytes) {
+            return through_tunnel(input, client, server, t, tunnels);
+        }
+        if let Some(ov) = openvpn::detect(client.bytes, server.bytes) {
+            return openvpn_tls(input, client, server, ov);
+        }
     }
 
     let d = plaintext::detect(client.bytes, server.bytes);
@@ -327,9 +394,132 @@ fn classify_bytes(input: &ConnInput<'_>) -> Classification {
         outcome,
         tls: None,
         starttls: None,
+        tunnel: None,
         http: d.http,
         mesh: None,
     }
+}
+
+/// A proxy tunnel: what went through it decides the class, and the record names
+/// the tunnel and its target.
+fn through_tunnel(
+    input: &ConnInput<'_>,
+    client: &Side<'_>,
+    server: &Side<'_>,
+    t: tunnel::Found,
+    tunnels: usize,
+) -> Classification {
+    let protocol = match t.tunnel.via {
+        TunnelKind::HttpConnect => Protocol::Http1,
+        _ => Protocol::Socks,
+    };
+    let inner_empty =
+        client.bytes.len() <= t.client_offset && server.bytes.len() <= t.server_offset;
+    let (class, confidence, rest) = match t.granted {
+        // Nothing but the cleartext proxy negotiation (with its target) was seen:
+        // plaintext, and no protected session set up, as far as the bytes go.
+        Some(true) | None if inner_empty => (
+            SecurityClass::None,
+            Confidence::Medium,
+            "only the cleartext proxy negotiation was seen on the connection",
+        ),
+        Some(true) => {
+            let mut cls = classify_streams(
+                input,
+                &client.from(t.client_offset),
+                &server.from(t.server_offset),
+                tunnels + 1,
+            );
+            cls.evidence = format!("{}; through it: {}", t.note, cls.evidence);
+            cls.tunnel.get_or_insert(t.tunnel);
+            return cls;
+        }
+        Some(false) => (
+            SecurityClass::None,
+            Confidence::High,
+            "nothing went through it (only the cleartext proxy negotiation)",
+        ),
+        None => (
+            SecurityClass::Unknown,
+            Confidence::Low,
+            "what went through it was not captured",
+        ),
+    };
+    Classification {
+        connection_security_policy: class,
+        confidence,
+        evidence: format!("{}; {rest}", t.note),
+        protocol,
+        outcome: plaintext_outcome(input),
+        tls: None,
+        starttls: None,
+        tunnel: Some(t.tunnel),
+        http: None,
+        mesh: None,
+    }
+}
+
+/// OpenVPN over TCP: the TLS handshake of its control channel decides, when the
+/// channel is readable.
+fn openvpn_tls(
+    input: &ConnInput<'_>,
+    client: &Side<'_>,
+    server: &Side<'_>,
+    ov: openvpn::OpenVpn,
+) -> Classification {
+    let tunnel = Tunnel {
+        via: TunnelKind::Openvpn,
+        target: None,
+    };
+    let Some((c, s, auth)) = ov.tls else {
+        return Classification {
+            connection_security_policy: SecurityClass::Unknown,
+            confidence: Confidence::High,
+            evidence: "OpenVPN over TCP (encrypted, not TLS on the wire): its control channel is encrypted too \
+                       (tls-crypt), so how the client authenticated cannot be seen"
+                .into(),
+            protocol: Protocol::Openvpn,
+            outcome: plaintext_outcome(input),
+            tls: None,
+            starttls: None,
+            tunnel: Some(tunnel),
+            http: None,
+            mesh: None,
+        };
+    };
+    // Timestamps of the pieces, for ordering the two directions.
+    let chunks = |ch: &openvpn::Channel, side: &Side<'_>| -> Vec<(u32, u64)> {
+        ch.pieces
+            .iter()
+            .filter_map(|&(at, orig)| Some((u32::try_from(at).ok()?, side.ts_at(orig)?)))
+            .collect()
+    };
+    let (cc, sc) = (chunks(&c, client), chunks(&s, server));
+    let inner = |bytes, chunks, side: &Side<'_>| Side {
+        bytes,
+        chunks,
+        base: 0,
+        truncated: side.truncated,
+        midstream: false,
+    };
+    let mut cls = from_tls(
+        input,
+        &inner(&c.tls, &cc, client),
+        &inner(&s.tls, &sc, server),
+        None,
+    );
+    let auth = if auth == 0 {
+        "no tls-auth".to_owned()
+    } else {
+        format!("tls-auth: {auth} bytes per packet")
+    };
+    cls.evidence = format!(
+        "OpenVPN over TCP ({auth}): the TLS handshake inside its control channel; {}",
+        cls.evidence
+    );
+    cls.tunnel = Some(tunnel);
+    cls.mesh = None;
+    cls
 }
 
 fn from_tls(
@@ -380,6 +570,7 @@ fn from_tls(
         outcome,
         tls: Some(a.info),
         starttls,
+        tunnel: None,
         http: None,
         mesh,
     }
@@ -415,40 +606,76 @@ fn plaintext_outcome(input: &ConnInput<'_>) -> Outcome {
 }
 
 /// Remembers the class of full handshakes so that resumed sessions, which carry no
-/// certificate flight, inherit it: (client address, server address, server port)
-/// -> class. Stateful, so kept outside the pure classifier.
+/// certificate flight, inherit it. A resumption is tied to the handshake it resumes
+/// by, in this order: the TLS 1.2 session id or ticket that handshake issued; the
+/// same client address, server address and port; the same client address, server
+/// name (SNI) and port (the same service at another address, as DNS round-robin
+/// and anycast give). Stateful, so kept outside the pure classifier.
 #[derive(Debug, Default)]
 pub struct Resumptions {
-    full: HashMap<(std::net::IpAddr, std::net::IpAddr, u16), SecurityClass>,
+    by_session: HashMap<u64, SecurityClass>,
+    by_addr: HashMap<(std::net::IpAddr, std::net::IpAddr, u16), SecurityClass>,
+    by_name: HashMap<(std::net::IpAddr, String, u16), SecurityClass>,
 }
 
 const RESUMPTION_MEMORY: usize = 65_536;
 
+fn remember<K: std::hash::Hash + Eq>(map: &mut HashMap<K, SecurityClass>, k: K, v: SecurityClass) {
+    if map.len() >= RESUMPTION_MEMORY {
+        map.clear();
+    }
+    map.insert(k, v);
+}
+
 impl Resumptions {
     /// Records a full handshake, or rewrites a resumed one from the record.
+    /// `key` is (client address, server address, server port).
     pub fn apply(
         &mut self,
         key: (std::net::IpAddr, std::net::IpAddr, u16),
         cls: &mut Classification,
     ) {
         let Some(info) = &cls.tls else { return };
+        let (client, _, port) = key;
+        let name = info.sni.clone().map(|n| (client, n, port));
+        let sessions = [info.session.session_id, info.session.ticket];
         if info.resumed {
-            if let Some(prev) = self.full.get(&key) {
-                cls.connection_security_policy = *prev;
+            let found = sessions
+                .iter()
+                .flatten()
+                .find_map(|k| self.by_session.get(k))
+                .map(|c| (*c, "the full handshake that issued this session"))
+                .or_else(|| {
+                    self.by_addr
+                        .get(&key)
+                        .map(|c| (*c, "the full handshake this client made to this server"))
+                })
+                .or_else(|| {
+                    name.as_ref().and_then(|n| self.by_name.get(n)).map(|c| {
+                        (
+                            *c,
+                            "the full handshake this client made to the same server name and port at another address",
+                        )
+                    })
+                });
+            if let Some((prev, from)) = found {
+                cls.connection_security_policy = prev;
                 cls.confidence = Confidence::Medium;
-                cls.evidence.push_str(&format!(
-                    "; class {} inherited from the full handshake this client made to this server",
-                    prev.as_str()
-                ));
+                cls.evidence
+                    .push_str(&format!("; class {} inherited from {from}", prev.as_str()));
             }
         } else if matches!(
             cls.connection_security_policy,
             SecurityClass::MutualTls | SecurityClass::Tls
         ) {
-            if self.full.len() >= RESUMPTION_MEMORY {
-                self.full.clear();
+            let class = cls.connection_security_policy;
+            for k in sessions.into_iter().flatten() {
+                remember(&mut self.by_session, k, class);
             }
-            self.full.insert(key, cls.connection_security_policy);
+            remember(&mut self.by_addr, key, class);
+            if let Some(n) = name {
+                remember(&mut self.by_name, n, class);
+            }
         }
     }
 }
@@ -497,6 +724,9 @@ mod tests {
             resumed: false,
             hello_retry: false,
             handshake_complete: true,
+            post_handshake_auth: false,
+            sslv2_client_hello: false,
+            session: tls::SessionKeys::default(),
         };
         for alpn in ISTIO_ALPN {
             assert_eq!(

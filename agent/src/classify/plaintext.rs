@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use super::{Protocol, tls, wire::find};
+use super::{Protocol, upgrade, wire::find};
 
 /// HTTP request facts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -30,7 +30,7 @@ pub struct Detected {
 }
 
 impl Detected {
-    fn new(protocol: Protocol, note: impl Into<String>) -> Self {
+    pub(super) fn new(protocol: Protocol, note: impl Into<String>) -> Self {
         Self {
             protocol,
             http: None,
@@ -82,10 +82,6 @@ fn http1_request(b: &[u8]) -> Option<HttpInfo> {
     })
 }
 
-fn starts_with_ci(b: &[u8], prefix: &[u8]) -> bool {
-    b.len() >= prefix.len() && b[..prefix.len()].eq_ignore_ascii_case(prefix)
-}
-
 /// Redis RESP: an array of bulk strings (`*2\r\n$4\r\nPING...`).
 fn resp(b: &[u8]) -> bool {
     b.first() == Some(&b'*')
@@ -113,20 +109,6 @@ fn printable_share(b: &[u8]) -> f64 {
         .filter(|c| c.is_ascii_graphic() || c.is_ascii_whitespace())
         .count();
     printable as f64 / n as f64
-}
-
-/// Offset just past the line that starts at or after `from` and begins with `code `.
-fn after_reply(b: &[u8], from: usize, code: &[u8]) -> Option<usize> {
-    let mut pos = from;
-    while pos < b.len() {
-        let end = find(&b[pos..], b"\r\n").map(|e| pos + e + 2)?;
-        let line = &b[pos..end];
-        if line.len() > code.len() && line.starts_with(code) && line[code.len()] == b' ' {
-            return Some(end);
-        }
-        pos = end;
-    }
-    None
 }
 
 /// Recognises the protocol from the first bytes of each direction.
@@ -198,32 +180,9 @@ pub fn detect(client: &[u8], server: &[u8]) -> Detected {
     if resp(client) {
         return Detected::new(Protocol::Redis, "Redis RESP command in plaintext");
     }
-    if server.starts_with(b"220") && (server.get(3) == Some(&b' ') || server.get(3) == Some(&b'-'))
-    {
-        // SMTP (or FTP): follow STARTTLS into the TLS handshake.
-        if let Some(cmd) = find(&client.to_ascii_uppercase(), b"STARTTLS\r\n") {
-            let client_tls = cmd + 10;
-            // The banner may span lines (`220-...` then `220 ...`): it ends with the
-            // first `220 ` line.
-            let banner_end = after_reply(server, 0, b"220").unwrap_or(server.len());
-            if let Some(server_tls) = after_reply(server, banner_end, b"220")
-                && client
-                    .get(client_tls..)
-                    .is_some_and(tls::starts_with_handshake)
-            {
-                let mut d =
-                    Detected::new(Protocol::Smtp, "SMTP STARTTLS accepted (220): TLS follows");
-                d.tls_after = Some((client_tls, server_tls));
-                return d;
-            }
-            return Detected::new(
-                Protocol::Smtp,
-                "SMTP STARTTLS not completed: the session stayed in plaintext",
-            );
-        }
-        if client.is_empty() || starts_with_ci(client, b"EHLO") || starts_with_ci(client, b"HELO") {
-            return Detected::new(Protocol::Smtp, "SMTP in plaintext");
-        }
+    // STARTTLS and its relatives (SMTP, IMAP, POP3, FTP, NNTP, XMPP, LDAP).
+    if let Some(d) = upgrade::detect(client, server) {
+        return d;
     }
     if let Some(greeting_len) = mysql_greeting(server) {
         if client.len() >= 8 && client[3] == 1 {
@@ -246,6 +205,9 @@ pub fn detect(client: &[u8], server: &[u8]) -> Detected {
     if first.is_empty() {
         let mut d = Detected::new(Protocol::Unknown, "no payload captured in either direction");
         d.recognised = false;
+        return d;
+    }
+    if let Some(d) = upgrade::preamble_then_tls(client, server) {
         return d;
     }
     let (protocol, kind) = if printable_share(first) > 0.9 {

@@ -71,6 +71,15 @@ pub struct ConnectionRecord {
     /// most likely carries.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delivers_for: Option<std::net::SocketAddr>,
+    /// The connection was translated on its way out (DNAT to a Service's endpoint,
+    /// SNAT, REDIRECT to a proxy): what the client socket named and what its
+    /// packets carried.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nat: Option<NatRecord>,
+    /// For `proxy_to_app` out of a mesh tunnel (HBONE, Linkerd's transport): the
+    /// tunnel connection whose class decided, and whose client is the real client.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<TunnelRecord>,
     /// Bytes sent client to server, from the kernel's counters (`null` when the
     /// connection predates the agent).
     pub bytes_client_to_server: Option<u64>,
@@ -103,6 +112,24 @@ pub struct Endpoint {
     /// Present when this end is a socket on this node.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub local: Option<LocalEnd>,
+}
+
+/// A translated connection's two views.
+#[derive(Debug, Clone, Serialize)]
+pub struct NatRecord {
+    pub socket_client: std::net::SocketAddr,
+    pub socket_server: std::net::SocketAddr,
+    pub wire_client: std::net::SocketAddr,
+    pub wire_server: std::net::SocketAddr,
+}
+
+/// The tunnel connection a delivery came out of.
+#[derive(Debug, Clone, Serialize)]
+pub struct TunnelRecord {
+    #[serde(flatten)]
+    pub link: crate::hops::TunnelRef,
+    /// When it was opened (RFC 3339).
+    pub start: String,
 }
 
 /// The upstream connection that decided an `app_to_proxy` record.
@@ -213,8 +240,14 @@ impl ConnectionRecord {
     /// Which reporters count this record in the metrics and the edges view
     /// ([`Hop::reporters`]).
     pub fn reporters(&self) -> Reporters {
-        self.hop
-            .reporters(self.client.local.is_some(), self.server.local.is_some())
+        let (client, server) = (self.client.local.is_some(), self.server.local.is_some());
+        if self.hop == Hop::ProxyToApp && self.tunnel.is_some() {
+            return Reporters {
+                source: false,
+                destination: server,
+            };
+        }
+        self.hop.reporters(client, server)
     }
 
     /// Whether this record is the one that raises a verdict event for its
@@ -267,6 +300,10 @@ impl ConnectionRecord {
             start: clock.rfc3339(link.start_ns),
             link,
         });
+        let tunnel = facts.tunnel.map(|link| TunnelRecord {
+            start: clock.rfc3339(link.start_ns),
+            link,
+        });
         Self {
             schema: CONNECTION_SCHEMA,
             start: clock.rfc3339(conn.first_ns),
@@ -280,6 +317,13 @@ impl ConnectionRecord {
             upstream,
             app_protocol,
             delivers_for: facts.delivers,
+            nat: conn.nat.map(|n| NatRecord {
+                socket_client: n.socket.0,
+                socket_server: n.socket.1,
+                wire_client: n.wire.0,
+                wire_server: n.wire.1,
+            }),
+            tunnel,
             bytes_client_to_server: bytes_c2s,
             bytes_server_to_client: bytes_s2c,
             classification,

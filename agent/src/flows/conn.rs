@@ -88,6 +88,16 @@ pub struct Interception {
     pub nat: bool,
 }
 
+/// A connection whose packets carried other addresses than its client socket names
+/// (DNAT to a Service's endpoint, SNAT of a node's probe, REDIRECT to a proxy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Nat {
+    /// (client, server) as the client socket names them.
+    pub socket: (SocketAddr, SocketAddr),
+    /// (client, server) as its first packet carried them, past netfilter.
+    pub wire: (SocketAddr, SocketAddr),
+}
+
 /// A connection: one or two ends.
 #[derive(Debug, Clone)]
 pub struct Connection {
@@ -106,6 +116,9 @@ pub struct Connection {
     /// Counted in the metrics already (when it settled, while still open): its
     /// record adds only its bytes.
     pub counted: bool,
+    /// Translated on the way out. With the server end joined, `client`/`server` are
+    /// the translated (wire) addresses, as the server saw them.
+    pub nat: Option<Nat>,
     /// Bytes arrived since the last [`super::FlowTable::settle`] looked at this connection.
     pub(super) new_data: bool,
 }

@@ -34,7 +34,7 @@ use crate::{
     cgroups::CgroupResolver,
     classify::Classification,
 };
-pub use conn::{Connection, End, Interception, Process, Role, addr};
+pub use conn::{Connection, End, Interception, Nat, Process, Role, addr};
 pub use stream::{Overlaps, Stream};
 
 /// Counters of the flow table.
@@ -51,6 +51,9 @@ pub struct FlowStats {
     /// Accepted sockets that learned their original destination and joined the
     /// client's end of the connection (interceptions on this node).
     pub interceptions_joined: u64,
+    /// Client sockets whose translated SYN (DNAT, SNAT, REDIRECT) met the socket
+    /// that accepted it on this node.
+    pub nat_joined: u64,
 }
 
 /// Tunables.
@@ -99,6 +102,9 @@ pub struct FlowTable {
     cgroups: Option<CgroupResolver>,
     decided: Vec<u64>,
     newly_settled: Vec<u64>,
+    /// Translated addresses of client sockets whose SYN was seen but not yet their
+    /// establishment: (packet's local, packet's remote).
+    pending_nat: HashMap<u64, (SocketAddr, SocketAddr)>,
     /// Connections that received bytes since the last `settle` (may name ids
     /// reused since; `new_data` is what counts).
     touched: Vec<ConnId>,
@@ -129,6 +135,7 @@ impl FlowTable {
             cgroups,
             decided: Vec::new(),
             newly_settled: Vec::new(),
+            pending_nat: HashMap::new(),
             touched: Vec::new(),
             stats: FlowStats::default(),
         }
@@ -177,6 +184,7 @@ impl FlowTable {
             Event::Conn(ConnKind::Preexisting, ev) => self.open_end(&ev, true),
             Event::Conn(ConnKind::Closed, ev) => self.close_end(&ev),
             Event::Conn(ConnKind::Listen, ev) => self.listen(&ev),
+            Event::Conn(ConnKind::Nat, ev) => self.nat(&ev),
             Event::Data(h, payload) => self.data(&h, payload),
             Event::OriginalDst(ev) => self.original_dst(&ev),
         }
@@ -285,7 +293,19 @@ impl FlowTable {
             Role::Client => (local, remote),
             Role::Server => (remote, local),
         };
-        let key = join_key(client, server, ev.netns_cookie);
+        // A client socket whose packets were translated meets its server end (if
+        // that is on this node) at the translated addresses.
+        let nat = match role {
+            Role::Client => self.pending_nat.remove(&cookie).map(|wire| Nat {
+                socket: (local, remote),
+                wire,
+            }),
+            Role::Server => None,
+        };
+        let key = match nat {
+            Some(n) => join_key(n.wire.0, n.wire.1, ev.netns_cookie),
+            None => join_key(client, server, ev.netns_cookie),
+        };
         self.stats.ends_opened += 1;
 
         // Join the connection its peer opened, if that one still lacks this side.
@@ -298,6 +318,14 @@ impl FlowTable {
             };
             if slot.is_none() {
                 *slot = Some(end);
+                if let Some(n) = nat {
+                    conn.nat = Some(n);
+                    self.stats.nat_joined += 1;
+                } else if role == Role::Server && conn.nat.is_some() {
+                    // The translated addresses, as the server saw them.
+                    (conn.client, conn.server) = (client, server);
+                    self.stats.nat_joined += 1;
+                }
                 conn.first_ns = conn.first_ns.min(ev.hdr.ts_ns);
                 conn.last_ns = conn.last_ns.max(ev.hdr.ts_ns);
                 self.ends.insert(cookie, id);
@@ -315,6 +343,7 @@ impl FlowTable {
             open: false,
             settled: None,
             counted: false,
+            nat,
             new_data: false,
         };
         match role {
@@ -371,6 +400,18 @@ impl FlowTable {
         if let Some(id) = new_cgroup {
             self.learn_cgroup(cookie, id);
         }
+    }
+
+    /// A client socket's SYN left with other addresses than the socket's: remember
+    /// them until the socket is established (its ESTABLISHED event follows).
+    fn nat(&mut self, ev: &ConnEvent) {
+        if self.pending_nat.len() >= 65_536 {
+            // Sockets that never got established (refused, timed out).
+            self.pending_nat.clear();
+        }
+        let local = SocketAddr::new(addr(ev.family, &ev.local_addr), ev.local_port);
+        let remote = SocketAddr::new(addr(ev.family, &ev.remote_addr), ev.remote_port);
+        self.pending_nat.insert(ev.hdr.cookie, (local, remote));
     }
 
     /// Records the cgroup of an end and what follows from it: its path and, for a
@@ -504,7 +545,15 @@ impl FlowTable {
             nat,
         });
         let (cookie, netns) = (end.cookie, end.netns_cookie);
-        if original == local || conn.client_end.is_some() {
+        if conn.client_end.is_some() {
+            // Joined already (by the client's translated SYN): the connection is to
+            // where the client meant to go.
+            if conn.server == local {
+                conn.server = original;
+            }
+            return;
+        }
+        if original == local {
             // Nothing to move: no NAT, or the client dialled the proxy itself.
             return;
         }
@@ -595,6 +644,12 @@ impl FlowTable {
         let key = join_key(conn.client, conn.server, ns);
         if self.joins.get(&key) == Some(&id) {
             self.joins.remove(&key);
+        }
+        if let Some(n) = conn.nat {
+            let key = join_key(n.wire.0, n.wire.1, ns);
+            if self.joins.get(&key) == Some(&id) {
+                self.joins.remove(&key);
+            }
         }
         conn.open = flushing && !conn.all_closed();
         self.stats.connections_emitted += 1;

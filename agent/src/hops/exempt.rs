@@ -9,13 +9,19 @@
 //! | `istio-agent-health` | ports 15020 and 15021 of a meshed pod: merged metrics, health, and the kubelet probes Istio rewrites to them |
 //! | `istio-envoy-admin` | port 15000 on loopback in a meshed pod: Envoy's admin API |
 //! | `istio-dns` | an app's DNS over TCP redirected to the proxy's 15053 (Istio DNS capture) |
+//! | `istio-ambient-probe` | the kubelet's probes of an ambient pod, which istio-cni SNATs to 169.254.7.127 (`fd16:9254:7127:1337:ffff:ffff:ffff:ffff`) so that they reach the app uncaptured |
+//! | `linkerd-admin` | port 4191 of a meshed pod: the Linkerd proxy's metrics, readiness and liveness |
+//! | `linkerd-tap` | port 4190 of a meshed pod: the Linkerd proxy's tap API |
 //!
 //! A pod is *meshed* when a proxy was seen intercepting in its network namespace;
 //! the ports are exempt only there, so a server of someone else's listening on
 //! 15090 of an unmeshed host is judged like any other. 15008 (HBONE) is the mesh's
 //! mutual TLS, never exempt.
 
-use std::fmt;
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use super::{Hop, HopFacts, Hops};
 use crate::flows::Connection;
@@ -27,15 +33,21 @@ pub enum Builtin {
     IstioAgentHealth,
     IstioEnvoyAdmin,
     IstioDns,
+    IstioAmbientProbe,
+    LinkerdAdmin,
+    LinkerdTap,
 }
 
 impl Builtin {
-    pub const ALL: [Builtin; 5] = [
+    pub const ALL: [Builtin; 8] = [
         Self::ProxyToApp,
         Self::IstioEnvoyPrometheus,
         Self::IstioAgentHealth,
         Self::IstioEnvoyAdmin,
         Self::IstioDns,
+        Self::IstioAmbientProbe,
+        Self::LinkerdAdmin,
+        Self::LinkerdTap,
     ];
 
     pub fn name(self) -> &'static str {
@@ -45,6 +57,9 @@ impl Builtin {
             Self::IstioAgentHealth => "istio-agent-health",
             Self::IstioEnvoyAdmin => "istio-envoy-admin",
             Self::IstioDns => "istio-dns",
+            Self::IstioAmbientProbe => "istio-ambient-probe",
+            Self::LinkerdAdmin => "linkerd-admin",
+            Self::LinkerdTap => "linkerd-tap",
         }
     }
 }
@@ -93,7 +108,9 @@ impl BuiltinExemptions {
         hops: &Hops,
     ) -> Option<(Builtin, String)> {
         let port = conn.server.port();
-        if facts.hop == Hop::ProxyToApp && self.on(Builtin::ProxyToApp) {
+        // A delivery out of a tunnel is the logical connection itself, judged by
+        // the tunnel it came through: not exempt.
+        if facts.hop == Hop::ProxyToApp && facts.tunnel.is_none() && self.on(Builtin::ProxyToApp) {
             let who = conn
                 .client_end
                 .as_ref()
@@ -128,6 +145,15 @@ impl BuiltinExemptions {
                 ),
             ));
         }
+        if is_ambient_probe_source(conn.client.ip()) && self.on(Builtin::IstioAmbientProbe) {
+            return Some((
+                Builtin::IstioAmbientProbe,
+                format!(
+                    "the kubelet's probe of port {port}, which istio-cni sends from {} past ztunnel",
+                    conn.client.ip()
+                ),
+            ));
+        }
         // The mesh's own ports, on a pod a proxy intercepts in.
         let server = conn.server_end.as_ref()?;
         let meshed = hops.is_meshed_netns(server.netns_cookie) || hops.proxy_of(server).is_some();
@@ -147,9 +173,23 @@ impl BuiltinExemptions {
             15000 if conn.server.ip().is_loopback() => {
                 (Builtin::IstioEnvoyAdmin, "Envoy's admin API on loopback")
             }
+            4191 => (
+                Builtin::LinkerdAdmin,
+                "the Linkerd proxy's metrics and health",
+            ),
+            4190 => (Builtin::LinkerdTap, "the Linkerd proxy's tap API"),
             _ => return None,
         };
         self.on(b)
             .then(|| (b, format!("port {port} of a meshed pod serves {what}")))
     }
+}
+
+/// The source address istio-cni SNATs the kubelet's probes of ambient pods to.
+pub fn is_ambient_probe_source(ip: IpAddr) -> bool {
+    ip == IpAddr::V4(Ipv4Addr::new(169, 254, 7, 127))
+        || ip
+            == IpAddr::V6(Ipv6Addr::new(
+                0xfd16, 0x9254, 0x7127, 0x1337, 0xffff, 0xffff, 0xffff, 0xffff,
+            ))
 }

@@ -32,9 +32,27 @@ pub(super) struct Upstream {
     cls: Classification,
 }
 
+/// How an upstream connection was tied to an app's connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkedBy {
+    /// Time only: a tunnel of the same proxy to somewhere else (a waypoint, or an
+    /// address the inventory does not place).
+    Time,
+    /// A tunnel (HBONE, Linkerd transport) to the destination's address or to an
+    /// endpoint of its service.
+    Tunnel,
+    /// An address of the same service (a proxy's choice of endpoint).
+    Service,
+    /// The original destination itself.
+    Destination,
+}
+
 /// Which upstream connection decided an `app_to_proxy` hop.
 #[derive(Debug, Clone, Serialize)]
 pub struct UpstreamRef {
+    /// How it was tied to the app's connection.
+    pub linked_by: LinkedBy,
     /// The proxy's socket of the upstream connection.
     pub socket_cookie: u64,
     pub client: SocketAddr,
@@ -53,6 +71,7 @@ pub struct UpstreamRef {
 
 /// A candidate: (opened at, closed at or `None` while open, cookie, destination).
 struct Candidate<'a> {
+    by: LinkedBy,
     start_ns: u64,
     end_ns: Option<u64>,
     cookie: u64,
@@ -125,6 +144,7 @@ impl Hops {
         let mut best: Option<Candidate<'_>> = None;
         if let Some(st) = self.state.get(&key) {
             let open = st.open.iter().map(|&(server, cookie, start_ns)| Candidate {
+                by: LinkedBy::Time,
                 start_ns,
                 end_ns: None,
                 cookie,
@@ -132,16 +152,29 @@ impl Hops {
                 finished: None,
             });
             let recent = st.recent.iter().map(|u| Candidate {
+                by: LinkedBy::Time,
                 start_ns: u.start_ns,
                 end_ns: Some(u.end_ns),
                 cookie: u.cookie,
                 server: u.server,
                 finished: Some(u),
             });
-            for c in open.chain(recent) {
-                if c.server != original && !same_service(original, c.server) {
+            for mut c in open.chain(recent) {
+                let tunnel = super::TUNNEL_PORTS.contains(&c.server.port());
+                c.by = if c.server == original {
+                    LinkedBy::Destination
+                } else if tunnel
+                    && (c.server.ip() == original.ip()
+                        || same_service(original, SocketAddr::new(c.server.ip(), original.port())))
+                {
+                    LinkedBy::Tunnel
+                } else if same_service(original, c.server) {
+                    LinkedBy::Service
+                } else if tunnel {
+                    LinkedBy::Time
+                } else {
                     continue;
-                }
+                };
                 // It must have been open while the app's connection was.
                 if c.start_ns > end + ORDER_SLACK_NS
                     || c.end_ns.is_some_and(|e| e + ORDER_SLACK_NS < start)
@@ -187,6 +220,7 @@ impl Hops {
         };
         let pooled = best.start_ns + ORDER_SLACK_NS < start;
         let reference = UpstreamRef {
+            linked_by: best.by,
             socket_cookie: best.cookie,
             client,
             server: best.server,
@@ -200,8 +234,22 @@ impl Hops {
             logical.connection_security_policy = SecurityClass::Unknown;
             logical.confidence = Confidence::Low;
         }
+        if best.by == LinkedBy::Time {
+            logical.confidence = logical.confidence.min(Confidence::Medium);
+        }
+        let what = match best.by {
+            LinkedBy::Destination | LinkedBy::Service => "upstream connection".to_owned(),
+            LinkedBy::Tunnel => format!(
+                "{} connection",
+                super::tunnel::tunnel_kind(best.server.port())
+            ),
+            LinkedBy::Time => format!(
+                "{} connection (to another address: a waypoint? linked by time only)",
+                super::tunnel::tunnel_kind(best.server.port())
+            ),
+        };
         logical.evidence = format!(
-            "carried by {comm} (pid {}) over {} upstream connection {client} -> {}{}: {}",
+            "carried by {comm} (pid {}) over {} {what} {client} -> {}{}: {}",
             key.0,
             if pooled { "pooled" } else { "its" },
             best.server,
@@ -218,6 +266,9 @@ impl Hops {
 
 /// `a` is a better match than `b` for an app connection that started at `start`.
 fn better(a: &Candidate<'_>, b: &Candidate<'_>, start: u64) -> bool {
+    if a.by != b.by {
+        return a.by > b.by;
+    }
     let opened_for = |c: &Candidate<'_>| c.start_ns + ORDER_SLACK_NS >= start;
     match (opened_for(a), opened_for(b)) {
         // Both new: the first one opened after the app's connection started.
@@ -241,5 +292,6 @@ fn no_evidence(why: String) -> Classification {
         starttls: None,
         http: None,
         mesh: None,
+        tunnel: None,
     }
 }

@@ -13,7 +13,8 @@
 //! | `app_to_proxy` | the app's connection, redirected to a proxy in its own network namespace | the proxy's upstream connection to the same destination (linked by proxy, destination and time) |
 //! | `proxy_upstream` | a proxy's connection towards the destination (mutual TLS in a healthy mesh), or one that arrived at a proxy from another proxy | its own bytes, at the original destination port |
 //! | `proxy_inbound` | a connection from a client without a proxy that a server-side proxy intercepted | its own bytes, at the original destination port |
-//! | `proxy_to_app` | the proxy delivering inbound traffic to its app, inside one pod | built-in exemption |
+//! | `proxy_to_app` | the proxy delivering inbound traffic to its app, inside one pod | built-in exemption; a delivery out of a tunnel is the logical connection at the destination, judged by that tunnel |
+//! | `proxy_tunnel` | a mesh tunnel carrying many app connections (Istio ambient's HBONE on 15008, Linkerd's transport header on 4143) | its own bytes; not counted ([`tunnel`]) |
 //!
 //! Proxies are recognised by what they do, not by their names: a process that asks
 //! the kernel for a socket's original destination (`SO_ORIGINAL_DST`, reported by
@@ -29,6 +30,7 @@
 
 mod exempt;
 mod link;
+pub mod tunnel;
 
 use std::{
     collections::VecDeque,
@@ -42,11 +44,12 @@ use agent_common::OrigDstEvent;
 
 use crate::{
     capture::{ConnKind, Event},
-    classify::{Classification, MeshMarker},
+    classify::{Classification, MeshMarker, Protocol},
     flows::{Connection, End, Process},
 };
 pub use exempt::{Builtin, BuiltinExemptions};
 pub use link::UpstreamRef;
+pub use tunnel::{TUNNEL_PORTS, TunnelRef};
 
 /// What a connection is on the mesh's data path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -57,6 +60,7 @@ pub enum Hop {
     ProxyUpstream,
     ProxyInbound,
     ProxyToApp,
+    ProxyTunnel,
 }
 
 impl Hop {
@@ -67,15 +71,17 @@ impl Hop {
             Self::ProxyUpstream => "proxy_upstream",
             Self::ProxyInbound => "proxy_inbound",
             Self::ProxyToApp => "proxy_to_app",
+            Self::ProxyTunnel => "proxy_tunnel",
         }
     }
 
-    pub const ALL: [Hop; 5] = [
+    pub const ALL: [Hop; 6] = [
         Self::Direct,
         Self::AppToProxy,
         Self::ProxyUpstream,
         Self::ProxyInbound,
         Self::ProxyToApp,
+        Self::ProxyTunnel,
     ];
 
     /// Which reporters count a connection of this hop, given which of its ends are
@@ -103,7 +109,10 @@ impl Hop {
                 source: client_local,
                 destination: server_local,
             },
-            Self::ProxyToApp => Reporters::default(),
+            // A tunnel carries many logical connections, counted at their ends; a
+            // delivery is counted only when it came out of a tunnel
+            // ([`HopFacts::reporters`]).
+            Self::ProxyToApp | Self::ProxyTunnel => Reporters::default(),
         }
     }
 }
@@ -164,6 +173,14 @@ pub struct HopFacts {
     /// For `proxy_to_app`: the intercepted connection this one most likely
     /// delivers (the latest one the same proxy accepted for this port).
     pub delivers: Option<SocketAddr>,
+    /// For `proxy_to_app`: the tunnel connection it came out of, whose class
+    /// decides (the record then stands for the logical connection at the
+    /// destination, attributed to the tunnel's client).
+    pub tunnel: Option<TunnelRef>,
+    /// The client or server end is a proxy's socket: attribute it by address (a
+    /// node proxy such as ztunnel runs in a cgroup of its own, not the pod's).
+    pub client_is_proxy: bool,
+    pub server_is_proxy: bool,
 }
 
 impl HopFacts {
@@ -173,7 +190,22 @@ impl HopFacts {
             interceptor: None,
             upstream: None,
             delivers: None,
+            tunnel: None,
+            client_is_proxy: false,
+            server_is_proxy: false,
         }
+    }
+
+    /// Which reporters count the record: [`Hop::reporters`], except that a delivery
+    /// out of a tunnel is the logical connection at the destination.
+    pub fn reporters(&self, client_local: bool, server_local: bool) -> Reporters {
+        if self.hop == Hop::ProxyToApp && self.tunnel.is_some() {
+            return Reporters {
+                source: false,
+                destination: server_local,
+            };
+        }
+        self.hop.reporters(client_local, server_local)
     }
 }
 
@@ -219,6 +251,10 @@ pub struct Hops {
     cfg: HopsConfig,
     proxies: HashMap<ProxyKey, Proxy>,
     state: HashMap<ProxyKey, ProxyState>,
+    /// The latest network namespace each proxy process was seen intercepting in:
+    /// a node proxy (ztunnel) owns sockets in every pod's namespace.
+    by_pid: HashMap<u32, ProxyKey>,
+    tunnels: tunnel::Tunnels,
     /// Network namespaces a proxy intercepts in (meshed pods), with a count of
     /// proxies seen there.
     meshed_netns: HashMap<u64, u32>,
@@ -236,6 +272,8 @@ impl Hops {
             cfg,
             proxies: HashMap::new(),
             state: HashMap::new(),
+            by_pid: HashMap::new(),
+            tunnels: tunnel::Tunnels::new(),
             meshed_netns: HashMap::new(),
         }
     }
@@ -256,10 +294,21 @@ impl Hops {
         match event {
             Event::OriginalDst(ev) => self.intercepted(ev),
             Event::Conn(ConnKind::Established, ev)
+                if ev.role == agent_common::role::SERVER
+                    && TUNNEL_PORTS.contains(&ev.local_port) =>
+            {
+                let client = SocketAddr::new(
+                    crate::flows::addr(ev.family, &ev.remote_addr),
+                    ev.remote_port,
+                );
+                self.tunnels
+                    .opened(ev.netns_cookie, client, ev.hdr.cookie, ev.hdr.ts_ns);
+            }
+            Event::Conn(ConnKind::Established, ev)
                 if ev.role == agent_common::role::CLIENT && ev.tgid != 0 =>
             {
                 let key = (ev.tgid, ev.netns_cookie);
-                let Some(p) = self.proxies.get(&key) else {
+                let Some(p) = self.proxies.get(&key).or_else(|| self.node_proxy(ev.tgid)) else {
                     return;
                 };
                 if !same_comm(&p.process, &ev.comm) {
@@ -295,6 +344,7 @@ impl Hops {
                 *self.meshed_netns.entry(ev.netns_cookie).or_default() += 1;
             }
         }
+        self.by_pid.insert(ev.tgid, key);
         self.proxies.insert(
             key,
             Proxy {
@@ -343,6 +393,9 @@ impl Hops {
         if let Some(key) = oldest {
             self.proxies.remove(&key);
             self.state.remove(&key);
+            if self.by_pid.get(&key.0) == Some(&key) {
+                self.by_pid.remove(&key.0);
+            }
             self.unmesh(key.1);
         }
     }
@@ -352,7 +405,7 @@ impl Hops {
     /// namespace no proxy was seen intercepting in; unknown for a client elsewhere.
     pub fn client_has_proxy(&self, conn: &Connection, facts: &HopFacts) -> Option<bool> {
         match facts.hop {
-            Hop::AppToProxy | Hop::ProxyUpstream | Hop::ProxyToApp => Some(true),
+            Hop::AppToProxy | Hop::ProxyUpstream | Hop::ProxyToApp | Hop::ProxyTunnel => Some(true),
             Hop::Direct | Hop::ProxyInbound => {
                 let c = conn.client_end.as_ref()?;
                 Some(self.is_meshed_netns(c.netns_cookie))
@@ -364,8 +417,59 @@ impl Hops {
     /// same network namespace.
     pub fn proxy_of(&self, end: &End) -> Option<&Proxy> {
         let process = end.process.as_ref()?;
-        let p = self.proxies.get(&(process.pid, end.netns_cookie))?;
+        let p = self
+            .proxies
+            .get(&(process.pid, end.netns_cookie))
+            .or_else(|| self.node_proxy(process.pid))?;
         (p.process == *process).then_some(p)
+    }
+
+    /// A proxy process seen intercepting in some network namespace: its sockets
+    /// in others are its own too (ztunnel opens them in every pod it serves).
+    fn node_proxy(&self, pid: u32) -> Option<&Proxy> {
+        self.proxies.get(self.by_pid.get(&pid)?)
+    }
+
+    /// A tunnel connection finished.
+    pub fn tunnel_finished(&mut self, conn: &Connection, cls: &Classification) {
+        let memory = self.cfg.upstream_memory_ns;
+        self.tunnels.finished(conn, cls, memory);
+    }
+
+    /// The class of a delivery out of a tunnel: the tunnel's, with the evidence
+    /// saying which; the tunnel reference for the record.
+    pub fn tunnel_evidence(
+        &self,
+        delivery: &Connection,
+        table: &crate::flows::FlowTable,
+        classify_open: &dyn Fn(&Connection) -> Classification,
+    ) -> Option<(Classification, TunnelRef)> {
+        let (cookie, _, start_ns) = self.tunnels.delivery_source(delivery)?;
+        let netns = delivery.server_end.as_ref()?.netns_cookie;
+        let (mut cls, client, server, open) =
+            self.tunnels.class_of(netns, cookie, table, classify_open)?;
+        let who = delivery
+            .client_end
+            .as_ref()
+            .and_then(|e| e.process.as_ref())
+            .map_or_else(
+                || "the proxy".to_owned(),
+                |p| format!("{} (pid {})", p.comm, p.pid),
+            );
+        cls.evidence = format!(
+            "delivered by {who} out of {} connection {client} -> {server}: {}",
+            tunnel::tunnel_kind(server.port()),
+            cls.evidence
+        );
+        let reference = TunnelRef {
+            socket_cookie: cookie,
+            client,
+            server,
+            start_ns,
+            open,
+            connection_security_policy: cls.connection_security_policy,
+        };
+        Some((cls, reference))
     }
 
     /// Which hop `conn` is, with the facts a record names. `cls` is the
@@ -391,13 +495,23 @@ impl Hops {
             (Some(c), Some(s)) => c.netns_cookie != 0 && c.netns_cookie == s.netns_cookie,
             _ => false,
         };
-        let hop = if interceptor.is_some() {
+        let server_proxy = interceptor.is_some() || server.and_then(|s| self.proxy_of(s)).is_some();
+        // A mesh tunnel: to a tunnel port, made or accepted by a proxy (or, for
+        // HBONE, TLS on 15008 between proxies not recognised as such: a waypoint).
+        let port = conn.server.port();
+        let is_tunnel = TUNNEL_PORTS.contains(&port)
+            && (client_proxy.is_some()
+                || server_proxy
+                || (port == 15008 && cls.protocol == Protocol::Tls));
+        let hop = if interceptor.is_some() && client_proxy.is_none() && same_netns {
+            // Redirected inside the client's own network namespace: the app's
+            // outbound connection, captured by its proxy.
+            Hop::AppToProxy
+        } else if is_tunnel {
+            Hop::ProxyTunnel
+        } else if interceptor.is_some() {
             if client_proxy.is_some() {
                 Hop::ProxyUpstream
-            } else if same_netns {
-                // Redirected inside the client's own network namespace: the app's
-                // outbound connection, captured by its proxy.
-                Hop::AppToProxy
             } else if conn.client_end.is_none() && cls.mesh == Some(MeshMarker::IstioSidecar) {
                 // From another node, with Istio's ALPN or SNI: a client proxy's
                 // upstream connection.
@@ -438,6 +552,9 @@ impl Hops {
             interceptor,
             upstream: None,
             delivers,
+            tunnel: None,
+            client_is_proxy: client_proxy.is_some(),
+            server_is_proxy: server_proxy && hop != Hop::AppToProxy,
         }
     }
 }

@@ -256,6 +256,7 @@ fn mtls() -> Classification {
         starttls: None,
         http: None,
         mesh: Some(MeshMarker::IstioSidecar),
+        tunnel: None,
     }
 }
 
@@ -270,6 +271,7 @@ fn plaintext() -> Classification {
         starttls: None,
         http: None,
         mesh: None,
+        tunnel: None,
     }
 }
 
