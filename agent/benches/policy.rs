@@ -69,6 +69,8 @@ fn workload(ns: usize, app: usize) -> Workload {
         container: None,
         port_names: BTreeMap::new(),
         sidecar: true,
+        linkerd: None,
+        service_account: None,
     }
 }
 

@@ -19,7 +19,7 @@ use crate::{
 };
 
 /// A workload: what Istio calls `source_workload` / `destination_workload`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Workload {
     pub name: String,
     pub namespace: String,
@@ -43,6 +43,40 @@ pub struct Workload {
     /// `sidecar: true`.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub sidecar: bool,
+    /// The workload runs a Linkerd proxy: in a cluster a `linkerd-proxy`
+    /// container (also as a native sidecar), or the `linkerd.io/proxy-version`
+    /// annotation the injector adds, or `linkerd.io/inject: enabled`;
+    /// standalone, the inventory's `linkerd:` key.
+    #[serde(skip)]
+    pub linkerd: Option<LinkerdProxy>,
+    /// The Kubernetes service account (`spec.serviceAccountName`, or the
+    /// inventory's `serviceAccount`): the workload's Linkerd identity.
+    #[serde(skip)]
+    pub service_account: Option<String>,
+}
+
+/// What a workload's Linkerd proxy was configured with (the pod's annotations
+/// and the proxy's environment), for Linkerd's default inbound policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkerdProxy {
+    /// `config.linkerd.io/default-inbound-policy` as written (Linkerd ignores a
+    /// value it cannot parse).
+    pub default_inbound_policy: Option<String>,
+    /// `config.linkerd.io/proxy-require-identity-inbound-ports`: inclusive
+    /// port ranges (an unparsable list is empty, as in Linkerd).
+    pub require_identity_ports: Vec<(u16, u16)>,
+    /// `LINKERD2_PROXY_INBOUND_DEFAULT_POLICY` of the proxy container: the
+    /// cluster default when the pod was injected.
+    pub proxy_default: Option<String>,
+}
+
+impl LinkerdProxy {
+    /// Whether `port` is one of the require-identity ports.
+    pub fn requires_identity(&self, port: u16) -> bool {
+        self.require_identity_ports
+            .iter()
+            .any(|(lo, hi)| (*lo..=*hi).contains(&port))
+    }
 }
 
 /// A service: name, namespace and its cluster FQDN (or a ServiceEntry host).
@@ -187,6 +221,18 @@ impl Inventory {
                         container: None,
                         port_names: w.ports.iter().map(|(n, p)| (*p, n.clone())).collect(),
                         sidecar: w.sidecar,
+                        linkerd: w.linkerd.as_ref().map(|l| LinkerdProxy {
+                            default_inbound_policy: l
+                                .default_inbound_policy
+                                .map(|p| p.as_str().to_owned()),
+                            require_identity_ports: l
+                                .require_identity_inbound_ports
+                                .as_deref()
+                                .and_then(|p| crate::policy::model::parse_port_ranges(p).ok())
+                                .unwrap_or_default(),
+                            proxy_default: None,
+                        }),
+                        service_account: w.service_account.clone(),
                     },
                     cgroups,
                     netns_cookies,

@@ -195,6 +195,18 @@ fn policy_check(paths: &[std::path::PathBuf]) -> anyhow::Result<()> {
     if !files.mesh_configs.is_empty() {
         more.push_str(&format!(", {} mesh config", files.mesh_configs.len()));
     }
+    for (n, kind) in [
+        (files.servers.len(), "Server"),
+        (files.authorization_policies.len(), "AuthorizationPolicy"),
+        (files.meshtls_authentications.len(), "MeshTLSAuthentication"),
+        (files.network_authentications.len(), "NetworkAuthentication"),
+        (files.namespaces.len(), "Namespace"),
+        (files.linkerd_configs.len(), "Linkerd config"),
+    ] {
+        if n > 0 {
+            more.push_str(&format!(", {n} {kind}"));
+        }
+    }
     writeln!(
         out,
         "{} PeerAuthentication, {} DestinationRule, {} TransportPolicy, {} Inventory{more}; {errors} error(s), {warnings} warning(s)",
@@ -310,6 +322,17 @@ fn policy_explain(
     if let Some(ex) = &e.exempt {
         writeln!(out, "exempt:     {}", p(ex))?;
     }
+    if e.deny.is_some() {
+        writeln!(
+            out,
+            "refused:    yes (the policy admits no such client: a served connection is a violation{})",
+            if e.deny_http {
+                "; HTTP gets a 403 on an accepted connection, which the capture cannot tell from a served one"
+            } else {
+                ""
+            }
+        )?;
+    }
     writeln!(
         out,
         "expected:   {}",
@@ -325,11 +348,18 @@ fn policy_explain(
             "no"
         }
     )?;
-    if e.auto_mtls.is_some() {
-        writeln!(
-            out,
-            "client:     auto-mTLS: the client's sidecar sends ISTIO_MUTUAL (plaintext here would mean it was bypassed)"
-        )?;
+    if let Some(why) = &e.auto_mtls {
+        if why.starts_with("Linkerd") {
+            writeln!(
+                out,
+                "client:     Linkerd: the client's proxy speaks mutual TLS to the destination's (plaintext here would mean it was bypassed)"
+            )?;
+        } else {
+            writeln!(
+                out,
+                "client:     auto-mTLS: the client's sidecar sends ISTIO_MUTUAL (plaintext here would mean it was bypassed)"
+            )?;
+        }
     }
     if !e.policies.is_empty() {
         writeln!(out, "policies:")?;

@@ -12,7 +12,7 @@
 use serde::Serialize;
 
 use crate::{
-    classify::{Classification, Outcome, SecurityClass},
+    classify::{Classification, Outcome, Protocol, SecurityClass},
     policy::{Expectation, model::Requirement, rank},
 };
 
@@ -63,6 +63,46 @@ pub fn judge(observed: &Classification, expected: &Expectation) -> (Verdict, Str
     if expected.exempt.is_some() {
         return (Verdict::Exempt, format!("exempt: {}", expected.reason));
     }
+    // A connection the policy refuses whatever its security: refused is
+    // enforcement working, served is a violation.
+    if let Some(why) = &expected.deny {
+        return match observed.outcome {
+            Outcome::ServerRefused => (
+                Verdict::Rejected,
+                format!(
+                    "{} attempt refused by the server, as the policy requires: {why}",
+                    class.as_str()
+                ),
+            ),
+            Outcome::Incomplete => (
+                Verdict::Violation,
+                format!(
+                    "the policy refuses this connection ({why}) (capture incomplete: the server may have refused it)"
+                ),
+            ),
+            // HTTP (in plaintext, or inside the proxies' mutual TLS) gets a 403
+            // on the accepted connection: the bytes do not say whether it was
+            // refused.
+            _ if expected.deny_http
+                && (matches!(observed.protocol, Protocol::Http1 | Protocol::H2c)
+                    || class == SecurityClass::MutualTls) =>
+            {
+                (
+                    Verdict::Unknown,
+                    format!(
+                        "the policy refuses this client ({why}), but Linkerd refuses an HTTP request with a 403 on the accepted connection, which the capture cannot tell from a served one"
+                    ),
+                )
+            }
+            _ => (
+                Verdict::Violation,
+                format!(
+                    "observed {} but the policy refuses this connection: {why}",
+                    class.as_str()
+                ),
+            ),
+        };
+    }
     let Some(have) = observed_rank(class) else {
         return (
             Verdict::Unknown,
@@ -81,13 +121,19 @@ pub fn judge(observed: &Classification, expected: &Expectation) -> (Verdict, Str
             && need == 0
             && observed.outcome != Outcome::ServerRefused
         {
-            return (
-                Verdict::Permissive,
+            // Istio's PERMISSIVE, or a Linkerd authorization without identity.
+            let why = if expected.reason.contains("PERMISSIVE") {
                 format!(
                     "plaintext accepted by a PERMISSIVE server ({}): this client must move to mutual TLS before STRICT",
                     expected.reason
-                ),
-            );
+                )
+            } else {
+                format!(
+                    "plaintext accepted by a server that admits clients without a mesh identity ({}): this client must move to mutual TLS before the server requires it",
+                    expected.reason
+                )
+            };
+            return (Verdict::Permissive, why);
         }
         return (
             Verdict::Compliant,
@@ -131,7 +177,7 @@ pub fn judge(observed: &Classification, expected: &Expectation) -> (Verdict, Str
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::classify::{Confidence, Protocol};
+    use crate::classify::Confidence;
 
     fn obs(class: SecurityClass, outcome: Outcome) -> Classification {
         Classification {
@@ -156,6 +202,8 @@ mod tests {
             reason: "PeerAuthentication default/p spec.mtls.mode=STRICT".into(),
             policies: vec![],
             auto_mtls: None,
+            deny: None,
+            deny_http: false,
         }
     }
 
@@ -266,6 +314,81 @@ mod tests {
             let (v, why) = judge(&obs(class, outcome), &exp(req, permissive, exempt));
             assert_eq!(v, want, "case {i}: {why}");
         }
+    }
+
+    /// A connection the policy refuses: refused is `rejected` whatever it was,
+    /// served is a `violation`, even with mutual TLS.
+    #[test]
+    fn a_denied_connection_is_rejected_when_refused_and_a_violation_when_served() {
+        use Outcome::*;
+        use SecurityClass as C;
+        let mut e = exp(Requirement::MutualTls, false, false);
+        e.deny = Some("Server shop/cart (port 8080; Server shop/cart spec.accessPolicy=deny): no authorization, so Linkerd refuses every client".into());
+        for (class, outcome, want) in [
+            (C::MutualTls, ServerRefused, Verdict::Rejected),
+            (C::None, ServerRefused, Verdict::Rejected),
+            (C::MutualTls, Completed, Verdict::Violation),
+            (C::None, Completed, Verdict::Violation),
+            (C::Unknown, Completed, Verdict::Violation),
+            (C::None, Incomplete, Verdict::Violation),
+        ] {
+            let (v, why) = judge(&obs(class, outcome), &e);
+            assert_eq!(v, want, "{class:?} {outcome:?}: {why}");
+            assert!(why.contains("Server shop/cart"), "{why}");
+        }
+        // Exemptions still win.
+        e.exempt = Some("x".into());
+        assert_eq!(judge(&obs(C::None, Completed), &e).0, Verdict::Exempt);
+    }
+
+    /// Linkerd answers a denied HTTP request with a 403 on the accepted
+    /// connection: served HTTP (plaintext, or inside mutual TLS) is `unknown`,
+    /// other plaintext still a `violation`, a refusal still `rejected`.
+    #[test]
+    fn a_denied_http_port_may_answer_with_a_403() {
+        use Outcome::*;
+        use SecurityClass as C;
+        let mut e = exp(Requirement::MutualTls, false, false);
+        e.deny = Some("Server shop/web (port 8080; Server shop/web spec.accessPolicy=deny)".into());
+        e.deny_http = true;
+        let with = |e: &Expectation, class, outcome, protocol| {
+            let mut o = obs(class, outcome);
+            o.protocol = protocol;
+            judge(&o, e).0
+        };
+        assert_eq!(
+            with(&e, C::None, Completed, Protocol::Http1),
+            Verdict::Unknown
+        );
+        assert_eq!(
+            with(&e, C::MutualTls, Completed, Protocol::Tls),
+            Verdict::Unknown
+        );
+        assert_eq!(
+            with(&e, C::None, Completed, Protocol::Redis),
+            Verdict::Violation
+        );
+        assert_eq!(
+            with(&e, C::None, ServerRefused, Protocol::Http1),
+            Verdict::Rejected
+        );
+        e.deny_http = false;
+        assert_eq!(
+            with(&e, C::None, Completed, Protocol::Http1),
+            Verdict::Violation
+        );
+    }
+
+    #[test]
+    fn plaintext_into_a_linkerd_unauthenticated_policy_is_permissive_in_linkerd_words() {
+        let mut e = exp(Requirement::None, true, false);
+        e.reason = "Server shop/cart spec.accessPolicy=all-unauthenticated admits 10.0.0.1 without a mesh identity".into();
+        let (v, why) = judge(&obs(SecurityClass::None, Outcome::Completed), &e);
+        assert_eq!(v, Verdict::Permissive);
+        assert!(
+            why.contains("without a mesh identity") && !why.contains("STRICT"),
+            "{why}"
+        );
     }
 }
 
@@ -392,6 +515,8 @@ pub fn assess(
             reason: format!("built-in exemption {b}: {reason}"),
             policies: Vec::new(),
             auto_mtls: None,
+            deny: None,
+            deny_http: false,
         },
         None => policy.expect(&q),
     };

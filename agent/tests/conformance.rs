@@ -257,6 +257,8 @@ fn workload(ns: &str, name: &str, labels: &BTreeMap<String, String>, sidecar: bo
         container: None,
         port_names: BTreeMap::new(),
         sidecar,
+        linkerd: None,
+        service_account: None,
     }
 }
 

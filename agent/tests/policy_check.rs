@@ -441,3 +441,201 @@ fn explain_escapes_control_characters_in_names() {
     );
     assert!(!stdout.contains('\u{1b}'));
 }
+
+/// Linkerd's kinds, broken the ways Linkerd's CRD schemas, admission webhook or
+/// policy controller refuse: (file name, content, the diagnostic line).
+const LINKERD_BROKEN: &[(&str, &str, &str)] = &[
+    (
+        "linkerd-access-policy.yaml",
+        r#"apiVersion: policy.linkerd.io/v1beta3
+kind: Server
+metadata:
+  name: web
+  namespace: shop
+spec:
+  podSelector:
+    matchLabels:
+      app: web
+  port: 8080
+  accessPolicy: all-authenticted
+"#,
+        "linkerd-access-policy.yaml:11:3: error: spec.accessPolicy: `all-authenticted` is not one of `all-unauthenticated`, `all-authenticated`, `cluster-unauthenticated`, `cluster-authenticated`, `deny`, `audit` (Linkerd: the admission webhook refuses an invalid 'accessPolicy')",
+    ),
+    (
+        "linkerd-no-selector.yaml",
+        r#"apiVersion: policy.linkerd.io/v1beta3
+kind: Server
+metadata:
+  name: web
+  namespace: shop
+spec:
+  port: 8080
+"#,
+        "linkerd-no-selector.yaml:6:1: error: spec: a Server selects its workloads with `podSelector` or `externalWorkloadSelector`; it has neither (Linkerd: Server CRD, exactly one of them)",
+    ),
+    (
+        "linkerd-port.yaml",
+        r#"apiVersion: policy.linkerd.io/v1beta2
+kind: Server
+metadata:
+  name: web
+  namespace: shop
+spec:
+  podSelector: {}
+  port: 70000
+"#,
+        "linkerd-port.yaml:8:3: error: spec.port: 70000 is not a port number (1-65535) (Linkerd: the policy controller reads a Server's port as a number 1-65535 or a port name)",
+    ),
+    (
+        "linkerd-target.yaml",
+        r#"apiVersion: policy.linkerd.io/v1alpha1
+kind: AuthorizationPolicy
+metadata:
+  name: p
+  namespace: shop
+spec:
+  targetRef:
+    kind: Service
+    name: web
+  requiredAuthenticationRefs: []
+"#,
+        "linkerd-target.yaml:8:5: error: spec.targetRef: unsupported authorization target type: Service; expected a Server (policy.linkerd.io), an HTTPRoute (policy.linkerd.io or gateway.networking.k8s.io), a GRPCRoute (gateway.networking.k8s.io) or a Namespace (Linkerd: the policy controller refuses the AuthorizationPolicy)",
+    ),
+    (
+        "linkerd-cidr.yaml",
+        r#"apiVersion: policy.linkerd.io/v1alpha1
+kind: NetworkAuthentication
+metadata:
+  name: office
+  namespace: shop
+spec:
+  networks:
+  - cidr: 10.0.0.0/8
+    except: [192.168.0.0/16]
+"#,
+        "linkerd-cidr.yaml:9:14: error: spec.networks[0]: cidr '10.0.0.0/8' does not include exception '192.168.0.0/16' (Linkerd: NetworkAuthentication admission)",
+    ),
+    (
+        "linkerd-identity.yaml",
+        r#"apiVersion: policy.linkerd.io/v1alpha1
+kind: MeshTLSAuthentication
+metadata:
+  name: clients
+  namespace: shop
+spec:
+  identities:
+  - "web.*.serviceaccount.identity.linkerd.cluster.local"
+"#,
+        "linkerd-identity.yaml:8:6: error: spec.identities: id web.*.serviceaccount.identity.linkerd.cluster.local is invalid: identity must be a valid SPIFFE id or a DNS SAN (lowercase DNS labels, a leading `*` allowed) (Linkerd: MeshTLSAuthentication admission)",
+    ),
+    (
+        "linkerd-unknown-field.yaml",
+        r#"apiVersion: policy.linkerd.io/v1beta3
+kind: Server
+metadata:
+  name: web
+  namespace: shop
+spec:
+  podSelectr:
+    matchLabels:
+      app: web
+  port: 8080
+"#,
+        "linkerd-unknown-field.yaml:7:3: error: spec: unknown field `podSelectr`, expected one of `podSelector`, `externalWorkloadSelector`, `port`, `proxyProtocol`, `accessPolicy`",
+    ),
+    (
+        "linkerd-namespace.yaml",
+        r#"apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+  annotations:
+    config.linkerd.io/default-inbound-policy: strict
+"#,
+        "linkerd-namespace.yaml:6:5: error: metadata.annotations[config.linkerd.io/default-inbound-policy]: `strict` is not one of `all-unauthenticated`, `all-authenticated`, `cluster-unauthenticated`, `cluster-authenticated`, `deny`, `audit` (Linkerd: the injector ignores an unrecognized value and the cluster default applies)",
+    ),
+];
+
+#[test]
+fn every_broken_linkerd_file_gets_its_message_and_a_failure() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, content, want) in LINKERD_BROKEN {
+        let path = dir.path().join(name);
+        std::fs::write(&path, content).expect("write");
+        let (ok, stdout, stderr) = check(&[&path]);
+        assert!(!ok, "{name}: must fail");
+        let first = stdout.lines().next().unwrap_or("");
+        let want = format!("{}/{want}", dir.path().display());
+        assert_eq!(first, want, "{name}");
+        assert!(
+            stderr.contains("policy check failed: 1 error(s)"),
+            "{name}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn linkerd_documentation_examples_load_unchanged() {
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/policy/linkerd-docs.yaml");
+    let (ok, stdout, _) = check(&[&docs]);
+    assert!(ok, "{stdout}");
+    assert!(
+        stdout.ends_with(", 3 Server, 3 AuthorizationPolicy, 3 MeshTLSAuthentication, 1 NetworkAuthentication; 0 error(s), 2 warning(s)\n"),
+        "{stdout}"
+    );
+    // What Linkerd accepts but the auditor cannot use is a warning that says so.
+    assert!(
+        stdout.contains("HTTPRoute `authors-get-route`: an authorization per route is decided request by request"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Server booksapp/authors is not in the policy files"),
+        "{stdout}"
+    );
+}
+
+/// `policy explain` for Linkerd workloads of a standalone inventory
+/// (examples/linkerd-policy.yaml): the deciding Server and field, refusals,
+/// and the proxies' mutual TLS.
+#[test]
+fn explain_names_the_deciding_linkerd_objects() {
+    let policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/linkerd-policy.yaml");
+    let run = |from: &str, to: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_mtls-auditor"))
+            .args(["policy", "explain", "--policy"])
+            .arg(&policy)
+            .args(["--from", from, "--to", to])
+            .output()
+            .expect("run");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // No Server on 7000: the workload's default, all-authenticated.
+    let e = run("shop/legacy", "shop/web:7000");
+    assert!(e.contains("expected:   mutual_tls"), "{e}");
+    assert!(e.contains("decided by: default-inbound-policy=all-authenticated (the inventory workload's config.linkerd.io/default-inbound-policy)"), "{e}");
+    // The Server on the named port admits plaintext from the cluster.
+    let e = run("shop/legacy", "shop/web:8080");
+    assert!(e.contains("expected:   none"), "{e}");
+    assert!(e.contains("permissive: yes"), "{e}");
+    assert!(e.contains("decided by: Server shop/web-http spec.accessPolicy=cluster-unauthenticated admits 10.213.150.3 without a mesh identity"), "{e}");
+    // Between two meshed pods the proxies speak mutual TLS.
+    let e = run("shop/cart", "shop/web:8080");
+    assert!(e.contains("expected:   mutual_tls"), "{e}");
+    assert!(
+        e.contains("client:     Linkerd: the client's proxy speaks mutual TLS"),
+        "{e}"
+    );
+    // A Server without authorizations refuses everyone.
+    let e = run("shop/cart", "shop/web:9990");
+    assert!(e.contains("refused:    yes"), "{e}");
+    assert!(e.contains("HTTP gets a 403"), "a detected port: {e}");
+    assert!(
+        e.contains("Server shop/web-admin spec.accessPolicy=deny"),
+        "{e}"
+    );
+}

@@ -202,6 +202,7 @@ fn seed(target: &str) -> Result<()> {
         .collect(),
         "policy_yaml" => [
             "agent/tests/data/policy/istio-docs.yaml",
+            "agent/tests/data/policy/linkerd-docs.yaml",
             "examples/seed/istio-policies.yaml",
             "examples/seed/inventory.yaml",
             "examples/transport-policy.yaml",

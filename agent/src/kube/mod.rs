@@ -1,5 +1,7 @@
-//! In-cluster mode: pods of this node (or all, `--remote-pods`), Services, EndpointSlices and Istio's
-//! PeerAuthentication and DestinationRule from the API server, through kube-runtime
+//! In-cluster mode: pods of this node (or all, `--remote-pods`), Services, EndpointSlices, Istio's
+//! PeerAuthentication and DestinationRule, and Linkerd's Server, AuthorizationPolicy,
+//! MeshTLSAuthentication and NetworkAuthentication from the API server (each policy kind
+//! optional: watched when the cluster serves it), through kube-runtime
 //! watchers. A watcher lists, then watches from the list's resourceVersion; on
 //! `410 Gone` (an expired resourceVersion) it lists again, on a dropped connection
 //! or an API-server restart it watches again from the last version it saw, with

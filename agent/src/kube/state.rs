@@ -14,9 +14,16 @@ use k8s_openapi::api::{
 
 use super::cgroup_path;
 use crate::{
-    inventory::{Service, Workload},
-    policy::model::{DestinationRule, PeerAuthentication},
+    inventory::{LinkerdProxy, Service, Workload},
+    policy::model::{
+        AuthorizationPolicy, DestinationRule, MeshTlsAuthentication, NetworkAuthentication,
+        PeerAuthentication, Server,
+    },
 };
+
+/// The policy kinds watched (Istio's two, Linkerd's four): each counts as synced
+/// once listed, or once found not served by the cluster.
+pub const POLICY_KINDS: u8 = 6;
 
 /// A pod the agent watches (of this node, or of any node with `--remote-pods`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +43,10 @@ pub struct PodInfo {
     /// Istio injected a sidecar: the `sidecar.istio.io/status` annotation, or a
     /// container (or native sidecar init container) named `istio-proxy`.
     pub sidecar: bool,
+    /// The pod runs a Linkerd proxy, and what it was configured with.
+    pub linkerd: Option<LinkerdProxy>,
+    /// `spec.serviceAccountName` (`default` when absent).
+    pub service_account: String,
 }
 
 impl PodInfo {
@@ -69,6 +80,8 @@ impl PodInfo {
             container: None,
             port_names: self.port_names.clone(),
             sidecar: self.sidecar,
+            linkerd: self.linkerd.clone(),
+            service_account: Some(self.service_account.clone()),
         }
     }
 }
@@ -111,11 +124,17 @@ pub struct ClusterState {
     slices: HashMap<NsName, Slice>,
     pub peer_authentications: Vec<PeerAuthentication>,
     pub destination_rules: Vec<DestinationRule>,
+    /// Linkerd's policy objects.
+    pub servers: Vec<Server>,
+    pub authorization_policies: Vec<AuthorizationPolicy>,
+    pub meshtls_authentications: Vec<MeshTlsAuthentication>,
+    pub network_authentications: Vec<NetworkAuthentication>,
     /// Bumped on every change of the policy objects.
     pub policy_generation: u64,
     /// The first list of pods is in.
     pub pods_synced: bool,
-    /// Istio kinds whose first list is in (or that the cluster does not serve).
+    /// Policy kinds whose first list is in (or that the cluster does not serve),
+    /// out of [`POLICY_KINDS`].
     pub policy_kinds_synced: u8,
 }
 
@@ -157,6 +176,45 @@ pub fn workload_name(pod: &Pod) -> String {
     }
 }
 
+/// The Linkerd proxy of a pod: a `linkerd-proxy` container (or native sidecar
+/// init container), the `linkerd.io/proxy-version` annotation the injector adds,
+/// or `linkerd.io/inject: enabled`; with the annotations and proxy environment
+/// that decide its default inbound policy (Linkerd's `workload::Settings`).
+fn linkerd_proxy(pod: &Pod) -> Option<LinkerdProxy> {
+    use crate::policy::model::{
+        DEFAULT_INBOUND_POLICY_ANNOTATION, REQUIRE_IDENTITY_ANNOTATION, parse_port_ranges,
+    };
+    let ann = pod.metadata.annotations.as_ref();
+    let proxy = pod.spec.as_ref().and_then(|s| {
+        s.containers
+            .iter()
+            .chain(s.init_containers.iter().flatten())
+            .find(|c| c.name == "linkerd-proxy")
+    });
+    let annotated = ann.is_some_and(|a| {
+        a.contains_key("linkerd.io/proxy-version")
+            || a.get("linkerd.io/inject").is_some_and(|v| v == "enabled")
+    });
+    if proxy.is_none() && !annotated {
+        return None;
+    }
+    let get = |k: &str| ann.and_then(|a| a.get(k)).cloned();
+    Some(LinkerdProxy {
+        default_inbound_policy: get(DEFAULT_INBOUND_POLICY_ANNOTATION),
+        // An unparsable list counts as none, as in Linkerd ("Invalid ports list").
+        require_identity_ports: get(REQUIRE_IDENTITY_ANNOTATION)
+            .and_then(|p| parse_port_ranges(&p).ok())
+            .unwrap_or_default(),
+        proxy_default: proxy
+            .and_then(|c| c.env.as_ref())
+            .and_then(|env| {
+                env.iter()
+                    .find(|e| e.name == "LINKERD2_PROXY_INBOUND_DEFAULT_POLICY")
+            })
+            .and_then(|e| e.value.clone()),
+    })
+}
+
 fn pod_info(pod: &Pod) -> Option<PodInfo> {
     let meta = &pod.metadata;
     let uid = meta.uid.clone()?;
@@ -190,8 +248,18 @@ fn pod_info(pod: &Pod) -> Option<PodInfo> {
                 .chain(s.init_containers.iter().flatten())
                 .any(|c| c.name == "istio-proxy")
         });
+    let linkerd = linkerd_proxy(pod);
     Some(PodInfo {
         sidecar,
+        linkerd,
+        service_account: spec
+            .and_then(|s| {
+                s.service_account_name
+                    .clone()
+                    .or_else(|| s.service_account.clone())
+            })
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "default".into()),
         uid,
         name: meta.name.clone().unwrap_or_default(),
         namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
@@ -445,9 +513,30 @@ impl ClusterState {
         self.policy_generation += 1;
     }
 
-    /// The pods and Istio's policy have been listed once.
+    pub fn set_servers(&mut self, v: Vec<Server>) {
+        self.servers = v;
+        self.policy_generation += 1;
+    }
+
+    pub fn set_authorization_policies(&mut self, v: Vec<AuthorizationPolicy>) {
+        self.authorization_policies = v;
+        self.policy_generation += 1;
+    }
+
+    pub fn set_meshtls_authentications(&mut self, v: Vec<MeshTlsAuthentication>) {
+        self.meshtls_authentications = v;
+        self.policy_generation += 1;
+    }
+
+    pub fn set_network_authentications(&mut self, v: Vec<NetworkAuthentication>) {
+        self.network_authentications = v;
+        self.policy_generation += 1;
+    }
+
+    /// The pods and every policy kind (Istio's and Linkerd's) have been listed
+    /// once.
     pub fn ready(&self) -> bool {
-        self.pods_synced && self.policy_kinds_synced >= 2
+        self.pods_synced && self.policy_kinds_synced >= POLICY_KINDS
     }
 
     pub fn pod_count(&self) -> usize {
@@ -520,6 +609,8 @@ impl ClusterState {
             container: None,
             port_names: BTreeMap::new(),
             sidecar: false,
+            linkerd: None,
+            service_account: None,
         }
     }
 }
@@ -638,6 +729,78 @@ mod tests {
             assert!(info.sidecar, "istio-proxy container (native: {native})");
             assert!(info.workload().sidecar);
         }
+    }
+
+    /// A pod injected by Linkerd, as the injector leaves it: the
+    /// `linkerd-proxy` container with its default-policy environment, the
+    /// annotations (the namespace's copied onto the pod), the service account.
+    #[test]
+    fn linkerd_proxies_are_seen_with_their_policy_annotations() {
+        let base = || pod("cart-1", None, None);
+        let info = pod_info(&base()).unwrap();
+        assert!(info.linkerd.is_none());
+        assert_eq!(info.service_account, "default");
+        assert_eq!(info.workload().service_account.as_deref(), Some("default"));
+
+        let mut p = base();
+        p.metadata.annotations = Some(
+            [
+                ("linkerd.io/proxy-version", "edge-25.1.1"),
+                (
+                    "config.linkerd.io/default-inbound-policy",
+                    "cluster-authenticated",
+                ),
+                (
+                    "config.linkerd.io/proxy-require-identity-inbound-ports",
+                    "8080,9000-9010",
+                ),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .into(),
+        );
+        p.spec = Some(
+            serde_json::from_value(serde_json::json!({
+                "serviceAccountName": "cart",
+                "containers": [{"name": "app"}],
+                "initContainers": [{"name": "linkerd-proxy", "env": [
+                    {"name": "LINKERD2_PROXY_INBOUND_DEFAULT_POLICY", "value": "all-unauthenticated"}
+                ]}]
+            }))
+            .unwrap(),
+        );
+        let info = pod_info(&p).unwrap();
+        let l = info.linkerd.clone().expect("a Linkerd proxy");
+        assert!(!info.sidecar, "not Istio's");
+        assert_eq!(info.service_account, "cart");
+        assert_eq!(
+            l.default_inbound_policy.as_deref(),
+            Some("cluster-authenticated")
+        );
+        assert_eq!(l.proxy_default.as_deref(), Some("all-unauthenticated"));
+        assert!(l.requires_identity(8080) && l.requires_identity(9005));
+        assert!(!l.requires_identity(9011));
+        assert_eq!(info.workload().linkerd, Some(l));
+
+        // `linkerd.io/inject: enabled` alone (not yet injected, or injected
+        // without the version annotation); a bad ports list counts as none.
+        let mut p = base();
+        p.metadata.annotations = Some(
+            [
+                ("linkerd.io/inject", "enabled"),
+                (
+                    "config.linkerd.io/proxy-require-identity-inbound-ports",
+                    "http",
+                ),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .into(),
+        );
+        let l = pod_info(&p).unwrap().linkerd.expect("inject: enabled");
+        assert!(l.require_identity_ports.is_empty());
+        let mut p = base();
+        p.metadata.annotations =
+            Some([("linkerd.io/inject".to_owned(), "disabled".to_owned())].into());
+        assert!(pod_info(&p).unwrap().linkerd.is_none());
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The API-server side of in-cluster mode: client, watchers, and the Istio kinds.
+//! The API-server side of in-cluster mode: client, watchers, and the policy kinds
+//! of Istio and Linkerd (each optional: probed, and watched when served).
 
 use std::{
     collections::BTreeMap,
@@ -24,10 +25,7 @@ use thiserror::Error;
 use tracing::{info, warn};
 
 use super::{ClusterState, SharedState};
-use crate::policy::{
-    model::{DestinationRule, PeerAuthentication},
-    watch::Trigger,
-};
+use crate::policy::watch::Trigger;
 
 const SA_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 
@@ -118,18 +116,20 @@ enum Change<K> {
     Replace(Vec<K>),
 }
 
-/// Finds the version of an Istio kind the API server serves (newest first).
-async fn istio_resource(
-    client: &Client,
-    group: &str,
-    kind: &str,
-    plural: &str,
-    versions: &[&str],
-) -> Option<ApiResource> {
+/// Finds the version of a policy kind the API server serves (newest first).
+async fn policy_resource(client: &Client, pk: &PolicyKind) -> Option<ApiResource> {
+    let PolicyKind {
+        mesh,
+        group,
+        kind,
+        plural,
+        versions,
+        ..
+    } = pk;
     let mut delay = Duration::from_millis(500);
     let mut failures = 0u32;
     'probe: loop {
-        for v in versions {
+        for v in *versions {
             let ar =
                 ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, v, kind), plural);
             let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
@@ -150,7 +150,8 @@ async fn istio_resource(
         }
         info!(
             kind,
-            "not served by this cluster (Istio not installed?): only file policy applies; asking again every 5 minutes"
+            mesh,
+            "not served by this cluster (the mesh not installed?): only file policy applies; asking again every 5 minutes"
         );
         return None;
     }
@@ -277,21 +278,10 @@ pub fn spawn(
         &state,
     );
 
-    // Istio's objects: kept by key, the whole set handed to the policy on each change.
-    for (group, kind, plural, versions) in [
-        (
-            "security.istio.io",
-            "PeerAuthentication",
-            "peerauthentications",
-            &["v1", "v1beta1"][..],
-        ),
-        (
-            "networking.istio.io",
-            "DestinationRule",
-            "destinationrules",
-            &["v1", "v1beta1", "v1alpha3"][..],
-        ),
-    ] {
+    // The policy kinds (Istio's and Linkerd's, all optional: a cluster without
+    // a mesh serves none): kept by key, the whole set handed to the policy on
+    // each change.
+    for kind in POLICY_KINDS {
         let client = client.clone();
         let s = Arc::clone(&state);
         let tx = policy_changed.clone();
@@ -299,7 +289,7 @@ pub fn spawn(
             // Counted as synced once: when first listed, or when found not served.
             let mut first = true;
             let ar = loop {
-                if let Some(ar) = istio_resource(&client, group, kind, plural, versions).await {
+                if let Some(ar) = policy_resource(&client, &kind).await {
                     break ar;
                 }
                 if std::mem::take(&mut first)
@@ -316,25 +306,11 @@ pub fn spawn(
                 if std::mem::take(first) {
                     st.policy_kinds_synced += 1;
                 }
-                if kind == "PeerAuthentication" {
-                    st.set_peer_authentications(
-                        objects
-                            .values()
-                            .filter_map(|o| convert::<PeerAuthentication>(o, kind))
-                            .collect(),
-                    );
-                } else {
-                    st.set_destination_rules(
-                        objects
-                            .values()
-                            .filter_map(|o| convert::<DestinationRule>(o, kind))
-                            .collect(),
-                    );
-                }
+                (kind.publish)(&mut st, objects);
                 drop(st);
                 let _ = tx.send(Trigger::Cluster);
             };
-            drive(api, watcher::Config::default(), kind, move |c| {
+            drive(api, watcher::Config::default(), kind.kind, move |c| {
                 match c {
                     Change::Apply(o) => {
                         objects.insert(key_of(&o), o);
@@ -350,5 +326,129 @@ pub fn spawn(
             })
             .await;
         });
+    }
+}
+
+/// One optional policy kind the agent watches.
+#[derive(Clone, Copy)]
+struct PolicyKind {
+    mesh: &'static str,
+    group: &'static str,
+    kind: &'static str,
+    plural: &'static str,
+    /// Newest first: the first one served is watched.
+    versions: &'static [&'static str],
+    /// Hands the whole set to the cluster index.
+    publish: fn(&mut ClusterState, &BTreeMap<Key, DynamicObject>),
+}
+
+/// The objects of `all` that this agent can read.
+fn read<T: DeserializeOwned>(all: &BTreeMap<Key, DynamicObject>, kind: &str) -> Vec<T> {
+    all.values().filter_map(|o| convert::<T>(o, kind)).collect()
+}
+
+const POLICY_KINDS: [PolicyKind; super::state::POLICY_KINDS as usize] = [
+    PolicyKind {
+        mesh: "Istio",
+        group: "security.istio.io",
+        kind: "PeerAuthentication",
+        plural: "peerauthentications",
+        versions: &["v1", "v1beta1"],
+        publish: |st, all| st.set_peer_authentications(read(all, "PeerAuthentication")),
+    },
+    PolicyKind {
+        mesh: "Istio",
+        group: "networking.istio.io",
+        kind: "DestinationRule",
+        plural: "destinationrules",
+        versions: &["v1", "v1beta1", "v1alpha3"],
+        publish: |st, all| st.set_destination_rules(read(all, "DestinationRule")),
+    },
+    PolicyKind {
+        mesh: "Linkerd",
+        group: "policy.linkerd.io",
+        kind: "Server",
+        plural: "servers",
+        versions: &["v1beta3", "v1beta2", "v1beta1"],
+        publish: |st, all| st.set_servers(read(all, "Server")),
+    },
+    PolicyKind {
+        mesh: "Linkerd",
+        group: "policy.linkerd.io",
+        kind: "AuthorizationPolicy",
+        plural: "authorizationpolicies",
+        versions: &["v1alpha1"],
+        publish: |st, all| st.set_authorization_policies(read(all, "AuthorizationPolicy")),
+    },
+    PolicyKind {
+        mesh: "Linkerd",
+        group: "policy.linkerd.io",
+        kind: "MeshTLSAuthentication",
+        plural: "meshtlsauthentications",
+        versions: &["v1alpha1"],
+        publish: |st, all| st.set_meshtls_authentications(read(all, "MeshTLSAuthentication")),
+    },
+    PolicyKind {
+        mesh: "Linkerd",
+        group: "policy.linkerd.io",
+        kind: "NetworkAuthentication",
+        plural: "networkauthentications",
+        versions: &["v1alpha1"],
+        publish: |st, all| st.set_network_authentications(read(all, "NetworkAuthentication")),
+    },
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::model::{AuthorizationPolicy, InboundPolicy, MeshTlsAuthentication, Server};
+
+    fn dynamic(v: serde_json::Value) -> DynamicObject {
+        serde_json::from_value(v).expect("a DynamicObject")
+    }
+
+    /// Linkerd's objects as the API server returns them (managed fields, the
+    /// CRD's defaults filled in, a status) read into the policy model.
+    #[test]
+    fn linkerd_objects_from_the_api_server_are_read() {
+        let server = dynamic(serde_json::json!({
+            "apiVersion": "policy.linkerd.io/v1beta3",
+            "kind": "Server",
+            "metadata": {
+                "name": "web", "namespace": "shop", "uid": "u1", "resourceVersion": "42",
+                "generation": 1, "creationTimestamp": "2025-01-01T00:00:00Z",
+                "managedFields": [{"manager": "kubectl", "operation": "Apply"}]
+            },
+            "spec": {"podSelector": {"matchLabels": {"app": "web"}}, "port": 8080, "accessPolicy": "deny", "proxyProtocol": "unknown"}
+        }));
+        let s: Server = convert(&server, "Server").expect("Server");
+        assert_eq!(s.spec.port.number(), Some(8080));
+        assert_eq!(s.access_policy(), InboundPolicy::Deny);
+        let ap = dynamic(serde_json::json!({
+            "apiVersion": "policy.linkerd.io/v1alpha1",
+            "kind": "AuthorizationPolicy",
+            "metadata": {"name": "p", "namespace": "shop"},
+            "spec": {
+                "targetRef": {"group": "policy.linkerd.io", "kind": "Server", "name": "web"},
+                "requiredAuthenticationRefs": [{"group": "policy.linkerd.io", "kind": "MeshTLSAuthentication", "name": "clients"}]
+            }
+        }));
+        let ap: AuthorizationPolicy = convert(&ap, "AuthorizationPolicy").expect("policy");
+        assert_eq!(ap.spec.required_authentication_refs.len(), 1);
+        let m = dynamic(serde_json::json!({
+            "apiVersion": "policy.linkerd.io/v1alpha1",
+            "kind": "MeshTLSAuthentication",
+            "metadata": {"name": "clients", "namespace": "shop"},
+            "spec": {"identityRefs": [{"kind": "ServiceAccount", "name": "cart"}]}
+        }));
+        let m: MeshTlsAuthentication = convert(&m, "MeshTLSAuthentication").expect("authn");
+        assert_eq!(m.spec.identity_refs.map(|r| r.len()), Some(1));
+        // What the agent cannot read is skipped, not fatal.
+        let bad = dynamic(serde_json::json!({
+            "apiVersion": "policy.linkerd.io/v1beta3", "kind": "Server",
+            "metadata": {"name": "x", "namespace": "shop"},
+            "spec": {"port": [1]}
+        }));
+        assert!(convert::<Server>(&bad, "Server").is_none());
     }
 }

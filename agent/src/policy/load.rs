@@ -18,8 +18,9 @@ use serde::{Deserialize, de::DeserializeOwned};
 
 pub(crate) use super::model::quote_list;
 use super::model::{
-    ConfigMap, DestinationRule, Inventory, MeshConfig, PeerAuthentication, ServiceEntry,
-    TransportPolicy,
+    AuthorizationPolicy, ConfigMap, DestinationRule, Inventory, LinkerdConfig, MeshConfig,
+    MeshTlsAuthentication, Namespace, NetworkAuthentication, PeerAuthentication, Server,
+    ServiceEntry, TransportPolicy,
 };
 
 /// Largest YAML document (one object) read: far above any real policy object
@@ -88,6 +89,15 @@ pub struct PolicyFiles {
     pub inventories: Vec<Located<Inventory>>,
     /// Istio's mesh config (`ConfigMap` `istio`, key `mesh`), parsed.
     pub mesh_configs: Vec<Located<MeshConfig>>,
+    /// Linkerd's policy objects.
+    pub servers: Vec<Located<Server>>,
+    pub authorization_policies: Vec<Located<AuthorizationPolicy>>,
+    pub meshtls_authentications: Vec<Located<MeshTlsAuthentication>>,
+    pub network_authentications: Vec<Located<NetworkAuthentication>>,
+    /// Namespaces (their `config.linkerd.io/default-inbound-policy` annotation).
+    pub namespaces: Vec<Located<Namespace>>,
+    /// Linkerd's control-plane values (`ConfigMap` `linkerd-config`, key `values`).
+    pub linkerd_configs: Vec<Located<LinkerdConfig>>,
 }
 
 impl PolicyFiles {
@@ -103,6 +113,18 @@ impl PolicyFiles {
             + self.transport_policies.len()
             + self.inventories.len()
             + self.mesh_configs.len()
+            + self.linkerd_object_count()
+    }
+
+    /// How many of Linkerd's objects were loaded (policy kinds, Namespaces and
+    /// the control plane's values).
+    pub fn linkerd_object_count(&self) -> usize {
+        self.servers.len()
+            + self.authorization_policies.len()
+            + self.meshtls_authentications.len()
+            + self.network_authentications.len()
+            + self.namespaces.len()
+            + self.linkerd_configs.len()
     }
 }
 
@@ -113,10 +135,23 @@ const NET_VERSIONS: &[&str] = &[
     "networking.istio.io/v1alpha3",
 ];
 const OWN_VERSIONS: &[&str] = &["mtls-auditor.io/v1alpha1"];
+const SERVER_VERSIONS: &[&str] = &[
+    "policy.linkerd.io/v1beta3",
+    "policy.linkerd.io/v1beta2",
+    "policy.linkerd.io/v1beta1",
+    "policy.linkerd.io/v1alpha1",
+];
+const LINKERD_AUTH_VERSIONS: &[&str] = &["policy.linkerd.io/v1alpha1"];
+const CORE_VERSIONS: &[&str] = &["v1"];
 const KINDS: &[&str] = &[
     "PeerAuthentication",
     "DestinationRule",
     "ServiceEntry",
+    "Server",
+    "AuthorizationPolicy",
+    "MeshTLSAuthentication",
+    "NetworkAuthentication",
+    "Namespace",
     "TransportPolicy",
     "Inventory",
     "ConfigMap",
@@ -657,13 +692,41 @@ fn load_document(
         "ServiceEntry" => load_kind!(NET_VERSIONS, ServiceEntry, out.service_entries),
         "TransportPolicy" => load_kind!(OWN_VERSIONS, TransportPolicy, out.transport_policies),
         "Inventory" => load_kind!(OWN_VERSIONS, Inventory, out.inventories),
+        "Server" => load_kind!(SERVER_VERSIONS, Server, out.servers),
+        "AuthorizationPolicy" => load_kind!(
+            LINKERD_AUTH_VERSIONS,
+            AuthorizationPolicy,
+            out.authorization_policies
+        ),
+        "MeshTLSAuthentication" => load_kind!(
+            LINKERD_AUTH_VERSIONS,
+            MeshTlsAuthentication,
+            out.meshtls_authentications
+        ),
+        "NetworkAuthentication" => load_kind!(
+            LINKERD_AUTH_VERSIONS,
+            NetworkAuthentication,
+            out.network_authentications
+        ),
+        "Namespace" => load_kind!(CORE_VERSIONS, Namespace, out.namespaces),
+        "ServerAuthorization" | "HTTPRoute" | "GRPCRoute" if api.contains("linkerd.io") || api.starts_with("gateway.networking.k8s.io/") => {
+            diags.push(skipped(
+                file,
+                doc,
+                kind,
+                "not read by the auditor (it judges connections; Linkerd's per-request and legacy kinds are not interpreted, see docs/policy.md)",
+            ));
+        }
         "ConfigMap" if api == "v1" => match parse::<ConfigMap>(file, doc) {
             Ok(cm) if is_mesh_config(&cm) => load_mesh_config(file, doc, &cm, out, diags),
+            Ok(cm) if cm.metadata.name == "linkerd-config" && cm.data.contains_key("values") => {
+                super::validate_linkerd::load_linkerd_config(file, doc.text, doc.first_line, &cm, out, diags);
+            }
             Ok(cm) => diags.push(skipped(
                 file,
                 doc,
                 &format!("ConfigMap {}", cm.metadata.name),
-                "it is not Istio's mesh config (`istio` with a `mesh` key)",
+                "it is neither Istio's mesh config (`istio` with a `mesh` key) nor Linkerd's (`linkerd-config` with a `values` key)",
             )),
             Err(d) => diags.push(d),
         },

@@ -1,13 +1,16 @@
 //! Policy: what each connection should be. Istio `PeerAuthentication`,
-//! `DestinationRule`, `ServiceEntry` and mesh config, this project's
-//! `TransportPolicy` (CIDRs, ports, workloads, processes, exemptions) and
-//! `Inventory` (standalone workloads and services).
+//! `DestinationRule`, `ServiceEntry` and mesh config; Linkerd's `Server`,
+//! `AuthorizationPolicy`, `MeshTLSAuthentication`, `NetworkAuthentication` and
+//! default inbound policies; this project's `TransportPolicy` (CIDRs, ports,
+//! workloads, processes, exemptions) and `Inventory` (standalone workloads and
+//! services).
 //!
-//! `load` reads and checks files (`validate`, `validate_istio`), `PolicySet`
-//! (`resolve`) indexes them once (`peer`, `destination`, `native`) and answers
-//! what a connection requires.
+//! `load` reads and checks files (`validate`, `validate_istio`,
+//! `validate_linkerd`), `PolicySet` (`resolve`) indexes them once (`peer`,
+//! `destination`, `linkerd`, `native`) and answers what a connection requires.
 
 pub mod destination;
+pub mod linkerd;
 pub mod load;
 pub mod model;
 pub mod native;
@@ -16,6 +19,7 @@ pub mod peer;
 pub mod resolve;
 pub mod validate;
 pub mod validate_istio;
+pub mod validate_linkerd;
 #[cfg(feature = "agent")]
 pub mod watch;
 
@@ -44,3 +48,5 @@ pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_linkerd;

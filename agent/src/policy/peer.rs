@@ -28,6 +28,9 @@ pub struct PeerDecision {
     pub source: String,
 }
 
+/// The source of a decision no PeerAuthentication made.
+pub const DEFAULT_SOURCE: &str = "Istio default (no PeerAuthentication applies): PERMISSIVE";
+
 /// PeerAuthentications indexed for lookups.
 #[derive(Debug, Default)]
 pub struct PeerIndex {
@@ -40,6 +43,13 @@ pub struct PeerIndex {
     /// their selector's label pairs: label key -> value -> policies, oldest first.
     workload: HashMap<String, HashMap<String, HashMap<String, Vec<usize>>>>,
     root_namespace: String,
+}
+
+impl PeerDecision {
+    /// No PeerAuthentication set the mode: Istio's default PERMISSIVE.
+    pub fn is_default(&self) -> bool {
+        self.source == DEFAULT_SOURCE
+    }
 }
 
 impl PeerIndex {
@@ -122,7 +132,7 @@ impl PeerIndex {
     ) -> PeerDecision {
         let mut out = PeerDecision {
             mode: PeerMode::Permissive,
-            source: "Istio default (no PeerAuthentication applies): PERMISSIVE".into(),
+            source: DEFAULT_SOURCE.into(),
         };
         let namespace = if ns == self.root_namespace {
             None

@@ -1,8 +1,10 @@
 //! What a connection should be, resolved the way Istio resolves it: the server
 //! side from PeerAuthentication ([`super::peer`]), the client side from
 //! DestinationRules ([`super::destination`]) or, without a TLS setting, from
-//! Istio's auto-mTLS; this project's `TransportPolicy` rules add requirements and
-//! its exemptions override all ([`super::native`]).
+//! Istio's auto-mTLS; for a destination with a Linkerd proxy, Linkerd's inbound
+//! policy ([`super::linkerd`]) and its automatic mTLS between meshed pods; this
+//! project's `TransportPolicy` rules add requirements and its exemptions
+//! override all ([`super::native`]). The strictest requirement wins.
 //!
 //! Everything is indexed when the policy loads ([`PolicySet::new`]); answering a
 //! [`Query`] costs a few hash lookups, whatever the number of objects.
@@ -13,6 +15,7 @@ use serde::Serialize;
 
 use super::{
     destination::{ConsolidatedRule, DestinationIndex, subset_for, tls_for},
+    linkerd::{Admission, LinkerdClient, LinkerdDecision, LinkerdIndex},
     load::PolicyFiles,
     model::{Direction, PeerMode, Requirement, TlsMode},
     native::NativeIndex,
@@ -62,6 +65,19 @@ pub struct Expectation {
     /// sidecar), not a `permissive` finding, even into a PERMISSIVE server.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auto_mtls: Option<String>,
+    /// Set when the policy refuses this connection whatever its security (a
+    /// Linkerd Server or default policy with no authorization that admits this
+    /// client): the sentence that says so. A connection the server refused is
+    /// then enforcement working (`rejected`), one it served a `violation`.
+    /// `expected` is `mutual_tls`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deny: Option<String>,
+    /// With `deny`: the refusal may be an HTTP 403 on an accepted connection
+    /// (Linkerd answers denied HTTP requests so, and refuses other traffic at
+    /// the TCP level), so a connection that completed is not proof it was
+    /// served.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub deny_http: bool,
 }
 
 pub fn rank(r: Requirement) -> u8 {
@@ -107,6 +123,7 @@ pub struct PolicySet {
     pub auto_mtls: bool,
     peer: PeerIndex,
     destination: DestinationIndex,
+    linkerd: LinkerdIndex,
     native: NativeIndex,
 }
 
@@ -152,6 +169,7 @@ impl PolicySet {
             &inventory.cluster_domain,
         );
         let native = NativeIndex::new(&files.transport_policies);
+        let linkerd = LinkerdIndex::new(&files, &inventory.cluster_domain);
         Self {
             files,
             root_namespace: root_namespace.to_owned(),
@@ -159,6 +177,7 @@ impl PolicySet {
             auto_mtls,
             peer,
             destination,
+            linkerd,
             native,
         }
     }
@@ -172,6 +191,7 @@ impl PolicySet {
                 &self.root_namespace,
                 &inventory.cluster_domain,
             );
+            self.linkerd = LinkerdIndex::new(&self.files, &inventory.cluster_domain);
         }
         self.inventory = inventory;
         self
@@ -363,6 +383,40 @@ impl PolicySet {
         }
     }
 
+    /// What Linkerd's proxy of `destination` does with a connection to `port`
+    /// from `client` (its workload, when known, gives its mesh identity) at
+    /// `client_addr`.
+    pub fn linkerd_decision(
+        &self,
+        destination: &Workload,
+        port: u16,
+        client: Option<&Workload>,
+        client_addr: Option<IpAddr>,
+    ) -> LinkerdDecision {
+        let identity = client.and_then(|w| self.linkerd.identity_of(w));
+        self.linkerd_decision_for_identity(destination, port, identity.as_deref(), client_addr)
+    }
+
+    /// [`Self::linkerd_decision`] for a client known by its mesh identity (as
+    /// its certificate would carry it) rather than by its workload.
+    pub fn linkerd_decision_for_identity(
+        &self,
+        destination: &Workload,
+        port: u16,
+        identity: Option<&str>,
+        client_addr: Option<IpAddr>,
+    ) -> LinkerdDecision {
+        self.linkerd.decide(
+            &self.files,
+            destination,
+            port,
+            LinkerdClient {
+                addr: client_addr,
+                identity,
+            },
+        )
+    }
+
     /// What `q` requires.
     pub fn expect(&self, q: &Query<'_>) -> Expectation {
         let mut policies = Vec::new();
@@ -385,6 +439,8 @@ impl PolicySet {
                 reason: format!("built-in exemption: loopback hop inside workload {w}"),
                 policies,
                 auto_mtls: None,
+                deny: None,
+                deny_http: false,
             };
         }
         let tps = &self.files.transport_policies;
@@ -406,6 +462,8 @@ impl PolicySet {
                 ),
                 policies: vec![name],
                 auto_mtls: None,
+                deny: None,
+                deny_http: false,
             };
         }
 
@@ -423,24 +481,75 @@ impl PolicySet {
             .as_ref()
             .map(|w| (w.namespace.as_str(), &w.labels))
             .or_else(|| q.services.first().map(|s| (s.namespace.as_str(), &EMPTY)));
+        // A workload in Linkerd's mesh and not in Istio's: Istio's default
+        // (no PeerAuthentication) says nothing about it; an explicit
+        // PeerAuthentication still counts.
+        let linkerd_dst = q.destination.as_ref().filter(|w| w.linkerd.is_some());
+        let linkerd_only = linkerd_dst.is_some_and(|w| !w.sidecar);
         if let Some((ns, labels)) = server {
             let d = self.peer_mode(ns, labels, q.port);
-            policies.push(d.source.clone());
-            match d.mode {
-                PeerMode::Strict => raise(Requirement::MutualTls, d.source, &mut best),
-                PeerMode::Permissive => {
-                    // Requires nothing: the PERMISSIVE object is what decided so,
-                    // unless a client-side or native rule raises the requirement.
-                    permissive = true;
-                    best.1.clone_from(&d.source);
+            if !(linkerd_only && d.is_default()) {
+                policies.push(d.source.clone());
+                match d.mode {
+                    PeerMode::Strict => raise(Requirement::MutualTls, d.source, &mut best),
+                    PeerMode::Permissive => {
+                        // Requires nothing: the PERMISSIVE object is what decided so,
+                        // unless a client-side or native rule raises the requirement.
+                        permissive = true;
+                        best.1.clone_from(&d.source);
+                    }
+                    PeerMode::Disable | PeerMode::Unset => {}
                 }
-                PeerMode::Disable | PeerMode::Unset => {}
+            }
+        }
+        // Linkerd: the destination's proxy admits this client or not; between
+        // two meshed pods Linkerd's proxies speak mutual TLS.
+        let mut auto_mtls = None;
+        let mut deny = None;
+        let mut deny_http = false;
+        if let Some(dst) = linkerd_dst {
+            let client_meshed = q.source.as_ref().is_some_and(|w| w.linkerd.is_some())
+                && q.client_has_proxy != Some(false);
+            let client_addr = Some(q.source_addr).filter(|a| !a.is_unspecified());
+            let d = self.linkerd_decision(
+                dst,
+                q.port,
+                q.source.as_ref().filter(|_| client_meshed),
+                client_addr,
+            );
+            policies.extend(d.policies.iter().cloned());
+            match d.admission {
+                Admission::Localhost => {}
+                Admission::Unauthenticated { .. } => {
+                    permissive = true;
+                    if rank(best.0) == 0 {
+                        best.1.clone_from(&d.reason);
+                    }
+                }
+                Admission::Authenticated => {
+                    raise(Requirement::MutualTls, d.reason.clone(), &mut best)
+                }
+                Admission::Deny => {
+                    best = (Requirement::MutualTls, d.reason.clone());
+                    deny = Some(d.reason.clone());
+                    deny_http = d.http;
+                }
+            }
+            if client_meshed && !matches!(d.admission, Admission::Localhost | Admission::Deny) {
+                let name = |w: &Workload| format!("{}/{}", w.namespace, w.name);
+                let why = format!(
+                    "Linkerd: client {} and destination {} both run a Linkerd proxy, and Linkerd's proxies speak mutual TLS to each other",
+                    q.source.as_ref().map(name).unwrap_or_default(),
+                    name(dst)
+                );
+                policies.push(why.clone());
+                auto_mtls = Some(why.clone());
+                raise(Requirement::MutualTls, why, &mut best);
             }
         }
         // Client side. DestinationRules configure the client's proxy: a client
         // known to have none (a local pod no proxy intercepts in) is not bound by
         // them; one whose proxy is unknown takes them as the declared intent.
-        let mut auto_mtls = None;
         let known_without_proxy =
             q.client_has_proxy == Some(false) && !q.source.as_ref().is_some_and(|w| w.sidecar);
         if let Some(svc) = q.services.first().filter(|_| !known_without_proxy) {
@@ -488,6 +597,8 @@ impl PolicySet {
             reason: best.1,
             policies,
             auto_mtls,
+            deny,
+            deny_http,
         }
     }
 }

@@ -369,6 +369,8 @@ fn expectations_combine_and_exemptions_win() {
         container: None,
         port_names: [(9090, "metrics".to_owned())].into(),
         sidecar: false,
+        linkerd: None,
+        service_account: None,
     };
     let c = Workload {
         name: "c".into(),
@@ -379,6 +381,8 @@ fn expectations_combine_and_exemptions_win() {
         container: None,
         port_names: BTreeMap::new(),
         sidecar: false,
+        linkerd: None,
+        service_account: None,
     };
     let ip = |s: &str| s.parse::<IpAddr>().unwrap();
     let q = |dst: &'static Workload, addr: &str, port| Query {
@@ -432,6 +436,8 @@ fn wl(ns: &str, name: &str, pairs: &[(&str, &str)], sidecar: bool) -> Workload {
         container: None,
         port_names: BTreeMap::new(),
         sidecar,
+        linkerd: None,
+        service_account: None,
     }
 }
 

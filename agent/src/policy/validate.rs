@@ -148,6 +148,11 @@ pub(crate) fn inventory(spot: &Spot<'_>, inv: &Inventory) {
             }
         }
     }
+    for (i, w) in inv.spec.workloads.iter().enumerate() {
+        if let Some(l) = &w.linkerd {
+            super::validate_linkerd::inventory_workload(spot, i, l);
+        }
+    }
     for (i, s) in inv.spec.services.iter().enumerate() {
         cidrs(spot, &s.addresses, &format!("spec.services[{i}].addresses"));
     }
@@ -237,6 +242,52 @@ pub(crate) fn validate(p: &PolicyFiles, diags: &mut Vec<Diagnostic>) {
     for se in &p.service_entries {
         no_namespace(diags, se, "ServiceEntry", &se.object.metadata);
     }
+    for (kind, list) in [
+        (
+            "Server",
+            p.servers
+                .iter()
+                .map(|l| (l.file.clone(), l.line, &l.object.metadata))
+                .collect::<Vec<_>>(),
+        ),
+        (
+            "AuthorizationPolicy",
+            p.authorization_policies
+                .iter()
+                .map(|l| (l.file.clone(), l.line, &l.object.metadata))
+                .collect(),
+        ),
+        (
+            "MeshTLSAuthentication",
+            p.meshtls_authentications
+                .iter()
+                .map(|l| (l.file.clone(), l.line, &l.object.metadata))
+                .collect(),
+        ),
+        (
+            "NetworkAuthentication",
+            p.network_authentications
+                .iter()
+                .map(|l| (l.file.clone(), l.line, &l.object.metadata))
+                .collect(),
+        ),
+    ] {
+        for (file, line, meta) in list {
+            if meta.namespace.is_none() {
+                diags.push(Diagnostic {
+                    severity: Severity::Warning,
+                    file,
+                    line,
+                    column: 1,
+                    message: format!(
+                        "{kind} {}: no metadata.namespace, assuming `default`",
+                        meta.name
+                    ),
+                });
+            }
+        }
+    }
+    super::validate_linkerd::across(p, diags);
     if p.mesh_configs.len() > 1 {
         for m in &p.mesh_configs[1..] {
             diags.push(warn(

@@ -82,6 +82,36 @@ pub fn load_set(
                 line: 0,
             });
         }
+        // Linkerd's kinds, the same way.
+        fn add<T: Clone>(
+            to: &mut Vec<super::Located<T>>,
+            from: &[T],
+            file: impl Fn(&T) -> PathBuf,
+        ) {
+            to.extend(from.iter().map(|o| super::Located {
+                object: o.clone(),
+                file: file(o),
+                line: 0,
+            }));
+        }
+        add(&mut files.servers, &c.servers, |o| {
+            at("Server", &o.metadata)
+        });
+        add(
+            &mut files.authorization_policies,
+            &c.authorization_policies,
+            |o| at("AuthorizationPolicy", &o.metadata),
+        );
+        add(
+            &mut files.meshtls_authentications,
+            &c.meshtls_authentications,
+            |o| at("MeshTLSAuthentication", &o.metadata),
+        );
+        add(
+            &mut files.network_authentications,
+            &c.network_authentications,
+            |o| at("NetworkAuthentication", &o.metadata),
+        );
     }
     let mut set = PolicySet::new(files, root_namespace);
     if let Some(c) = cluster {
@@ -181,6 +211,7 @@ fn reload_loop(
                     ?trigger,
                     peer_authentications = set.files.peer_authentications.len(),
                     destination_rules = set.files.destination_rules.len(),
+                    linkerd_objects = set.files.linkerd_object_count(),
                     "policy reloaded"
                 );
                 if out.send(Arc::new(set)).is_err() {

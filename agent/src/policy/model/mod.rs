@@ -1,7 +1,9 @@
 //! The policy objects as they appear in YAML: Istio `PeerAuthentication`,
 //! `DestinationRule` (API versions v1alpha3, v1beta1, v1), `ServiceEntry` and the
-//! mesh config map (`ConfigMap` `istio`), and this project's `TransportPolicy` and
-//! `Inventory` (mtls-auditor.io/v1alpha1).
+//! mesh config map (`ConfigMap` `istio`); Linkerd's `Server`,
+//! `AuthorizationPolicy`, `MeshTLSAuthentication`, `NetworkAuthentication`,
+//! annotated `Namespace`s and the `linkerd-config` values; and this project's
+//! `TransportPolicy` and `Inventory` (mtls-auditor.io/v1alpha1).
 //!
 //! Fields this tool interprets are typed; fields it does not (load balancing,
 //! connection pools, ...) are accepted as any value, so Istio's documented
@@ -12,9 +14,11 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 mod istio;
+mod linkerd;
 mod native;
 
 pub use istio::*;
+pub use linkerd::*;
 pub use native::*;
 
 /// Any YAML value, for fields carried but not interpreted.

@@ -150,6 +150,15 @@ pub struct WorkloadEntry {
     /// its sidecar sends mutual TLS to destinations that have one too.
     #[serde(default)]
     pub sidecar: bool,
+    /// The workload runs a Linkerd proxy (`linkerd: {}`), with what its pod's
+    /// annotations would say (`defaultInboundPolicy`,
+    /// `requireIdentityInboundPorts`).
+    #[serde(default)]
+    pub linkerd: Option<super::LinkerdWorkloadEntry>,
+    /// The workload's Kubernetes service account: its Linkerd identity is
+    /// `SA.NAMESPACE.serviceaccount.identity.linkerd.TRUST_DOMAIN`.
+    #[serde(default)]
+    pub service_account: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
