@@ -335,6 +335,10 @@ fn deployment_content_is_what_the_agent_needs_and_no_more() {
         "endpointslices",
         "peerauthentications",
         "destinationrules",
+        "servers",
+        "authorizationpolicies",
+        "meshtlsauthentications",
+        "networkauthentications",
     ]
     .map(String::from)
     .into();
