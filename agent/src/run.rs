@@ -437,6 +437,15 @@ impl Pipeline {
                 } else {
                     self.table.tick(now, &mut |conn| finished.push(conn));
                 }
+                // A proxy's own connections first: an app connection that finished
+                // in the same tick is linked to its upstream (or tunnel) by what
+                // `finish` remembers of it.
+                finished.sort_by_key(|conn| {
+                    !conn
+                        .client_end
+                        .as_ref()
+                        .is_some_and(|e| self.hops.proxy_of(e).is_some())
+                });
                 for conn in finished {
                     self.finish(&conn, now);
                 }
@@ -492,6 +501,8 @@ impl Pipeline {
         }
         if record.hop == Hop::ProxyTunnel {
             self.hops.tunnel_finished(conn, &record.classification);
+        } else {
+            self.hops.not_a_tunnel(conn);
         }
         if conn.counted {
             self.shared.metrics.observe_bytes(&record);

@@ -26,6 +26,17 @@ Where it differs from Envoy: no xDS (routes come from a JSON file), HTTP/1.1 onl
 (no HTTP/2 upstreams, no istio-peer-exchange metadata exchange), one upstream
 connection per request at a time (Envoy multiplexes HTTP/2), and no retries.
 
+With `"flavor": "linkerd"` it stands in for Linkerd's proxy instead (with the rules
+of linkerd-iptables.sh): outbound on 4140 and inbound on 4143, uid/gid 2102, mutual
+TLS with SNI = the server's identity (`SA.NS.serviceaccount.identity.linkerd.
+cluster.local`, the route's `sni`) and no ALPN for HTTP routes (pooled, like the
+Istio flavour); an `opaque` route goes to the destination pod's 4143 itself with
+ALPN `transport.l5d.io/v1` and Linkerd's transport header (the app's port inside
+the TLS), one TLS connection per app connection; inbound it delivers to the app
+at the pod's address from the pod's own address, and it serves 4191 (admin:
+metrics, readiness) and 4190 (tap) in plain HTTP. Linkerd's proxies speak HTTP/2
+to each other; this one forwards HTTP/1.1 as it came.
+
 usage: sidecar.py CONFIG.json   (as root; runs until SIGTERM)
 """
 
@@ -45,6 +56,12 @@ SOL_IPV6 = 41
 
 CONFIG = json.load(open(sys.argv[1]))
 POD_IP = CONFIG["pod_ip"]
+LINKERD = CONFIG.get("flavor", "istio") == "linkerd"
+# Linkerd's transport header (linkerd2-proxy, proxy/transport/header): this
+# preface, a 4-byte big-endian length, a protobuf TransportHeader {port = 1}.
+L5D_ALPN = "transport.l5d.io/v1"
+L5D_PREFACE = b"transport.l5d.io/v1\r\n\r\n"
+L5D_INBOUND = 4143
 # Opened now: after the privileges are dropped its directory may be closed to us.
 LOG = open(CONFIG["log"], "a", buffering=1) if CONFIG.get("log") else None
 LOG_LOCK = threading.Lock()
@@ -86,14 +103,76 @@ def server_context():
     ctx.load_cert_chain(CONFIG["cert"], CONFIG["key"])
     ctx.load_verify_locations(CONFIG["ca"])
     ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.set_alpn_protocols(["istio-http/1.1", "istio", "http/1.1", "istio-peer-exchange"])
+    if LINKERD:
+        ctx.set_alpn_protocols([L5D_ALPN])
+    else:
+        ctx.set_alpn_protocols(["istio-http/1.1", "istio", "http/1.1", "istio-peer-exchange"])
     return ctx
 
 
 # Built before the privileges are dropped: the key files are root's.
-HTTP_CLIENT_CTX = client_context(["istio-http/1.1", "istio", "http/1.1"])
-TCP_CLIENT_CTX = client_context(["istio-peer-exchange", "istio"])
+if LINKERD:
+    HTTP_CLIENT_CTX = client_context([])
+    TCP_CLIENT_CTX = client_context([L5D_ALPN])
+else:
+    HTTP_CLIENT_CTX = client_context(["istio-http/1.1", "istio", "http/1.1"])
+    TCP_CLIENT_CTX = client_context(["istio-peer-exchange", "istio"])
 SERVER_CTX = server_context()
+
+
+def varint(n):
+    out = b""
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out += bytes([b | (0x80 if n else 0)])
+        if not n:
+            return out
+
+
+def transport_header(port):
+    msg = b"\x08" + varint(port)
+    return L5D_PREFACE + struct.pack("!I", len(msg)) + msg
+
+
+def read_transport_header(sock):
+    """The app's port from Linkerd's transport header, or None."""
+    want = len(L5D_PREFACE) + 4
+    got = b""
+    while len(got) < want:
+        chunk = sock.recv(want - len(got))
+        if not chunk:
+            return None
+        got += chunk
+    if got[: len(L5D_PREFACE)] != L5D_PREFACE:
+        return None
+    (n,) = struct.unpack("!I", got[len(L5D_PREFACE) :])
+    msg = b""
+    while len(msg) < n:
+        chunk = sock.recv(n - len(msg))
+        if not chunk:
+            return None
+        msg += chunk
+    i = 0
+    while i < len(msg):
+        key = msg[i]
+        i += 1
+        if key & 7 == 0:
+            v, shift = 0, 0
+            while True:
+                b = msg[i]
+                i += 1
+                v |= (b & 0x7F) << shift
+                shift += 7
+                if not b & 0x80:
+                    break
+            if key >> 3 == 1:
+                return v
+        elif key & 7 == 2:
+            ln = msg[i]
+            i += 1 + ln
+        else:
+            return None
+    return None
 
 
 def route_for(addr, port):
@@ -110,13 +189,17 @@ def inbound_mode(port):
 
 
 def connect_upstream(addr, port, route):
-    raw = socket.create_connection((addr, port), timeout=5)
+    opaque = LINKERD and route.get("opaque") and route["mode"] == "ISTIO_MUTUAL"
+    raw = socket.create_connection((addr, L5D_INBOUND if opaque else port), timeout=5)
     raw.settimeout(None)
     if route["mode"] != "ISTIO_MUTUAL":
         return raw
     ctx = HTTP_CLIENT_CTX if route.get("http") else TCP_CLIENT_CTX
     sni = route.get("sni") or "outbound_.%d_._.%s" % (port, addr)
-    return ctx.wrap_socket(raw, server_hostname=sni)
+    tls = ctx.wrap_socket(raw, server_hostname=sni)
+    if opaque:
+        tls.sendall(transport_header(port))
+    return tls
 
 
 def pump(a, b):
@@ -284,6 +367,12 @@ def inbound(down):
         first = down.recv(1, socket.MSG_PEEK)
         if first == b"\x16":
             down = SERVER_CTX.wrap_socket(down, server_side=True)
+            if LINKERD and down.selected_alpn_protocol() == L5D_ALPN:
+                port = read_transport_header(down)
+                if port is None:
+                    log("inbound: no transport header")
+                    down.close()
+                    return
         elif mode == "STRICT":
             log("inbound plaintext refused (STRICT)", down.getpeername(), "port", port)
             down.close()
@@ -291,7 +380,10 @@ def inbound(down):
         log("inbound", down.getpeername(), "->", POD_IP, port, mode)
         family = socket.AF_INET6 if ":" in POD_IP else socket.AF_INET
         app = socket.socket(family, socket.SOCK_STREAM)
-        app.bind(("::6" if family == socket.AF_INET6 else "127.0.0.6", 0))
+        if not LINKERD:
+            # Envoy's inbound passthrough; Linkerd's proxy connects from the pod's
+            # own address.
+            app.bind(("::6" if family == socket.AF_INET6 else "127.0.0.6", 0))
         app.connect((POD_IP, port))
         pump(down, app)
         app.close()
@@ -330,18 +422,28 @@ def serve(sock, handler):
 
 def main():
     any_addr = "::" if ":" in POD_IP else "0.0.0.0"
-    listeners = [
-        (listen(any_addr, CONFIG.get("outbound_port", 15001)), outbound),
-        (listen(any_addr, CONFIG.get("inbound_port", 15006)), inbound),
-        (listen(any_addr, 15021), lambda c: plain_http(c, b"ready\n")),
-        (listen(any_addr, 15020), lambda c: plain_http(c, b"merged metrics\n")),
-        (listen(any_addr, 15090), lambda c: plain_http(c, b"envoy_server_live 1\n")),
-        (listen("127.0.0.1", 15000), lambda c: plain_http(c, b"admin\n")),
-    ]
+    if LINKERD:
+        listeners = [
+            (listen(any_addr, 4140), outbound),
+            (listen(any_addr, L5D_INBOUND), inbound),
+            (listen(any_addr, 4191), lambda c: plain_http(c, b"request_total 1\n")),
+            (listen(any_addr, 4190), lambda c: plain_http(c, b"tap\n")),
+        ]
+        uid = 2102
+    else:
+        listeners = [
+            (listen(any_addr, CONFIG.get("outbound_port", 15001)), outbound),
+            (listen(any_addr, CONFIG.get("inbound_port", 15006)), inbound),
+            (listen(any_addr, 15021), lambda c: plain_http(c, b"ready\n")),
+            (listen(any_addr, 15020), lambda c: plain_http(c, b"merged metrics\n")),
+            (listen(any_addr, 15090), lambda c: plain_http(c, b"envoy_server_live 1\n")),
+            (listen("127.0.0.1", 15000), lambda c: plain_http(c, b"admin\n")),
+        ]
+        uid = 1337
     # Everything is loaded and bound: become the proxy user the rules skip.
     os.setgroups([])
-    os.setgid(CONFIG.get("gid", 1337))
-    os.setuid(CONFIG.get("uid", 1337))
+    os.setgid(CONFIG.get("gid", uid))
+    os.setuid(CONFIG.get("uid", uid))
     for sock, handler in listeners:
         threading.Thread(target=serve, args=(sock, handler), daemon=True).start()
     print("sidecar ready", flush=True)

@@ -127,6 +127,10 @@ pub struct PodSpec {
     pub name: String,
     /// With the sidecar's rules and proxy.
     pub sidecar: bool,
+    /// The sidecar is Linkerd's proxy (linkerd-iptables.sh, 4140/4143, uid 2102)
+    /// rather than Istio's Envoy. A route's host is then the server's identity
+    /// (its SNI), and a TCP route uses Linkerd's transport header to 4143.
+    pub linkerd: bool,
     /// `traffic.sidecar.istio.io/excludeOutboundPorts`.
     pub exclude_outbound: Vec<u16>,
     /// `traffic.sidecar.istio.io/excludeInboundPorts`.
@@ -268,9 +272,14 @@ impl MeshNode {
             ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", &pod_end]);
             ns.ip(&["link", "set", &pod_end, "up"]);
             let app = Cgroup::new(&format!("{tag}/{}/app", spec.name));
+            let container = if spec.linkerd {
+                "linkerd-proxy"
+            } else {
+                "istio-proxy"
+            };
             let proxy = spec
                 .sidecar
-                .then(|| Cgroup::new(&format!("{tag}/{}/istio-proxy", spec.name)));
+                .then(|| Cgroup::new(&format!("{tag}/{}/{container}", spec.name)));
             let mut pod = Pod {
                 children: Vec::new(),
                 app,
@@ -428,7 +437,12 @@ impl MeshNode {
 
 fn start_sidecar(pod: &mut Pod, pki: &MeshPki, work: &Path) {
     let spec = &pod.spec;
-    let mut rules = vec![mesh_dir().join("istio-iptables.sh").display().to_string()];
+    let script = if spec.linkerd {
+        "linkerd-iptables.sh"
+    } else {
+        "istio-iptables.sh"
+    };
+    let mut rules = vec![mesh_dir().join(script).display().to_string()];
     let join = |ports: &[u16]| {
         ports
             .iter()
@@ -458,9 +472,14 @@ fn start_sidecar(pod: &mut Pod, pki: &MeshPki, work: &Path) {
         .routes
         .iter()
         .map(|(addr, port, mode, http, host)| {
+            let sni = if spec.linkerd {
+                host.clone()
+            } else {
+                format!("outbound_.{port}_._.{host}")
+            };
             serde_json::json!({
                 "address": addr.to_string(), "port": port, "mode": mode, "http": http,
-                "sni": format!("outbound_.{port}_._.{host}"),
+                "sni": sni, "opaque": spec.linkerd && !http,
             })
         })
         .collect();
@@ -476,6 +495,7 @@ fn start_sidecar(pod: &mut Pod, pki: &MeshPki, work: &Path) {
         "inbound": {"mode": spec.inbound_mode, "ports": ports},
         "outbound": routes,
         "log": log,
+        "flavor": if spec.linkerd { "linkerd" } else { "istio" },
     });
     let path = work.join(format!("sidecar-{}.json", spec.name));
     std::fs::write(&path, config.to_string()).expect("sidecar config");
@@ -492,7 +512,12 @@ fn start_sidecar(pod: &mut Pod, pki: &MeshPki, work: &Path) {
         .stderr(Stdio::null())
         .spawn();
     pod.children.push(child);
-    for p in [15001, 15006, 15021] {
-        wait_listening(Some(&pod.ns), p);
+    let ports: &[u16] = if pod.spec.linkerd {
+        &[4140, 4143, 4191]
+    } else {
+        &[15001, 15006, 15021]
+    };
+    for p in ports {
+        wait_listening(Some(&pod.ns), *p);
     }
 }

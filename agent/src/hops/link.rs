@@ -39,11 +39,12 @@ pub enum LinkedBy {
     /// Time only: a tunnel of the same proxy to somewhere else (a waypoint, or an
     /// address the inventory does not place).
     Time,
-    /// A tunnel (HBONE, Linkerd transport) to the destination's address or to an
-    /// endpoint of its service.
-    Tunnel,
     /// An address of the same service (a proxy's choice of endpoint).
     Service,
+    /// A tunnel (HBONE, Linkerd transport) to the destination's address or to an
+    /// endpoint of its service: the app's port travels inside it, so it is a
+    /// closer match than another port of the same service.
+    Tunnel,
     /// The original destination itself.
     Destination,
 }

@@ -368,6 +368,11 @@ impl Hops {
         } else {
             local
         };
+        if TUNNEL_PORTS.contains(&ev.local_port) && !TUNNEL_PORTS.contains(&original.port()) {
+            // Accepted on a tunnel port only because the pod's rules sent it there
+            // (Linkerd REDIRECTs every inbound connection to 4143): not a tunnel.
+            self.tunnels.forget(ev.netns_cookie, ev.hdr.cookie);
+        }
         let st = self.state.entry(key).or_default();
         if st.accepted.len() >= ACCEPTED_PER_PROXY {
             st.accepted.pop_front();
@@ -428,6 +433,14 @@ impl Hops {
     /// in others are its own too (ztunnel opens them in every pod it serves).
     fn node_proxy(&self, pid: u32) -> Option<&Proxy> {
         self.proxies.get(self.by_pid.get(&pid)?)
+    }
+
+    /// A connection finished that turned out not to be a tunnel (refused, or
+    /// judged another hop): it no longer counts as an open tunnel arrival.
+    pub fn not_a_tunnel(&mut self, conn: &Connection) {
+        if let Some(end) = conn.server_end.as_ref() {
+            self.tunnels.forget(end.netns_cookie, end.cookie);
+        }
     }
 
     /// A tunnel connection finished.

@@ -103,6 +103,16 @@ impl Tunnels {
         t.open.push((client, cookie, ts));
     }
 
+    /// A socket accepted on a tunnel port that is no tunnel after all.
+    pub(super) fn forget(&mut self, netns: u64, cookie: u64) {
+        if let Some(t) = self.by_netns.get_mut(&netns) {
+            t.open.retain(|&(_, c, _)| c != cookie);
+            if t.open.is_empty() && t.recent.is_empty() {
+                self.by_netns.remove(&netns);
+            }
+        }
+    }
+
     /// A tunnel connection finished: keep its class a while for the deliveries
     /// that finish after it.
     pub(super) fn finished(&mut self, conn: &Connection, cls: &Classification, memory_ns: u64) {
@@ -134,15 +144,16 @@ impl Tunnels {
     }
 
     /// The tunnel arrival a proxy's delivery to an app most likely came through:
-    /// in the delivery's network namespace, open while it was, and, when the
-    /// delivery keeps the client's address (HBONE), from that address. The most
-    /// recently opened one wins.
+    /// in the delivery's network namespace, opened before the delivery was (the
+    /// proxy connects to the app once the tunnel's stream or header arrived) and
+    /// still open then, and, when the delivery keeps the client's address (HBONE),
+    /// from that address. The most recently opened one wins.
     pub(super) fn delivery_source(&self, delivery: &Connection) -> Option<(u64, SocketAddr, u64)> {
         let netns = delivery.server_end.as_ref()?.netns_cookie;
         let t = self.by_netns.get(&netns)?;
         // A delivery from the pod's own address (Linkerd) says nothing of the client.
         let keeps_client = delivery.client.ip() != delivery.server.ip();
-        let (start, end) = (delivery.first_ns, delivery.last_ns);
+        let start = delivery.first_ns;
         let open = t.open.iter().map(|&(c, cookie, s)| (c, cookie, s, None));
         let recent = t
             .recent
@@ -151,7 +162,7 @@ impl Tunnels {
         open.chain(recent)
             .filter(|(c, _, s, e)| {
                 (!keeps_client || c.ip() == delivery.client.ip())
-                    && *s <= end + ORDER_SLACK_NS
+                    && *s <= start + ORDER_SLACK_NS
                     && e.is_none_or(|e| e + ORDER_SLACK_NS >= start)
             })
             .max_by_key(|(_, _, s, _)| *s)
