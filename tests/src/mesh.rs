@@ -121,6 +121,34 @@ impl MeshPki {
     }
 }
 
+/// A record's field at `path` as text: strings as they are, null as empty, other
+/// values in JSON.
+pub fn field(r: &crate::Record, path: &[&str]) -> String {
+    let mut v = r;
+    for p in path {
+        v = &v[*p];
+    }
+    match v {
+        crate::Record::String(x) => x.clone(),
+        crate::Record::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+/// The sum of a metric's samples in a Prometheus text answer, over the series
+/// that carry every one of `labels`.
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
+
 /// How a pod is wired.
 #[derive(Debug, Clone, Default)]
 pub struct PodSpec {

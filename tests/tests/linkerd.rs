@@ -10,24 +10,12 @@ use std::{net::IpAddr, time::Duration};
 
 use integration_tests::{
     Agent, AgentOptions, Record, TempDir,
-    mesh::{MeshNode, MeshPki, PodSpec},
+    mesh::{MeshNode, MeshPki, PodSpec, field as s, metric_sum as metric},
     require_root,
 };
 
 const NET: u8 = 77;
 const LISTEN: &str = "127.0.0.1:9563";
-
-fn s(r: &Record, path: &[&str]) -> String {
-    let mut v = r;
-    for p in path {
-        v = &v[*p];
-    }
-    match v {
-        Record::String(x) => x.clone(),
-        Record::Null => String::new(),
-        other => other.to_string(),
-    }
-}
 
 fn ip(n: u8) -> IpAddr {
     format!("10.213.{NET}.{n}").parse().expect("ip")
@@ -71,18 +59,6 @@ spec:
         ip(1)
     );
     std::fs::write(dir.join("policy.yaml"), yaml).expect("policy");
-}
-
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .sum()
 }
 
 #[test]
