@@ -85,7 +85,7 @@ fn try_getsockopt(ctx: &SockoptContext) -> Result<(), Stat> {
         let s = &*sk;
         e.family = s.family as u16;
         e.local_port = s.src_port as u16;
-        e.remote_port = u16::from_be(s.dst_port as u16);
+        e.remote_port = u16::from_be(s.dst_port);
         if e.family == family::INET {
             e.local_addr[..4].copy_from_slice(&s.src_ip4.to_ne_bytes());
             e.remote_addr[..4].copy_from_slice(&s.dst_ip4.to_ne_bytes());

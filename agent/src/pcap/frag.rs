@@ -43,7 +43,7 @@ impl Partial {
     /// data past the end, more than 64 KiB).
     fn add(&mut self, offset: usize, more: bool, bytes: &[u8]) -> bool {
         let stop = offset + bytes.len();
-        if stop > MAX_PAYLOAD || (more && bytes.len() % 8 != 0) {
+        if stop > MAX_PAYLOAD || (more && !bytes.len().is_multiple_of(8)) {
             return false;
         }
         match (self.end, more) {
@@ -118,6 +118,10 @@ pub struct Defrag {
 impl Defrag {
     /// Adds the fragment `f` of a packet from `src` to `dst` whose payload is of
     /// protocol `proto`.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the fragment's identity as the IP layer decoded it, passed as is"
+    )]
     pub fn add(
         &mut self,
         src: IpAddr,
