@@ -39,7 +39,7 @@ use crate::{
         metrics::Metrics,
     },
     flows::{Connection, FlowConfig, FlowTable},
-    hops::{BuiltinExemptions, Hop, Hops, HopsConfig},
+    hops::{BuiltinExemptions, Hop, Hops, HopsConfig, TUNNEL_PORTS},
     kube::{ClusterState, SharedState},
     policy::{PolicySet, watch},
     probes::{ProbeConfig, ProbeError, Probes},
@@ -437,14 +437,22 @@ impl Pipeline {
                 } else {
                     self.table.tick(now, &mut |conn| finished.push(conn));
                 }
-                // A proxy's own connections first: an app connection that finished
-                // in the same tick is linked to its upstream (or tunnel) by what
+                // Tunnels first, then a proxy's other connections, then the rest:
+                // a delivery out of a tunnel, or an app connection, that finished
+                // in the same tick is linked to its tunnel (or upstream) by what
                 // `finish` remembers of it.
                 finished.sort_by_key(|conn| {
-                    !conn
+                    if TUNNEL_PORTS.contains(&conn.server.port()) {
+                        0
+                    } else if conn
                         .client_end
                         .as_ref()
                         .is_some_and(|e| self.hops.proxy_of(e).is_some())
+                    {
+                        1
+                    } else {
+                        2
+                    }
                 });
                 for conn in finished {
                     self.finish(&conn, now);
