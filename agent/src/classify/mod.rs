@@ -223,10 +223,15 @@ impl Classification {
         }
         match self.protocol {
             Protocol::Tls => {
-                matches!(
+                // A client that offered post-handshake authentication may still
+                // send a certificate the server asks for later: keep reading.
+                let pha_pending = self.connection_security_policy == SecurityClass::Tls
+                    && self.tls.as_ref().is_some_and(|t| t.post_handshake_auth);
+                (matches!(
                     self.connection_security_policy,
                     SecurityClass::MutualTls | SecurityClass::Tls
-                ) || self.tls.as_ref().is_some_and(|t| t.resumed)
+                ) && !pha_pending)
+                    || self.tls.as_ref().is_some_and(|t| t.resumed)
             }
             Protocol::Http1 | Protocol::H2c | Protocol::Redis | Protocol::Ssh => {
                 self.confidence == Confidence::High
@@ -706,6 +711,43 @@ mod tests {
         ));
         assert!(!settled(&[0, 0, 0, 8, 4, 210, 22, 47], b"S"));
         assert!(!settled(b"\x01\x02\x03", b"\x04\x05"), "unrecognised bytes");
+    }
+
+    #[test]
+    fn one_way_tls_with_post_handshake_auth_offered_is_not_settled() {
+        let cls = |class: SecurityClass, pha: bool| Classification {
+            connection_security_policy: class,
+            confidence: Confidence::High,
+            evidence: String::new(),
+            protocol: Protocol::Tls,
+            outcome: Outcome::Completed,
+            tls: Some(TlsInfo {
+                version: Some("1.3".into()),
+                cipher_suite: None,
+                sni: None,
+                alpn_offered: Vec::new(),
+                alpn_selected: None,
+                ja4: None,
+                client_auth: tls::ClientAuth::None,
+                certificate_requested: None,
+                client_certificate: None,
+                client_flight_bytes: Some(52),
+                resumed: false,
+                hello_retry: false,
+                handshake_complete: true,
+                post_handshake_auth: pha,
+                sslv2_client_hello: false,
+                session: tls::SessionKeys::default(),
+            }),
+            starttls: None,
+            http: None,
+            mesh: None,
+            tunnel: None,
+        };
+        assert!(cls(SecurityClass::Tls, false).is_settled());
+        // The server may still ask for the certificate: keep capturing.
+        assert!(!cls(SecurityClass::Tls, true).is_settled());
+        assert!(cls(SecurityClass::MutualTls, true).is_settled());
     }
 
     #[test]
