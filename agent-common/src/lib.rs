@@ -26,14 +26,13 @@ pub mod programs {
     pub const CAPTURE_EGRESS: &str = "mtls_capture_egress";
     pub const CAPTURE_INGRESS: &str = "mtls_capture_ingress";
     pub const SOCK_OPS: &str = "mtls_sock_ops";
-    pub const SOCK_STATE: &str = "mtls_sock_state";
+    /// `cgroup/sock_create`: the owner of every TCP socket, in process context.
+    pub const SOCK_CREATE: &str = "mtls_sock_create";
     /// `cgroup/getsockopt`: what a proxy learns with `SO_ORIGINAL_DST`.
     pub const GETSOCKOPT: &str = "mtls_getsockopt";
-    /// The tracepoint the `SOCK_STATE` program is attached to (BTF flavour).
-    pub const SOCK_STATE_TRACEPOINT: &str = "inet_sock_set_state";
     pub const ALL: [&str; 5] = [
+        SOCK_CREATE,
         SOCK_OPS,
-        SOCK_STATE,
         CAPTURE_EGRESS,
         CAPTURE_INGRESS,
         GETSOCKOPT,
@@ -79,6 +78,10 @@ pub mod kind {
     /// POSTROUTING) carries other addresses than the socket names: DNAT, SNAT or
     /// REDIRECT. [`crate::ConnEvent`] with the packet's addresses as local/remote.
     pub const NAT: u32 = 7;
+    /// A connect()ing socket closed without ever being established (SYN_SENT ->
+    /// CLOSE): refused when [`crate::sock_flags::RESET`] is set (a RST answered the
+    /// SYN), else unanswered or abandoned. [`crate::ConnEvent`], role client.
+    pub const ATTEMPT: u32 = 8;
 }
 
 /// Which way the bytes went, seen from the socket that carried them.
@@ -145,8 +148,11 @@ pub mod sock_flags {
     /// The peer closed first (this socket went ESTABLISHED -> CLOSE_WAIT).
     pub const PEER_CLOSED_FIRST: u32 = 1 << 16;
     /// The connection was reset or aborted (CLOSE straight from ESTABLISHED,
-    /// CLOSE_WAIT or FIN_WAIT1).
+    /// CLOSE_WAIT or FIN_WAIT1), or a RST answered its SYN (a refused attempt).
     pub const RESET: u32 = 1 << 17;
+    /// The close of a socket older than the probes (seen from its FINs or a RST in
+    /// the capture programs, since no state callback was armed for it) was reported.
+    pub const CLOSE_REPORTED: u32 = 1 << 18;
     /// `cgroup_id` is set.
     pub const CGROUP: u32 = 1 << 14;
     /// Egress was captured from the middle of the stream.

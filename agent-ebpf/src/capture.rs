@@ -5,8 +5,9 @@
 //! budget the IP and TCP headers are read in place (direct packet access) to find
 //! the payload, whose in-budget part is copied to a per-CPU scratch event and
 //! output with its stream offset. Packets without payload cost nothing more unless
-//! they carry a RST. On loopback the receiving side skips the copy: the sender's
-//! egress already carried the same bytes.
+//! they carry a RST. On loopback the receiving side returns before the storage
+//! lookup unless the packet carries a RST or FIN: the sender's egress already
+//! carried the same bytes.
 
 use core::{ffi::c_void, mem::size_of, ptr};
 
@@ -179,6 +180,17 @@ fn try_capture(ctx: &SkBuffContext, dir: u8) -> Result<(), Stat> {
         return Ok(());
     }
 
+    // SAFETY: context field read.
+    if dir == direction::INGRESS && unsafe { (*skb).ingress_ifindex } == LOOPBACK_IFINDEX {
+        // The sending socket is on this host and its egress carried these bytes.
+        // Only a RST (a refused connect) or a FIN (the close of a socket older than
+        // the probes) matters here: everything else returns before the storage
+        // lookup.
+        match parse_headers(ctx, skb)? {
+            Some(seg) if seg.flags & (tcp_flags::RST | tcp_flags::FIN) != 0 => {}
+            _ => return Ok(()),
+        }
+    }
     // SAFETY: `sk` is a full socket.
     let mut st = unsafe { sock_state(sk.cast(), false) };
     if st.is_null() {
@@ -189,6 +201,11 @@ fn try_capture(ctx: &SkBuffContext, dir: u8) -> Result<(), Stat> {
     }
     // SAFETY: non-null storage pointer from bpf_sk_storage_get.
     let state = unsafe { &mut *st };
+    if state.flags & (sock_flags::PREEXISTING | sock_flags::CLOSE_REPORTED)
+        == sock_flags::PREEXISTING
+    {
+        preexisting_close(ctx, sk, state, dir)?;
+    }
     let (done_bit, base_bit, midstream_bit) = if dir == direction::EGRESS {
         (
             sock_flags::EGRESS_DONE,
@@ -221,6 +238,11 @@ fn try_capture(ctx: &SkBuffContext, dir: u8) -> Result<(), Stat> {
         return Err(Stat::HeaderUnparsed);
     }
     let seg_len = skb_len - seg.hdr_len;
+    if seg.flags & tcp_flags::RST != 0 && state.flags & sock_flags::ESTABLISHED == 0 {
+        // A RST before establishment: for a connecting socket, its SYN was refused
+        // (the ATTEMPT event of sock_ops says so).
+        state.flags |= sock_flags::RESET;
+    }
     if dir == direction::EGRESS && seg.flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN {
         // A connect()ing socket's SYN, past netfilter: where it really goes.
         if state.flags & sock_flags::COOKIE == 0 {
@@ -461,6 +483,65 @@ fn adopt_preexisting(ctx: &SkBuffContext, sk: *mut bpf_sock) -> Result<*mut Sock
     entry.submit(wakeup_flags());
     bump(Stat::ConnEvents, 1);
     Ok(st)
+}
+
+/// The close of a socket older than the probes: no state callback was armed for it,
+/// so its FINs (one each way) or a RST, seen here, give its CLOSED event, once.
+#[inline(never)]
+fn preexisting_close(
+    ctx: &SkBuffContext,
+    sk: *mut bpf_sock,
+    state: &mut SockState,
+    dir: u8,
+) -> Result<(), Stat> {
+    // SAFETY: context field read.
+    let proto = u16::from_be(unsafe { (*ctx.as_ptr().cast::<__sk_buff>()).protocol } as u16);
+    let ip_len = if proto == ETH_P_IP {
+        let vihl: u8 = ctx.load(0).map_err(|_| Stat::HeaderUnparsed)?;
+        usize::from(vihl & 0x0f) * 4
+    } else if proto == ETH_P_IPV6 {
+        40
+    } else {
+        return Ok(());
+    };
+    let flags: u8 = ctx.load(ip_len + 13).map_err(|_| Stat::HeaderUnparsed)?;
+    if flags & tcp_flags::FIN != 0 {
+        state.flags |= if dir == direction::EGRESS {
+            sock_flags::FIN_SENT
+        } else {
+            sock_flags::FIN_RECEIVED
+        };
+    }
+    if flags & tcp_flags::RST != 0 {
+        state.flags |= sock_flags::RESET;
+    }
+    let both_fins = sock_flags::FIN_SENT | sock_flags::FIN_RECEIVED;
+    if flags & tcp_flags::RST == 0 && state.flags & both_fins != both_fins {
+        return Ok(());
+    }
+    state.flags |= sock_flags::CLOSE_REPORTED;
+    let Some(mut entry) = MTLS_EVENTS.reserve_untyped::<ConnEvent>(0) else {
+        return Err(Stat::RingbufFull);
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: reserved space of the right size, zeroed then filled.
+    unsafe {
+        ptr::write_bytes(ev, 0, 1);
+        let e = &mut *ev;
+        e.hdr.kind = kind::CLOSED;
+        e.hdr.cookie = state.cookie;
+        e.hdr.ts_ns = bpf_ktime_get_ns();
+        e.cgroup_id = state.cgroup_id;
+        let s = &*sk;
+        e.family = s.family as u16;
+        e.role = role::UNKNOWN;
+        e.local_port = s.src_port as u16;
+        e.remote_port = u16::from_be(s.dst_port);
+        e.sock_flags = state.flags;
+    }
+    entry.submit(wakeup_flags());
+    bump(Stat::ConnEvents, 1);
+    Ok(())
 }
 
 /// Reports a SYN whose addresses differ from its socket's: the connection was

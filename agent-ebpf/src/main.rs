@@ -3,10 +3,11 @@
 //! - `capture`: cgroup_skb ingress/egress on the cgroup v2 root. Sends the first
 //!   bytes of each direction of every TCP connection up the ring buffer; after the
 //!   budget (or once userspace has decided) a packet costs one socket-storage lookup.
-//! - `sock_ops`: connection established (active and passive) and closed, with the
-//!   sequence bases that turn TCP sequence numbers into stream offsets.
-//! - `sock_state`: the `sock/inet_sock_set_state` tracepoint (BTF flavour) for what
-//!   only process context knows: who connected, who listens.
+//! - `sock_create`: `cgroup/sock_create`, for what only process context knows: who
+//!   owns a TCP socket (kept in its storage).
+//! - `sock_ops`: connect, listen, established (active and passive), failed connection
+//!   attempts and close, with the sequence bases that turn TCP sequence numbers into
+//!   stream offsets.
 //! - `sockopt`: `cgroup/getsockopt` on the cgroup v2 root: the `SO_ORIGINAL_DST`
 //!   answers that reveal which sockets a proxy intercepted, and for where.
 #![no_std]
@@ -14,8 +15,8 @@
 
 mod capture;
 mod maps;
+mod sock_create;
 mod sock_ops;
-mod sock_state;
 mod sockopt;
 
 #[cfg(not(test))]

@@ -1,7 +1,12 @@
-//! sock_ops on the cgroup v2 root: connection established (active and passive) and
-//! closed. Establishment records the sequence bases that turn TCP sequence numbers
-//! into stream offsets and asks for state callbacks, so the close carries the
-//! socket's byte counts.
+//! sock_ops on the cgroup v2 root: connect, listen, connection established (active
+//! and passive), connection attempts that fail, and close. Establishment records the
+//! sequence bases that turn TCP sequence numbers into stream offsets; state
+//! callbacks are asked for at connect (so a connect that never establishes is seen)
+//! or at passive establishment, so the close carries the socket's byte counts.
+//!
+//! The socket's process facts were written into its storage by `sock_create`; the
+//! events here copy them. Nothing here needs the current task, which for most of
+//! these callbacks (softirq) is not the socket's owner anyway.
 
 use core::ptr;
 
@@ -10,7 +15,8 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
-        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
+        BPF_SOCK_OPS_TCP_LISTEN_CB,
     },
     helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns},
     macros::sock_ops,
@@ -25,6 +31,7 @@ use crate::{
 };
 
 const TCP_ESTABLISHED: u32 = 1;
+const TCP_SYN_SENT: u32 = 2;
 const TCP_FIN_WAIT1: u32 = 4;
 const TCP_FIN_WAIT2: u32 = 5;
 const TCP_TIME_WAIT: u32 = 6;
@@ -49,7 +56,65 @@ fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), Stat> {
             established(ctx, op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB)
         }
         BPF_SOCK_OPS_STATE_CB => state_change(ctx, ctx.arg(0), ctx.arg(1)),
+        BPF_SOCK_OPS_TCP_CONNECT_CB => connect(ctx),
+        BPF_SOCK_OPS_TCP_LISTEN_CB => listen(ctx),
         _ => Ok(()),
+    }
+}
+
+/// Inside `connect()`, before the SYN: arm the state callback so that an attempt
+/// that never establishes (refused, unanswered, abandoned) is reported.
+#[inline(always)]
+fn connect(ctx: &SockOpsContext) -> Result<(), Stat> {
+    // SAFETY: context field.
+    let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return Ok(());
+    }
+    // Created here only for a socket made before the probes attached.
+    // SAFETY: socket pointer from the sock_ops context.
+    if unsafe { sock_state(sk.cast(), true) }.is_null() {
+        return Err(Stat::StorageFailed);
+    }
+    arm_state_cb(ctx);
+    Ok(())
+}
+
+/// Inside `listen()`: who listens on which port, so accepted sockets can be
+/// attributed.
+#[inline(always)]
+fn listen(ctx: &SockOpsContext) -> Result<(), Stat> {
+    // SAFETY: context field.
+    let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return Ok(());
+    }
+    // SAFETY: socket pointer from the sock_ops context.
+    let st = unsafe { sock_state(sk.cast(), true) };
+    if st.is_null() {
+        return Err(Stat::StorageFailed);
+    }
+    // SAFETY: non-null storage.
+    let state = unsafe { &mut *st };
+    if state.flags & sock_flags::COOKIE == 0 {
+        // SAFETY: helper on the sock_ops context.
+        state.cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+        state.flags |= sock_flags::COOKIE;
+    }
+    emit(ctx, kind::LISTEN, role::UNKNOWN, state)
+}
+
+#[inline(always)]
+fn arm_state_cb(ctx: &SockOpsContext) {
+    let flags = ctx.cb_flags();
+    if flags & BPF_SOCK_OPS_STATE_CB_FLAG != 0 {
+        return;
+    }
+    if let Err(err) = ctx.set_cb_flags(flags as i32 | BPF_SOCK_OPS_STATE_CB_FLAG as i32) {
+        // Rare (the flag is supported since 4.16): the close of this connection
+        // will come without byte counts.
+        warn!(ctx, "bpf_sock_ops_cb_flags_set failed: {}", err);
+        bump(Stat::CbFlagsFailed, 1);
     }
 }
 
@@ -81,12 +146,7 @@ fn established(ctx: &SockOpsContext, active: bool) -> Result<(), Stat> {
         | sock_flags::ESTABLISHED
         | sock_flags::COOKIE;
 
-    if let Err(err) = ctx.set_cb_flags(ctx.cb_flags() as i32 | BPF_SOCK_OPS_STATE_CB_FLAG as i32) {
-        // Rare (the flag is supported since 4.16): the close of this connection
-        // will come without byte counts.
-        warn!(ctx, "bpf_sock_ops_cb_flags_set failed: {}", err);
-        bump(Stat::CbFlagsFailed, 1);
-    }
+    arm_state_cb(ctx);
 
     emit(
         ctx,
@@ -112,6 +172,14 @@ fn state_change(ctx: &SockOpsContext, old: u32, new: u32) -> Result<(), Stat> {
     }
     // SAFETY: non-null storage.
     let state = unsafe { &mut *st };
+    if old == TCP_SYN_SENT {
+        // A connect that never established: refused (a RST came, noted by the
+        // capture program), unanswered or abandoned.
+        if new == TCP_CLOSE {
+            return emit(ctx, kind::ATTEMPT, role::CLIENT, state);
+        }
+        return Ok(());
+    }
     if new == TCP_FIN_WAIT1 || new == TCP_LAST_ACK {
         state.flags |= sock_flags::FIN_SENT;
     }

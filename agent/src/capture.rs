@@ -19,6 +19,9 @@ pub enum ConnKind {
     /// A connect()ing socket's SYN left with other addresses (local/remote are the
     /// packet's).
     Nat,
+    /// A connect()ing socket closed without being established: refused (RESET in
+    /// its flags) or unanswered.
+    Attempt,
 }
 
 /// Kind of any event.
@@ -39,6 +42,7 @@ impl TryFrom<u32> for EventKind {
             kind::LISTEN => Self::Conn(ConnKind::Listen),
             kind::PREEXISTING => Self::Conn(ConnKind::Preexisting),
             kind::NAT => Self::Conn(ConnKind::Nat),
+            kind::ATTEMPT => Self::Conn(ConnKind::Attempt),
             kind::DATA => Self::Data,
             kind::ORIGINAL_DST => Self::OriginalDst,
             other => return Err(DecodeError::UnknownKind(other)),

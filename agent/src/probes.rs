@@ -1,8 +1,8 @@
 //! Loading, attaching and detaching the kernel programs.
 //!
-//! Attach order matters: the tracepoint and sock_ops go first so that every
-//! connection established after them gets its sequence bases; the capture programs
-//! go last. Every link is a `bpf_link` owned by this process: dropping [`Probes`]
+//! Attach order matters: sock_create and sock_ops go first so that every socket
+//! created after them has its owner and every connection established after them
+//! gets its sequence bases; the capture programs go last. Every link is a `bpf_link` owned by this process: dropping [`Probes`]
 //! (or the process dying) detaches everything. Nothing is pinned.
 
 use std::{
@@ -17,8 +17,8 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockopt,
-        ProgramError, SockOps,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockopt, ProgramError,
+        SockOps,
     },
 };
 use thiserror::Error;
@@ -127,7 +127,7 @@ const REQUIRED_CAPS: &[(u32, &str, &str)] = &[
     (
         38,
         "CAP_PERFMON",
-        "needed to load the tracepoint program and read kernel pointers",
+        "needed for the programs' reads of kernel socket and packet pointers",
     ),
     (
         12,
@@ -221,23 +221,25 @@ impl Probes {
         })?;
         let mut attached = Vec::new();
 
-        // 1. The tracepoint: process context of connect() and listen().
+        // 1. sock_create: the owner of every TCP socket created from now on, in
+        //    process context (socket(2)).
         {
-            let name = programs::SOCK_STATE;
-            let prog: &mut BtfTracePoint = program(&mut ebpf, name)?;
-            prog.load(programs::SOCK_STATE_TRACEPOINT, &btf)
-                .map_err(|source| ProbeError::ProgramLoad {
-                    program: name,
-                    source,
-                })?;
-            prog.attach().map_err(|source| ProbeError::Attach {
+            let name = programs::SOCK_CREATE;
+            let prog: &mut CgroupSock = program(&mut ebpf, name)?;
+            prog.load().map_err(|source| ProbeError::ProgramLoad {
                 program: name,
-                target: format!("tracepoint sock/{}", programs::SOCK_STATE_TRACEPOINT),
                 source,
             })?;
-            attached.push(format!("tp_btf/{}", programs::SOCK_STATE_TRACEPOINT));
+            prog.attach(cgroup.as_fd(), cgroup_mode())
+                .map_err(|source| ProbeError::Attach {
+                    program: name,
+                    target: cgroup_root.display().to_string(),
+                    source,
+                })?;
+            attached.push(format!("cgroup/sock_create@{}", cgroup_root.display()));
         }
-        // 2. sock_ops: established/closed, sequence bases.
+        // 2. sock_ops: connect, listen, established, failed attempts, close,
+        //    sequence bases.
         {
             let name = programs::SOCK_OPS;
             let prog: &mut SockOps = program(&mut ebpf, name)?;

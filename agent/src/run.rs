@@ -9,6 +9,7 @@
 //! SIGINT/SIGTERM stop, SIGHUP reloads the policy.
 
 use std::{
+    collections::HashMap,
     net::SocketAddr,
     os::fd::AsRawFd as _,
     sync::{
@@ -441,7 +442,9 @@ impl Pipeline {
                 // a delivery out of a tunnel, or an app connection, that finished
                 // in the same tick is linked to its tunnel (or upstream) by what
                 // `finish` remembers of it.
-                finished.sort_by_key(|conn| {
+                // (Ranked by index: a connection is large, and moving it costs more
+                // than the rest of its record.)
+                let rank = |conn: &Connection| -> u8 {
                     if TUNNEL_PORTS.contains(&conn.server.port()) {
                         0
                     } else if conn
@@ -453,10 +456,15 @@ impl Pipeline {
                     } else {
                         2
                     }
-                });
-                for conn in finished {
-                    self.finish(&conn, now);
+                };
+                let ranks: Vec<u8> = finished.iter().map(rank).collect();
+                for pass in 0..3 {
+                    for (conn, _) in finished.iter().zip(&ranks).filter(|(_, r)| **r == pass) {
+                        self.finish(conn, now);
+                    }
                 }
+                self.count_attempts();
+                self.shared.metrics.flush();
                 self.update_gauges(&mut last);
             }
             if stopping {
@@ -494,6 +502,66 @@ impl Pipeline {
             builtin: &self.builtin,
             clock: &self.clock,
         }
+    }
+
+    /// The connection attempts that failed since the last tick, counted by source,
+    /// destination and reason (summed first: a port scan is thousands per tick).
+    fn count_attempts(&mut self) {
+        let attempts = self.table.take_attempts();
+        if attempts.is_empty() {
+            return;
+        }
+        let inventory = self.policy.as_deref().map(|p| &p.inventory);
+        let mut sums: HashMap<[String; 6], u64> = HashMap::new();
+        let (mut refused, mut unanswered) = (0u64, 0u64);
+        for a in &attempts {
+            let source = inventory.and_then(|inv| {
+                inv.workload_of(&crate::inventory::EndFacts {
+                    cgroup: a.cgroup.as_deref(),
+                    netns_cookie: (a.netns_cookie != 0).then_some(a.netns_cookie),
+                    addr: a.client.ip(),
+                    comm: a.process.as_ref().map(|p| p.comm.as_str()),
+                })
+            });
+            let destination = inventory.and_then(|inv| {
+                inv.workload_by_addr(a.server.ip())
+                    .map(|w| (w.name, w.namespace))
+                    .or_else(|| {
+                        inv.services_for(a.server.ip(), a.server.port())
+                            .into_iter()
+                            .next()
+                            .map(|s| (s.name, s.namespace))
+                    })
+            });
+            let unknown = || ("unknown".to_owned(), "unknown".to_owned());
+            let (sw, sns) = source.map_or_else(unknown, |w| (w.name, w.namespace));
+            let (dw, dns) = destination.unwrap_or_else(unknown);
+            let reason = if a.refused {
+                refused += 1;
+                "refused"
+            } else {
+                unanswered += 1;
+                "unanswered"
+            };
+            *sums
+                .entry([
+                    sw,
+                    sns,
+                    dw,
+                    dns,
+                    a.server.port().to_string(),
+                    reason.to_owned(),
+                ])
+                .or_default() += 1;
+        }
+        debug!(
+            refused,
+            unanswered, "connection attempts that never established"
+        );
+        self.shared.metrics.observe_attempts(
+            sums.iter()
+                .map(|(k, n)| (std::array::from_fn(|i| k[i].as_str()), *n)),
+        );
     }
 
     /// Makes the record of a finished connection and hands it to every consumer.

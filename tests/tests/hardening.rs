@@ -4,7 +4,10 @@
 //! Prometheus under a slowloris crowd and under 200 concurrent edges fetches.
 //! Assertions are about correctness only; latency figures belong to the bench.
 //!
-//! Listen ports 19130-19134; no network namespaces (loopback only).
+//! A port scan (connects to closed ports, and to a port whose SYNs are dropped)
+//! is counted as failed connection attempts, by reason, with the port label capped.
+//!
+//! Listen ports 19130-19135; namespaces on 10.213.91.0/24 (the port scan).
 
 use std::{
     io::Write as _,
@@ -17,8 +20,8 @@ use std::{
 };
 
 use integration_tests::{
-    Agent, AgentOptions, Spawn, TempDir, agent::our_loaded_programs, agent_bin, require_root,
-    wait_for,
+    Agent, AgentOptions, NetnsPair, Spawn, TempDir, agent::our_loaded_programs, agent_bin,
+    mesh::metric_sum, require_root, wait_for,
 };
 
 fn agent_with(args: &[&str]) -> Agent {
@@ -229,4 +232,96 @@ fn two_hundred_edges_fetches_do_not_starve_the_scrape() {
     let edges: Vec<serde_json::Value> = serde_json::from_str(&out).expect("edges --json");
     assert!(edges.len() >= 2000);
     agent.stop_cleanly();
+}
+
+/// `tries` connects to `dropped`, abandoned after 0.3 s each; then connects to
+/// every port in [lo, hi), counting the refusals.
+const SCANNER: &str = r#"
+import socket, sys
+host, lo, hi, dropped, tries = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+unanswered = 0
+for _ in range(tries):
+    s = socket.socket()
+    s.settimeout(0.3)
+    try:
+        s.connect((host, dropped))
+    except (socket.timeout, TimeoutError):
+        unanswered += 1
+    finally:
+        s.close()
+refused = 0
+for port in range(lo, hi):
+    s = socket.socket()
+    s.settimeout(5)
+    try:
+        s.connect((host, port))
+    except ConnectionRefusedError:
+        refused += 1
+    finally:
+        s.close()
+print(refused, unanswered)
+"#;
+
+#[test]
+fn a_port_scan_is_counted_as_failed_attempts_by_reason() {
+    require_root();
+    let pair = NetnsPair::new("scan", 91);
+    // SYNs to 9999 vanish (a firewall that drops): those attempts go unanswered.
+    Spawn::new("iptables")
+        .args([
+            "-w", "-A", "INPUT", "-p", "tcp", "--dport", "9999", "-j", "DROP",
+        ])
+        .netns(&pair.a)
+        .run_ok(Duration::from_secs(30));
+    let listen = "127.0.0.1:19135";
+    let agent = agent_with(&["--listen", listen, "--max-label-values", "50"]);
+    let out = Spawn::new("/usr/bin/python3")
+        .args([
+            "-c",
+            SCANNER,
+            &pair.a_v4().to_string(),
+            "20000",
+            "22000",
+            "9999",
+            "5",
+        ])
+        .netns(&pair.b)
+        .run_ok(Duration::from_secs(120));
+    assert_eq!(out.trim(), "2000 5", "what the scanner saw");
+    let name = "mtls_auditor_connection_attempts_failed_total";
+    let mut text = String::new();
+    let seen = wait_for(Duration::from_secs(10), || {
+        text = scrape(listen);
+        (metric_sum(&text, name, &[("reason", "refused")]) >= 2000.0
+            && metric_sum(&text, name, &[("reason", "unanswered")]) >= 5.0)
+            .then_some(())
+    });
+    assert!(seen.is_some(), "every failed attempt counted:\n{text}");
+    // Nothing else on this host is refused 2000 times in these seconds: the scan's
+    // own attempts are all there is, give or take the host's own traffic.
+    let refused = metric_sum(&text, name, &[("reason", "refused")]);
+    assert!(
+        refused < 2100.0,
+        "{refused} refused attempts counted for 2000"
+    );
+    // 2000 ports under a cap of 50 values: the rest are folded, and that is counted.
+    assert!(
+        metric_sum(&text, name, &[("destination_port", "~other")]) >= 1900.0,
+        "ports past the cap folded into ~other:\n{text}"
+    );
+    assert!(
+        sample(
+            &text,
+            "mtls_auditor_label_overflow_total{label=\"destination_port\"}"
+        ) >= 1900.0
+    );
+    assert!(
+        metric_sum(
+            &text,
+            name,
+            &[("destination_port", "9999"), ("reason", "unanswered")]
+        ) >= 5.0,
+        "the dropped port's attempts are unanswered:\n{text}"
+    );
+    agent.stop();
 }

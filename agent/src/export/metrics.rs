@@ -5,10 +5,18 @@
 //! so existing queries and habits carry over. High-cardinality label values are
 //! capped per label: past the cap a new value is reported as `~other` and the
 //! overflow is counted.
+//!
+//! The connection and byte families are not updated per connection: observations
+//! are summed per label set in [`Pending`] (one hash of the label values, no
+//! allocation for a label set already pending) and applied to the Prometheus
+//! families by [`Metrics::flush`], which the pipeline calls every tick and every
+//! scrape calls before it reads. A busy node's thousands of connections per second
+//! to a few destinations then cost a few family updates per tick.
 
 use std::{
     collections::{HashMap, HashSet},
     fmt::Write as _,
+    hash::BuildHasher as _,
     sync::Mutex,
 };
 
@@ -46,6 +54,16 @@ pub const SHED_REASONS: [&str; 6] = [
     "body_too_large",
 ];
 
+/// Labels of the failed-attempts family, in order.
+pub const ATTEMPT_LABELS: [&str; 6] = [
+    "source_workload",
+    "source_workload_namespace",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_port",
+    "reason",
+];
+
 /// Value a capped label takes once its cap is reached.
 pub const OVERFLOW: &str = "~other";
 
@@ -75,6 +93,7 @@ pub struct Metrics {
     connections: IntCounterVec,
     bytes: IntCounterVec,
     hops: IntCounterVec,
+    attempts: IntCounterVec,
     pub proxies: IntGauge,
     handshakes: IntCounterVec,
     pub events_received: IntCounter,
@@ -97,6 +116,53 @@ pub struct Metrics {
     pub http_connections: IntGauge,
     pub http_shed: IntCounterVec,
     caps: Mutex<LabelCaps>,
+    pending: Mutex<Pending>,
+}
+
+/// Connection and byte counts not yet applied to their families, by label set
+/// (the [`CONNECTION_LABELS`] values, before capping).
+#[derive(Default)]
+struct Pending {
+    /// Hash of the label values -> the label sets with that hash.
+    rows: HashMap<u64, Vec<PendingRow>>,
+}
+
+struct PendingRow {
+    labels: [String; 9],
+    /// Observations summed here (each is one connection, or one connection's bytes).
+    observations: u64,
+    connections: u64,
+    /// Client-to-server and server-to-client bytes, when bytes were observed.
+    bytes: Option<(u64, u64)>,
+}
+
+impl Pending {
+    fn add(&mut self, labels: [&str; 9], connection: bool, bytes: Option<(u64, u64)>) {
+        let hash = foldhash::fast::FixedState::default().hash_one(labels);
+        let bucket = self.rows.entry(hash).or_default();
+        let row = match bucket
+            .iter_mut()
+            .position(|r| r.labels.iter().zip(&labels).all(|(a, b)| a == b))
+        {
+            Some(i) => &mut bucket[i],
+            None => {
+                bucket.push(PendingRow {
+                    labels: labels.map(str::to_owned),
+                    observations: 0,
+                    connections: 0,
+                    bytes: None,
+                });
+                bucket.last_mut().expect("just pushed")
+            }
+        };
+        row.observations += 1;
+        row.connections += u64::from(connection);
+        if let Some((c2s, s2c)) = bytes {
+            let (a, b) = row.bytes.get_or_insert((0, 0));
+            *a += c2s;
+            *b += s2c;
+        }
+    }
 }
 
 type Made<T> = Result<T, prometheus::Error>;
@@ -161,6 +227,12 @@ impl Metrics {
                 "connection_hops_total",
                 "Connection records by their hop on the mesh's data path (direct, app_to_proxy, proxy_upstream, proxy_inbound, proxy_to_app); connections_total counts each logical connection once per reporter.",
                 &["hop"],
+            )?,
+            attempts: counter_vec(
+                &r,
+                "connection_attempts_failed_total",
+                "connect()s that never established, by source, destination (where the socket connected to, before any NAT) and reason: refused (a RST answered the SYN: nothing listens there, or a firewall rejects) or unanswered (no answer before the caller gave up or the SYN retries ran out). A port scan shows here. Workloads, namespaces and ports are capped like connections_total's.",
+                &ATTEMPT_LABELS,
             )?,
             proxies: gauge(
                 &r,
@@ -260,6 +332,7 @@ impl Metrics {
                 max: max_label_values.max(1),
                 seen: HashMap::new(),
             }),
+            pending: Mutex::new(Pending::default()),
             registry: r,
         };
         // Series that exist from the start, at zero, so dashboards and alerts see them.
@@ -340,51 +413,92 @@ impl Metrics {
         if reporters.is_empty() {
             return;
         }
+        let Ok(mut pending) = self.pending.lock() else {
+            return;
+        };
+        let bytes = bytes.then(|| {
+            (
+                rec.bytes_client_to_server.unwrap_or(0),
+                rec.bytes_server_to_client.unwrap_or(0),
+            )
+        });
+        for reporter in reporters {
+            pending.add(
+                [
+                    reporter,
+                    sw,
+                    sns,
+                    dw,
+                    dns,
+                    port.as_str(),
+                    cls.connection_security_policy.as_str(),
+                    expected,
+                    verdict,
+                ],
+                connection,
+                bytes,
+            );
+        }
+    }
+
+    /// Counts failed connection attempts, given as label values in
+    /// [`ATTEMPT_LABELS`] order with their counts.
+    pub fn observe_attempts<'a>(&self, rows: impl IntoIterator<Item = ([&'a str; 6], u64)>) {
         let Ok(mut caps) = self.caps.lock() else {
             return;
         };
-        let mut values: Vec<String> = Vec::with_capacity(9);
-        for (label, v) in [
-            ("source_workload", sw),
-            ("source_workload_namespace", sns),
-            ("destination_workload", dw),
-            ("destination_workload_namespace", dns),
-            ("destination_port", port.as_str()),
-        ] {
-            let (v, overflow) = caps.cap(label, v);
-            if overflow {
-                self.label_overflow.with_label_values(&[label]).inc();
+        for (mut labels, n) in rows {
+            for (i, value) in labels.iter_mut().enumerate().take(5) {
+                let label = ATTEMPT_LABELS[i];
+                let (v, overflow) = caps.cap(label, value);
+                if overflow {
+                    self.label_overflow.with_label_values(&[label]).inc_by(n);
+                }
+                *value = v;
             }
-            values.push(v.to_owned());
+            self.attempts.with_label_values(&labels).inc_by(n);
         }
-        drop(caps);
-        for reporter in reporters {
-            let labels = [
-                reporter,
-                &values[0],
-                &values[1],
-                &values[2],
-                &values[3],
-                &values[4],
-                cls.connection_security_policy.as_str(),
-                expected,
-                verdict,
-            ];
-            if connection {
-                self.connections.with_label_values(&labels).inc();
+    }
+
+    /// Applies the pending connection and byte counts to their families, capping
+    /// each label's distinct values on the way.
+    pub fn flush(&self) {
+        let rows = match self.pending.lock() {
+            Ok(mut p) => std::mem::take(&mut p.rows),
+            Err(_) => return,
+        };
+        if rows.is_empty() {
+            return;
+        }
+        let Ok(mut caps) = self.caps.lock() else {
+            return;
+        };
+        for row in rows.into_values().flatten() {
+            let mut labels: [&str; 9] = std::array::from_fn(|i| row.labels[i].as_str());
+            // source/destination workload, namespaces and port are capped.
+            for (i, value) in labels.iter_mut().enumerate().take(6).skip(1) {
+                let label = CONNECTION_LABELS[i];
+                let (v, overflow) = caps.cap(label, value);
+                if overflow {
+                    self.label_overflow
+                        .with_label_values(&[label])
+                        .inc_by(row.observations);
+                }
+                *value = v;
             }
-            if !bytes {
-                continue;
+            if row.connections > 0 {
+                self.connections
+                    .with_label_values(&labels)
+                    .inc_by(row.connections);
             }
-            let mut with_dir = labels.to_vec();
-            with_dir.push("client_to_server");
-            self.bytes
-                .with_label_values(&with_dir)
-                .inc_by(rec.bytes_client_to_server.unwrap_or(0));
-            with_dir[9] = "server_to_client";
-            self.bytes
-                .with_label_values(&with_dir)
-                .inc_by(rec.bytes_server_to_client.unwrap_or(0));
+            if let Some((c2s, s2c)) = row.bytes {
+                let mut with_dir = [""; 10];
+                with_dir[..9].copy_from_slice(&labels);
+                with_dir[9] = "client_to_server";
+                self.bytes.with_label_values(&with_dir).inc_by(c2s);
+                with_dir[9] = "server_to_client";
+                self.bytes.with_label_values(&with_dir).inc_by(s2c);
+            }
         }
     }
 
@@ -411,6 +525,7 @@ impl Metrics {
 
     /// The Prometheus text format (version 0.0.4).
     pub fn prometheus_text(&self) -> String {
+        self.flush();
         let mut out = String::new();
         let _ = prometheus::TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out);
         out
@@ -418,6 +533,7 @@ impl Metrics {
 
     /// The OpenMetrics text format (1.0.0).
     pub fn openmetrics_text(&self) -> String {
+        self.flush();
         let mut out = String::new();
         for fam in self.registry.gather() {
             let name = fam.name();

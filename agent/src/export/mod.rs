@@ -292,8 +292,8 @@ impl ConnectionRecord {
             addr: addr.ip(),
             port: addr.port(),
             local: match role {
-                Role::Client => conn.client_end.as_ref().map(local_end),
-                Role::Server => server_end.map(local_end),
+                Role::Client => conn.client_end.as_deref().map(local_end),
+                Role::Server => server_end.map(|e| local_end(e)),
             },
         };
         let upstream = facts.upstream.map(|link| UpstreamRecord {
@@ -468,6 +468,15 @@ impl<T: Send + 'static> Writer<T> {
         capacity: usize,
         name: &str,
     ) -> Result<Self, ExportError> {
+        if matches!(output, Output::Off) {
+            // Nothing to write: records are not even queued (no thread, no encoding).
+            return Ok(Self {
+                tx: None,
+                dropped: Arc::new(AtomicU64::new(0)),
+                written: Arc::new(AtomicU64::new(0)),
+                thread: None,
+            });
+        }
         let sink = open_sink(output)?;
         let (tx, rx) = mpsc::sync_channel(capacity);
         let written = Arc::new(AtomicU64::new(0));

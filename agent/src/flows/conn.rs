@@ -103,8 +103,8 @@ pub struct Nat {
 pub struct Connection {
     pub client: SocketAddr,
     pub server: SocketAddr,
-    pub client_end: Option<End>,
-    pub server_end: Option<End>,
+    pub client_end: Option<Box<End>>,
+    pub server_end: Option<Box<End>>,
     pub first_ns: u64,
     pub last_ns: u64,
     /// Still open when it was flushed (agent exit).
@@ -126,7 +126,10 @@ pub struct Connection {
 impl Connection {
     /// Ends present, client first.
     pub fn ends(&self) -> impl Iterator<Item = &End> {
-        self.client_end.iter().chain(self.server_end.iter())
+        self.client_end
+            .as_deref()
+            .into_iter()
+            .chain(self.server_end.as_deref())
     }
 
     /// The better of the two captures of one direction: the sender's egress or the

@@ -54,6 +54,27 @@ pub struct FlowStats {
     /// Client sockets whose translated SYN (DNAT, SNAT, REDIRECT) met the socket
     /// that accepted it on this node.
     pub nat_joined: u64,
+    /// connect()s that never established (refused or unanswered).
+    pub attempts_failed: u64,
+    /// Of those, the ones past [`MAX_PENDING_ATTEMPTS`] in one tick: counted only.
+    pub attempts_dropped: u64,
+}
+
+/// Failed connection attempts kept between two ticks of the pipeline.
+pub const MAX_PENDING_ATTEMPTS: usize = 65_536;
+
+/// A connect() that never established (SYN_SENT -> CLOSE).
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub client: SocketAddr,
+    /// Where the socket connected to (before any NAT).
+    pub server: SocketAddr,
+    pub netns_cookie: u64,
+    pub cgroup: Option<String>,
+    pub process: Option<Process>,
+    /// A RST answered the SYN (nothing listens there, or a firewall rejects);
+    /// otherwise unanswered (timed out) or abandoned by the caller.
+    pub refused: bool,
 }
 
 /// Tunables.
@@ -105,6 +126,8 @@ pub struct FlowTable {
     /// Translated addresses of client sockets whose SYN was seen but not yet their
     /// establishment: (packet's local, packet's remote).
     pending_nat: HashMap<u64, (SocketAddr, SocketAddr)>,
+    /// Connection attempts that failed since the last `take_attempts`.
+    attempts: Vec<Attempt>,
     /// Connections that received bytes since the last `settle` (may name ids
     /// reused since; `new_data` is what counts).
     touched: Vec<ConnId>,
@@ -136,6 +159,7 @@ impl FlowTable {
             decided: Vec::new(),
             newly_settled: Vec::new(),
             pending_nat: HashMap::new(),
+            attempts: Vec::new(),
             touched: Vec::new(),
             stats: FlowStats::default(),
         }
@@ -185,6 +209,7 @@ impl FlowTable {
             Event::Conn(ConnKind::Closed, ev) => self.close_end(&ev),
             Event::Conn(ConnKind::Listen, ev) => self.listen(&ev),
             Event::Conn(ConnKind::Nat, ev) => self.nat(&ev),
+            Event::Conn(ConnKind::Attempt, ev) => self.attempt(&ev),
             Event::Data(h, payload) => self.data(&h, payload),
             Event::OriginalDst(ev) => self.original_dst(&ev),
         }
@@ -317,7 +342,7 @@ impl FlowTable {
                 Role::Server => &mut conn.server_end,
             };
             if slot.is_none() {
-                *slot = Some(end);
+                *slot = Some(Box::new(end));
                 if let Some(n) = nat {
                     conn.nat = Some(n);
                     self.stats.nat_joined += 1;
@@ -347,8 +372,8 @@ impl FlowTable {
             new_data: false,
         };
         match role {
-            Role::Client => conn.client_end = Some(end),
-            Role::Server => conn.server_end = Some(end),
+            Role::Client => conn.client_end = Some(Box::new(end)),
+            Role::Server => conn.server_end = Some(Box::new(end)),
         }
         let id = self.conns.insert(conn);
         self.ends.insert(cookie, id);
@@ -412,6 +437,31 @@ impl FlowTable {
         let local = SocketAddr::new(addr(ev.family, &ev.local_addr), ev.local_port);
         let remote = SocketAddr::new(addr(ev.family, &ev.remote_addr), ev.remote_port);
         self.pending_nat.insert(ev.hdr.cookie, (local, remote));
+    }
+
+    /// A connect() that never established: kept for the metrics (bounded: past
+    /// [`MAX_PENDING_ATTEMPTS`] between two takes they are only counted).
+    fn attempt(&mut self, ev: &ConnEvent) {
+        self.pending_nat.remove(&ev.hdr.cookie);
+        self.stats.attempts_failed += 1;
+        if self.attempts.len() >= MAX_PENDING_ATTEMPTS {
+            self.stats.attempts_dropped += 1;
+            return;
+        }
+        let cgroup = self.resolve_cgroup(ev.cgroup_id);
+        self.attempts.push(Attempt {
+            client: SocketAddr::new(addr(ev.family, &ev.local_addr), ev.local_port),
+            server: SocketAddr::new(addr(ev.family, &ev.remote_addr), ev.remote_port),
+            netns_cookie: ev.netns_cookie,
+            cgroup,
+            process: Process::from_raw(ev.tgid, &ev.comm),
+            refused: ev.sock_flags & sock_flags::RESET != 0,
+        });
+    }
+
+    /// The failed connection attempts seen since the last call.
+    pub fn take_attempts(&mut self) -> Vec<Attempt> {
+        std::mem::take(&mut self.attempts)
     }
 
     /// Records the cgroup of an end and what follows from it: its path and, for a
