@@ -7,7 +7,7 @@
 //! one overflow row (source and destination `~other`, port 0) per observed class,
 //! expected class and verdict, holding the connections of every edge folded into it.
 
-use std::{collections::HashMap, fmt::Write as _};
+use std::{collections::HashMap, fmt::Write as _, hash::BuildHasher as _};
 
 use lru::LruCache;
 use serde::{Deserialize, Serialize};
@@ -65,7 +65,34 @@ pub struct Seen<'a> {
     pub end: &'a str,
 }
 
-type Key = (String, String, u16, String, String, String);
+/// A hash of an edge's identity (source, destination, port, observed, expected,
+/// verdict): looking an edge up costs no allocation. The edge it names is compared
+/// field by field; on the (rare) collision with another edge the next salt is
+/// tried.
+type Key = u64;
+const SALTS: u64 = 8;
+
+fn key_of(s: &Seen<'_>, salt: u64) -> Key {
+    foldhash::fast::FixedState::with_seed(salt).hash_one((
+        s.source,
+        s.destination,
+        s.port,
+        s.observed,
+        s.expected,
+        s.verdict,
+    ))
+}
+
+impl Edge {
+    fn is(&self, s: &Seen<'_>) -> bool {
+        self.destination_port == s.port
+            && self.source == s.source
+            && self.destination == s.destination
+            && self.connection_security_policy == s.observed
+            && self.expected_security_policy == s.expected
+            && self.verdict == s.verdict
+    }
+}
 /// Observed, expected, verdict.
 type OverflowKey = (String, String, String);
 
@@ -124,22 +151,30 @@ impl Edges {
     /// least recently seen one into its overflow row. Returns the connections
     /// folded into an overflow row by this call.
     pub fn count(&mut self, s: &Seen<'_>) -> u64 {
-        let key = (
-            s.source.to_owned(),
-            s.destination.to_owned(),
-            s.port,
-            s.observed.to_owned(),
-            s.expected.to_owned(),
-            s.verdict.to_owned(),
-        );
-        if let Some(e) = self.map.get_mut(&key) {
-            e.connections += 1;
-            if s.end > e.last_seen.as_str() {
-                s.end.clone_into(&mut e.last_seen);
+        let mut key = None;
+        for salt in 0..SALTS {
+            let k = key_of(s, salt);
+            match self.map.get_mut(&k) {
+                Some(e) if e.is(s) => {
+                    e.connections += 1;
+                    if s.end > e.last_seen.as_str() {
+                        s.end.clone_into(&mut e.last_seen);
+                    }
+                    return 0;
+                }
+                Some(_) => continue,
+                None => {
+                    key = Some(k);
+                    break;
+                }
             }
-            return 0;
         }
         let mut folded = 0;
+        let Some(key) = key else {
+            // Every salt collided: counted in an overflow row.
+            self.fold(self.edge_of(s));
+            return 1;
+        };
         while self.map.len() >= self.cap {
             let Some((_, evicted)) = self.map.pop_lru() else {
                 break;
@@ -147,23 +182,25 @@ impl Edges {
             folded += evicted.connections;
             self.fold(evicted);
         }
-        self.map.put(
-            key,
-            Edge {
-                source: s.source.to_owned(),
-                destination: s.destination.to_owned(),
-                source_workload_namespace: s.source_namespace.to_owned(),
-                destination_workload_namespace: s.destination_namespace.to_owned(),
-                destination_port: s.port,
-                connection_security_policy: s.observed.to_owned(),
-                expected_security_policy: s.expected.to_owned(),
-                verdict: s.verdict.to_owned(),
-                connections: 1,
-                last_seen: s.end.to_owned(),
-                folded_edges: 0,
-            },
-        );
+        let edge = self.edge_of(s);
+        self.map.put(key, edge);
         folded
+    }
+
+    fn edge_of(&self, s: &Seen<'_>) -> Edge {
+        Edge {
+            source: s.source.to_owned(),
+            destination: s.destination.to_owned(),
+            source_workload_namespace: s.source_namespace.to_owned(),
+            destination_workload_namespace: s.destination_namespace.to_owned(),
+            destination_port: s.port,
+            connection_security_policy: s.observed.to_owned(),
+            expected_security_policy: s.expected.to_owned(),
+            verdict: s.verdict.to_owned(),
+            connections: 1,
+            last_seen: s.end.to_owned(),
+            folded_edges: 0,
+        }
     }
 
     fn fold(&mut self, e: Edge) {
