@@ -11,6 +11,7 @@ use std::{
     fs, io,
     os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 /// Mount point of the cgroup v2 hierarchy, from `/proc/self/mountinfo`.
@@ -93,7 +94,9 @@ fn unescape_mountinfo(s: &str) -> String {
 pub struct CgroupResolver {
     root: PathBuf,
     root_dir: Option<fs::File>,
-    cache: HashMap<u64, Option<String>>,
+    /// Shared with every end in that cgroup: one allocation per cgroup, not per
+    /// socket.
+    cache: HashMap<u64, Option<Arc<str>>>,
     handles_work: bool,
 }
 
@@ -120,14 +123,17 @@ impl CgroupResolver {
 
     /// The path of cgroup `id` below the root, e.g. `/kubepods.slice/...`; `None` if
     /// the cgroup is gone or cannot be found.
-    pub fn path(&mut self, id: u64) -> Option<String> {
+    pub fn path(&mut self, id: u64) -> Option<Arc<str>> {
         if id == 0 {
             return None;
         }
         if let Some(hit) = self.cache.get(&id) {
             return hit.clone();
         }
-        let found = self.by_handle(id).or_else(|| self.by_walk(id));
+        let found: Option<Arc<str>> = self
+            .by_handle(id)
+            .or_else(|| self.by_walk(id))
+            .map(Arc::from);
         if self.cache.len() >= CACHE_LIMIT {
             self.cache.clear();
         }

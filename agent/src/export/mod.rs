@@ -178,7 +178,7 @@ fn local_end(e: &End) -> LocalEnd {
         comm: e.process.as_ref().map(|p| p.comm.clone()),
         uid: e.uid,
         cgroup_id: (e.cgroup_id != 0).then_some(e.cgroup_id),
-        cgroup: e.cgroup.clone(),
+        cgroup: e.cgroup.as_deref().map(str::to_owned),
         netns_cookie: (e.netns_cookie != 0).then_some(e.netns_cookie),
     }
 }
@@ -335,7 +335,7 @@ impl ConnectionRecord {
                 server_to_client: s2c.map_or(0, |s| s.captured()),
                 truncated: conn
                     .ends()
-                    .any(|e| e.egress.truncated || e.ingress.truncated),
+                    .any(|e| e.egress().truncated || e.ingress().truncated),
                 lost: conn.ends().any(|e| e.lost),
                 gaps: c2s.is_some_and(|s| s.has_gap()) || s2c.is_some_and(|s| s.has_gap()),
                 settled: conn.settled.is_some(),

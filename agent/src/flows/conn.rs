@@ -45,13 +45,13 @@ pub struct End {
     pub remote: SocketAddr,
     pub netns_cookie: u64,
     pub cgroup_id: u64,
-    pub cgroup: Option<String>,
+    pub cgroup: Option<std::sync::Arc<str>>,
     pub process: Option<Process>,
     /// uid of the owning process, when the kernel saw it in process context.
     pub uid: Option<u32>,
     /// Set when a process asked this (accepted) socket for its pre-NAT destination
     /// with `SO_ORIGINAL_DST`: the connection was redirected to it.
-    pub interception: Option<Interception>,
+    pub interception: Option<Box<Interception>>,
     /// The end existed before the probes attached.
     pub preexisting: bool,
     /// Some kernel event of this end was lost.
@@ -67,8 +67,54 @@ pub struct End {
     pub closed_first: bool,
     pub peer_closed_first: bool,
     pub reset: bool,
-    pub egress: Stream,
-    pub ingress: Stream,
+    /// Both directions, allocated with the first captured segment: an end that
+    /// has captured nothing (an idle connection, one older than the agent that
+    /// has not spoken) costs no stream memory.
+    pub(super) streams: Option<Box<Streams>>,
+}
+
+/// The two directions of an end.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Streams {
+    egress: Stream,
+    ingress: Stream,
+}
+
+impl End {
+    /// What this socket sent, as captured.
+    pub fn egress(&self) -> &Stream {
+        self.streams.as_ref().map_or(&stream::EMPTY, |s| &s.egress)
+    }
+
+    /// What this socket received, as captured.
+    pub fn ingress(&self) -> &Stream {
+        self.streams.as_ref().map_or(&stream::EMPTY, |s| &s.ingress)
+    }
+
+    /// One direction, for a captured segment: both are allocated on the first
+    /// (offsets of an end older than the agent are relative to its first segment).
+    pub fn stream_mut(&mut self, egress: bool) -> &mut Stream {
+        let midstream = self.preexisting;
+        let s = self.streams.get_or_insert_with(|| {
+            let mut s = Box::<Streams>::default();
+            s.egress.midstream = midstream;
+            s.ingress.midstream = midstream;
+            s
+        });
+        if egress {
+            &mut s.egress
+        } else {
+            &mut s.ingress
+        }
+    }
+
+    /// Frees both directions' bytes (see [`Stream::release`]).
+    pub fn release_streams(&mut self) {
+        if let Some(s) = &mut self.streams {
+            s.egress.release();
+            s.ingress.release();
+        }
+    }
 }
 
 /// What `SO_ORIGINAL_DST` told a proxy about a socket it accepted.
@@ -153,15 +199,15 @@ impl Connection {
 
     fn client_streams(&self) -> (Option<&Stream>, Option<&Stream>) {
         (
-            self.client_end.as_ref().map(|e| &e.egress),
-            self.server_end.as_ref().map(|e| &e.ingress),
+            self.client_end.as_ref().map(|e| e.egress()),
+            self.server_end.as_ref().map(|e| e.ingress()),
         )
     }
 
     fn server_streams(&self) -> (Option<&Stream>, Option<&Stream>) {
         (
-            self.server_end.as_ref().map(|e| &e.egress),
-            self.client_end.as_ref().map(|e| &e.ingress),
+            self.server_end.as_ref().map(|e| e.egress()),
+            self.client_end.as_ref().map(|e| e.ingress()),
         )
     }
 
@@ -233,9 +279,9 @@ impl Connection {
                 }
             }
             if reset_by.is_none() {
-                if e.egress.rst {
+                if e.egress().rst {
                     reset_by = Some(me);
-                } else if e.ingress.rst {
+                } else if e.ingress().rst {
                     reset_by = Some(peer);
                 }
             }

@@ -70,7 +70,7 @@ pub struct Attempt {
     /// Where the socket connected to (before any NAT).
     pub server: SocketAddr,
     pub netns_cookie: u64,
-    pub cgroup: Option<String>,
+    pub cgroup: Option<std::sync::Arc<str>>,
     pub process: Option<Process>,
     /// A RST answered the SYN (nothing listens there, or a firewall rejects);
     /// otherwise unanswered (timed out) or abandoned by the caller.
@@ -220,7 +220,7 @@ impl FlowTable {
         self.conns.get(*self.ends.get(&cookie)?)
     }
 
-    fn resolve_cgroup(&mut self, id: u64) -> Option<String> {
+    fn resolve_cgroup(&mut self, id: u64) -> Option<std::sync::Arc<str>> {
         self.cgroups.as_mut().and_then(|r| r.path(id))
     }
 
@@ -287,7 +287,7 @@ impl FlowTable {
             cgroup_id = l.cgroup_id;
         }
         let cgroup = self.resolve_cgroup(cgroup_id);
-        let mut end = End {
+        let end = End {
             cookie,
             role,
             local,
@@ -309,11 +309,8 @@ impl FlowTable {
             closed_first: false,
             peer_closed_first: false,
             reset: false,
-            egress: Stream::default(),
-            ingress: Stream::default(),
+            streams: None,
         };
-        end.egress.midstream = preexisting;
-        end.ingress.midstream = preexisting;
         let (client, server) = match role {
             Role::Client => (local, remote),
             Role::Server => (remote, local),
@@ -508,11 +505,7 @@ impl FlowTable {
             conn.server_end.as_mut()
         };
         let Some(end) = end else { return };
-        let stream = if h.direction == direction::EGRESS {
-            &mut end.egress
-        } else {
-            &mut end.ingress
-        };
+        let stream = end.stream_mut(h.direction == direction::EGRESS);
         if keep && stream.insert(h.offset, payload, budget, h.hdr.ts_ns) {
             self.stats.overlap_conflicts += 1;
         }
@@ -585,7 +578,7 @@ impl FlowTable {
             end.process = Some(process.clone());
             end.uid = Some(ev.uid);
         }
-        end.interception = Some(Interception {
+        end.interception = Some(Box::new(Interception {
             original,
             accepted_on: local,
             process,
@@ -593,7 +586,7 @@ impl FlowTable {
             gid: ev.gid,
             cgroup_id: ev.cgroup_id,
             nat,
-        });
+        }));
         let (cookie, netns) = (end.cookie, end.netns_cookie);
         if conn.client_end.is_some() {
             // Joined already (by the client's translated SYN): the connection is to
@@ -730,8 +723,7 @@ impl FlowTable {
                 self.newly_settled.push(e.cookie);
             }
             for end in conn.client_end.iter_mut().chain(conn.server_end.iter_mut()) {
-                end.egress.release();
-                end.ingress.release();
+                end.release_streams();
                 if end.closed_ns.is_none() {
                     self.decided.push(end.cookie);
                 }

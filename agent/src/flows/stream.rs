@@ -176,6 +176,29 @@ pub struct Stream {
     released_gap: bool,
 }
 
+/// The stream of an end that has captured nothing in either direction.
+pub static EMPTY: Stream = Stream {
+    buf: Vec::new(),
+    in_order: 0,
+    blocks: Vec::new(),
+    overflow: false,
+    overlaps: Overlaps {
+        segments: 0,
+        bytes: 0,
+        first_offset: None,
+        captures_differ: false,
+    },
+    midstream: false,
+    truncated: false,
+    rst: false,
+    first_ns: None,
+    last_ns: None,
+    seen_bytes: 0,
+    chunks: Vec::new(),
+    released: 0,
+    released_gap: false,
+};
+
 /// Segment starts remembered per stream.
 const MAX_CHUNKS: usize = 64;
 

@@ -193,7 +193,7 @@ fn a_settled_connection_is_marked_decided_and_keeps_no_more_bytes() {
     assert_eq!(c2s.captured(), req.len() as u64, "captured before settling");
     assert!(c2s.contiguous().is_empty(), "the buffer was freed");
     assert_eq!(
-        conn.client_end.as_ref().map(|e| e.egress.seen_bytes),
+        conn.client_end.as_ref().map(|e| e.egress().seen_bytes),
         Some((req.len() + more.len()) as u64)
     );
 }

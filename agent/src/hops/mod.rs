@@ -500,7 +500,7 @@ impl Hops {
                 socket_cookie: s.cookie,
                 accepted_on: i.accepted_on,
                 nat: i.nat,
-                cgroup: s.cgroup.clone(),
+                cgroup: s.cgroup.as_deref().map(str::to_owned),
                 container: None,
             })
         });
