@@ -223,7 +223,16 @@ fn socks4(client: &[u8], server: &[u8]) -> Option<Found> {
         [0, 90, ..] if server.len() >= 8 => {
             Some(found(kind, target, end, 8, Some(true), "granted".into()))
         }
-        [0, 91..=93, ..] => Some(found(kind, target, end, 8, Some(false), "refused".into())),
+        // A refusal ends the exchange: a reply cut short (the capture ended inside
+        // it) is still one, and what follows starts no earlier than its end.
+        [0, 91..=93, ..] => Some(found(
+            kind,
+            target,
+            end,
+            server.len().min(8),
+            Some(false),
+            "refused".into(),
+        )),
         _ => None,
     }
 }
@@ -400,6 +409,11 @@ mod tests {
         let f = detect(&c, &[0, 91, 0, 0, 0, 0, 0, 0]).expect("socks4a");
         assert_eq!(f.tunnel.via, TunnelKind::Socks4a);
         assert_eq!(f.granted, Some(false));
+        // A refusal whose reply was cut after two bytes (found by the tunnel fuzz
+        // target): still a refusal, and no offset past the captured bytes.
+        let f = detect(&c, &[0, 93]).expect("socks4a, reply cut short");
+        assert_eq!(f.granted, Some(false));
+        assert_eq!(f.server_offset, 2);
         assert_eq!(f.tunnel.target.as_deref(), Some("example.com:443"));
         // SOCKS5 with username/password, a domain name target.
         let mut c = vec![5, 2, 0, 2, 1, 1, b'u', 1, b'p', 5, 1, 0, 3, 11];
