@@ -159,6 +159,12 @@ fn established(ctx: &SockOpsContext, active: bool) -> Result<(), Stat> {
 /// Tracks FINs (their sequence numbers are not payload) and reports the close.
 #[inline(always)]
 fn state_change(ctx: &SockOpsContext, old: u32, new: u32) -> Result<(), Stat> {
+    // Transitions that change nothing here return before the storage lookup:
+    // establishment (sock_ops' own callback reports it) and FIN_WAIT2 (our FIN
+    // was acknowledged).
+    if (old == TCP_SYN_SENT && new != TCP_CLOSE) || new == TCP_FIN_WAIT2 {
+        return Ok(());
+    }
     let ops = ctx.ops;
     // SAFETY: context field.
     let sk = unsafe { (*ops).__bindgen_anon_2.sk };
@@ -173,12 +179,9 @@ fn state_change(ctx: &SockOpsContext, old: u32, new: u32) -> Result<(), Stat> {
     // SAFETY: non-null storage.
     let state = unsafe { &mut *st };
     if old == TCP_SYN_SENT {
-        // A connect that never established: refused (a RST came, noted by the
-        // capture program), unanswered or abandoned.
-        if new == TCP_CLOSE {
-            return emit(ctx, kind::ATTEMPT, role::CLIENT, state);
-        }
-        return Ok(());
+        // A connect that never established (SYN_SENT -> CLOSE): refused (a RST
+        // came, noted by the capture program), unanswered or abandoned.
+        return emit(ctx, kind::ATTEMPT, role::CLIENT, state);
     }
     if new == TCP_FIN_WAIT1 || new == TCP_LAST_ACK {
         state.flags |= sock_flags::FIN_SENT;
