@@ -248,8 +248,9 @@ pub struct RunArgs {
     /// (a proxy delivering inbound traffic to its app inside one pod),
     /// `istio-envoy-prometheus` (15090), `istio-agent-health` (15020, 15021),
     /// `istio-envoy-admin` (15000 on loopback), `istio-dns` (DNS captured to 15053),
-    /// `istio-ambient-probe` (kubelet probes from 169.254.7.127), `linkerd-admin`
-    /// (4191), `linkerd-tap` (4190).
+    /// `istio-ambient-probe` (kubelet probes from 169.254.7.127), `istio-ztunnel`
+    /// (15020, 15021, 15000 of ztunnel's own pod), `linkerd-admin` (4191),
+    /// `linkerd-tap` (4190).
     /// Repeatable or comma-separated. See docs/mesh.md.
     #[arg(
         long = "disable-exemption",
@@ -263,6 +264,7 @@ pub struct RunArgs {
             "istio-envoy-admin",
             "istio-dns",
             "istio-ambient-probe",
+            "istio-ztunnel",
             "linkerd-admin",
             "linkerd-tap",
         ])

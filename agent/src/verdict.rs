@@ -463,7 +463,8 @@ pub fn assess(
     // A proxy's socket is attributed by its address first: a node proxy
     // (ztunnel) runs in a cgroup of its own and opens sockets in every pod's
     // network namespace with the pod's address. A delivery out of a tunnel is
-    // attributed to the tunnel's client, the real one.
+    // attributed to the tunnel's client, the real one (through a waypoint on this
+    // node, the client of the waypoint's own arrival).
     let of_end = |e: &crate::flows::End, is_proxy: bool| {
         let by_addr = (is_proxy && !e.local.ip().is_loopback())
             .then(|| inv.workload_by_addr(e.local.ip()))
@@ -473,9 +474,9 @@ pub fn assess(
     let client_addr = hop
         .tunnel
         .as_ref()
-        .map_or(conn.client.ip(), |t| t.client.ip());
+        .map_or(conn.client.ip(), |t| t.origin().ip());
     let source = match (&conn.client_end, &hop.tunnel) {
-        (_, Some(t)) => inv.workload_by_addr(t.client.ip()),
+        (_, Some(t)) => inv.workload_by_addr(t.origin().ip()),
         (Some(e), None) => of_end(e, hop.client_is_proxy),
         (None, None) => inv.workload_by_addr(conn.client.ip()),
     };

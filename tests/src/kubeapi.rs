@@ -3,7 +3,7 @@
 //! with ADDED/MODIFIED/DELETED and BOOKMARK events, `410 Gone` for expired
 //! versions, and connections dropped on demand. Objects are real-format JSON
 //! (pods with containerd and CRI-O container IDs, Services, EndpointSlices, Istio
-//! CRDs).
+//! and Linkerd CRDs).
 
 use std::{
     collections::BTreeMap,
@@ -42,6 +42,26 @@ const RESOURCES: &[(&str, &str, &str)] = &[
         "/apis/networking.istio.io/v1/destinationrules",
         "DestinationRuleList",
         "networking.istio.io/v1",
+    ),
+    (
+        "/apis/policy.linkerd.io/v1beta3/servers",
+        "ServerList",
+        "policy.linkerd.io/v1beta3",
+    ),
+    (
+        "/apis/policy.linkerd.io/v1alpha1/authorizationpolicies",
+        "AuthorizationPolicyList",
+        "policy.linkerd.io/v1alpha1",
+    ),
+    (
+        "/apis/policy.linkerd.io/v1alpha1/meshtlsauthentications",
+        "MeshTLSAuthenticationList",
+        "policy.linkerd.io/v1alpha1",
+    ),
+    (
+        "/apis/policy.linkerd.io/v1alpha1/networkauthentications",
+        "NetworkAuthenticationList",
+        "policy.linkerd.io/v1alpha1",
     ),
 ];
 

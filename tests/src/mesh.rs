@@ -364,6 +364,17 @@ impl MeshNode {
     }
 }
 
+/// A service address ztunnel knows (a Service's ClusterIP) and the pods behind it.
+#[derive(Debug, Clone)]
+pub struct AmbientService {
+    pub vip: IpAddr,
+    /// Pod names; ztunnel sends to the first.
+    pub endpoints: Vec<String>,
+    /// The waypoint pod (`istio.io/use-waypoint`) the service's traffic goes
+    /// through, started with [`MeshNode::start_waypoint`].
+    pub waypoint: Option<String>,
+}
+
 /// How an ambient pod is served by ztunnel.
 #[derive(Debug, Clone)]
 pub struct AmbientPod {
@@ -383,6 +394,37 @@ impl MeshNode {
     /// enrolled pods to 169.254.7.127, as istio-cni's host rule does for the
     /// kubelet's probes.
     pub fn start_ztunnel(&mut self, tag: &str, pods: &[AmbientPod], pki: &MeshPki, work: &Path) {
+        self.start_ztunnel_with(tag, pods, &[], &[], pki, work);
+    }
+
+    /// ztunnel's own address on the bridge (its pod's): `10.213.<net>.200`.
+    pub fn ztunnel_ip(&self) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(10, 213, self.net, 200))
+    }
+
+    /// Runs `program` in ztunnel's own network namespace (not in its cgroup), to
+    /// completion.
+    pub fn run_in_ztunnel(&self, program: &str, args: &[&str]) -> std::process::Output {
+        let (_, ns) = self.zt.as_ref().expect("ztunnel started");
+        Spawn::new(program)
+            .args(args)
+            .netns(ns)
+            .run(Duration::from_secs(20))
+    }
+
+    /// [`Self::start_ztunnel`] with service addresses (a waypoint's, or pods
+    /// behind a ClusterIP) and the names its DNS proxy answers (name, address).
+    /// ztunnel's own namespace gets an address on the bridge
+    /// ([`Self::ztunnel_ip`]), where its 15020 and 15021 are reachable.
+    pub fn start_ztunnel_with(
+        &mut self,
+        tag: &str,
+        pods: &[AmbientPod],
+        services: &[AmbientService],
+        names: &[(&str, IpAddr)],
+        pki: &MeshPki,
+        work: &Path,
+    ) {
         let mut entries = Vec::new();
         for spec in pods.iter().filter(|p| p.enrolled) {
             let pod = self.pod(&spec.name);
@@ -438,11 +480,61 @@ impl MeshNode {
                 "mode": spec.mode,
             }));
         }
+        let services: Vec<serde_json::Value> = services
+            .iter()
+            .map(|svc| {
+                let waypoint = svc.waypoint.as_ref().map(|w| {
+                    let pod = self.pod(w);
+                    serde_json::json!({
+                        "name": w,
+                        "ip": pod.ip.to_string(),
+                        "identity": format!("spiffe://cluster.local/ns/default/sa/{w}"),
+                    })
+                });
+                serde_json::json!({
+                    "vip": svc.vip.to_string(),
+                    "endpoints": svc.endpoints.iter().map(|e| self.pod(e).ip.to_string()).collect::<Vec<_>>(),
+                    "waypoint": waypoint,
+                })
+            })
+            .collect();
+        let dns: serde_json::Map<String, serde_json::Value> = names
+            .iter()
+            .map(|(n, ip)| ((*n).to_owned(), serde_json::Value::from(ip.to_string())))
+            .collect();
         let log = work.join("ztunnel.log");
-        let config = serde_json::json!({"ca": pki.ca(), "log": log, "pods": entries});
+        let config = serde_json::json!({
+            "ca": pki.ca(), "log": log, "pods": entries, "services": services, "dns": dns,
+        });
         let path = work.join("ztunnel.json");
         std::fs::write(&path, config.to_string()).expect("ztunnel config");
         let ns = Netns::new(&format!("mtlsa-{tag}-zt"));
+        let (zt_end, node_end) = (
+            format!("mtlsa{}zp", self.net),
+            format!("mtlsa{}zn", self.net),
+        );
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &zt_end])
+            .output();
+        sh(
+            "ip",
+            &[
+                "link", "add", &zt_end, "type", "veth", "peer", "name", &node_end,
+            ],
+        );
+        sh("ip", &["link", "set", &zt_end, "netns", ns.name()]);
+        sh("ip", &["link", "set", &node_end, "netns", self.node.name()]);
+        self.node
+            .ip(&["link", "set", &node_end, "master", "br0", "up"]);
+        ns.ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", self.ztunnel_ip()),
+            "dev",
+            &zt_end,
+        ]);
+        ns.ip(&["link", "set", &zt_end, "up"]);
+        ns.ip(&["link", "set", "lo", "up"]);
         let cg = Cgroup::new(&format!("{tag}/ztunnel"));
         let child = Spawn::new("/usr/bin/python3")
             .arg(mesh_dir().join("ztunnel.py"))
@@ -456,9 +548,54 @@ impl MeshNode {
         self.zt = Some((cg, ns));
         for spec in pods.iter().filter(|p| p.enrolled) {
             let pod = self.pod(&spec.name);
-            for p in [15001, 15006, 15008] {
+            for p in [15001, 15006, 15008, 15053] {
                 wait_listening(Some(&pod.ns), p);
             }
+        }
+        let (_, ns) = self.zt.as_ref().expect("ztunnel namespace");
+        for p in [15000, 15020, 15021] {
+            wait_listening(Some(ns), p);
+        }
+    }
+
+    /// Runs a waypoint (tests/mesh/waypoint.py, process name `envoy`) in pod
+    /// `name`, which is not enrolled, with its own certificate (`pki.cert(name)`,
+    /// `spiffe://cluster.local/ns/default/sa/<name>`). `routes` maps a service
+    /// address and port (the CONNECT target ztunnel sends) to the endpoint pod and
+    /// port it goes on to over HBONE, or in plaintext when the flag is set.
+    pub fn start_waypoint(
+        &mut self,
+        name: &str,
+        routes: &[(IpAddr, u16, &str, u16, bool)],
+        pki: &MeshPki,
+        work: &Path,
+    ) {
+        let mut table = serde_json::Map::new();
+        for (vip, port, endpoint, target, plaintext) in routes {
+            let ip = self.pod(endpoint).ip;
+            table.insert(
+                format!("{vip}:{port}"),
+                serde_json::json!([{"address": format!("{ip}:{target}"), "plaintext": plaintext}]),
+            );
+        }
+        let config = serde_json::json!({
+            "cert": pki.cert(name), "key": pki.key(name), "ca": pki.ca(),
+            "log": work.join("ztunnel.log"), "routes": table,
+        });
+        let path = work.join(format!("waypoint-{name}.json"));
+        std::fs::write(&path, config.to_string()).expect("waypoint config");
+        let pod = self.pod_mut(name);
+        let child = Spawn::new("/usr/bin/python3")
+            .arg(mesh_dir().join("waypoint.py"))
+            .arg(&path)
+            .netns(&pod.ns)
+            .cgroup(pod.app_cgroup())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        pod.children.push(child);
+        for p in [15008, 15021] {
+            wait_listening(Some(&pod.ns), p);
         }
     }
 }

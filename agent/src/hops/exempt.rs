@@ -8,8 +8,9 @@
 //! | `istio-envoy-prometheus` | port 15090 of a meshed pod: Prometheus scraping Envoy |
 //! | `istio-agent-health` | ports 15020 and 15021 of a meshed pod: merged metrics, health, and the kubelet probes Istio rewrites to them |
 //! | `istio-envoy-admin` | port 15000 on loopback in a meshed pod: Envoy's admin API |
-//! | `istio-dns` | an app's DNS over TCP redirected to the proxy's 15053 (Istio DNS capture) |
+//! | `istio-dns` | an app's DNS over TCP redirected to the proxy's 15053 (Istio DNS capture: a sidecar asks `SO_ORIGINAL_DST`, ztunnel's in-pod DNS proxy does not and is found by the translation of the SYN) |
 //! | `istio-ambient-probe` | the kubelet's probes of an ambient pod, which istio-cni SNATs to 169.254.7.127 (`fd16:9254:7127:1337:ffff:ffff:ffff:ffff`) so that they reach the app uncaptured |
+//! | `istio-ztunnel` | ports 15020 (metrics), 15021 (readiness) and 15000 (admin, on loopback) of a node proxy's own pod: ztunnel's sockets outside the pods it serves |
 //! | `linkerd-admin` | port 4191 of a meshed pod: the Linkerd proxy's metrics, readiness and liveness |
 //! | `linkerd-tap` | port 4190 of a meshed pod: the Linkerd proxy's tap API |
 //!
@@ -34,18 +35,20 @@ pub enum Builtin {
     IstioEnvoyAdmin,
     IstioDns,
     IstioAmbientProbe,
+    IstioZtunnel,
     LinkerdAdmin,
     LinkerdTap,
 }
 
 impl Builtin {
-    pub const ALL: [Builtin; 8] = [
+    pub const ALL: [Builtin; 9] = [
         Self::ProxyToApp,
         Self::IstioEnvoyPrometheus,
         Self::IstioAgentHealth,
         Self::IstioEnvoyAdmin,
         Self::IstioDns,
         Self::IstioAmbientProbe,
+        Self::IstioZtunnel,
         Self::LinkerdAdmin,
         Self::LinkerdTap,
     ];
@@ -58,6 +61,7 @@ impl Builtin {
             Self::IstioEnvoyAdmin => "istio-envoy-admin",
             Self::IstioDns => "istio-dns",
             Self::IstioAmbientProbe => "istio-ambient-probe",
+            Self::IstioZtunnel => "istio-ztunnel",
             Self::LinkerdAdmin => "linkerd-admin",
             Self::LinkerdTap => "linkerd-tap",
         }
@@ -154,10 +158,55 @@ impl BuiltinExemptions {
                 ),
             ));
         }
-        // The mesh's own ports, on a pod a proxy intercepts in.
         let server = conn.server_end.as_ref()?;
-        let meshed = hops.is_meshed_netns(server.netns_cookie) || hops.proxy_of(server).is_some();
-        if !meshed || facts.hop == Hop::AppToProxy {
+        let proxy = hops.proxy_of(server);
+        // ztunnel's in-pod DNS proxy: the pod's rules REDIRECT its DNS over TCP to
+        // 15053, and ztunnel answers without asking SO_ORIGINAL_DST; the SYN's
+        // translation joined the two sockets.
+        if port == 15053
+            && facts.hop != Hop::AppToProxy
+            && let Some(p) = proxy
+            && hops.is_meshed_netns(server.netns_cookie)
+            && self.on(Builtin::IstioDns)
+        {
+            let asked = conn
+                .nat
+                .as_ref()
+                .map_or_else(|| conn.server.to_string(), |n| n.socket.1.to_string());
+            return Some((
+                Builtin::IstioDns,
+                format!(
+                    "Istio DNS capture: the app's DNS to {asked} answered by {} (pid {}) on 15053 inside the pod",
+                    p.process.comm, p.process.pid
+                ),
+            ));
+        }
+        // A node proxy's own ports, in its own pod (not one it serves): ztunnel's
+        // metrics, readiness and admin API.
+        if let Some(p) = proxy
+            && !hops.is_meshed_netns(server.netns_cookie)
+            && facts.hop != Hop::AppToProxy
+        {
+            let what = match port {
+                15020 => Some("its Prometheus metrics"),
+                15021 => Some("its readiness probe"),
+                15000 if conn.server.ip().is_loopback() => Some("its admin API on loopback"),
+                _ => None,
+            };
+            if let Some(what) = what
+                && self.on(Builtin::IstioZtunnel)
+            {
+                return Some((
+                    Builtin::IstioZtunnel,
+                    format!(
+                        "port {port} of {} (pid {}), a node proxy in a pod of its own (ztunnel), serves {what}",
+                        p.process.comm, p.process.pid
+                    ),
+                ));
+            }
+        }
+        // The mesh's own ports, on a pod a proxy intercepts in.
+        if !hops.is_meshed_netns(server.netns_cookie) || facts.hop == Hop::AppToProxy {
             return None;
         }
         let (b, what) = match port {

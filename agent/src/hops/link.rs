@@ -41,9 +41,17 @@ pub enum LinkedBy {
     Time,
     /// An address of the same service (a proxy's choice of endpoint).
     Service,
-    /// A tunnel (HBONE, Linkerd transport) to the destination's address or to an
-    /// endpoint of its service: the app's port travels inside it, so it is a
-    /// closer match than another port of the same service.
+    /// A tunnel to an endpoint of the destination's service: the app's port
+    /// travels inside it, so it is a closer match than another port of the same
+    /// service.
+    #[serde(rename = "tunnel")]
+    TunnelToEndpoint,
+    /// An HBONE connection to a waypoint on this node that relays to the
+    /// destination's address or to an endpoint of its service
+    /// ([`super::waypoint`]): where ztunnel sends a service's traffic when the
+    /// service uses a waypoint, so it beats a tunnel to one of its endpoints.
+    Waypoint,
+    /// A tunnel (HBONE, Linkerd transport) to the destination's own address.
     Tunnel,
     /// The original destination itself.
     Destination,
@@ -68,6 +76,9 @@ pub struct UpstreamRef {
     pub pooled: bool,
     /// The upstream connection's own class.
     pub connection_security_policy: SecurityClass,
+    /// For `linked_by: "waypoint"`: the waypoint the tunnel goes to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waypoint: Option<super::waypoint::WaypointRef>,
 }
 
 /// A candidate: (opened at, closed at or `None` while open, cookie, destination).
@@ -164,11 +175,18 @@ impl Hops {
                 let tunnel = super::TUNNEL_PORTS.contains(&c.server.port());
                 c.by = if c.server == original {
                     LinkedBy::Destination
-                } else if tunnel
-                    && (c.server.ip() == original.ip()
-                        || same_service(original, SocketAddr::new(c.server.ip(), original.port())))
-                {
+                } else if tunnel && c.server.ip() == original.ip() {
                     LinkedBy::Tunnel
+                } else if c.server.port() == super::waypoint::HBONE_PORT
+                    && self
+                        .waypoint_at(c.server.ip())
+                        .is_some_and(|w| w.relays_toward(original, same_service))
+                {
+                    LinkedBy::Waypoint
+                } else if tunnel
+                    && same_service(original, SocketAddr::new(c.server.ip(), original.port()))
+                {
+                    LinkedBy::TunnelToEndpoint
                 } else if same_service(original, c.server) {
                     LinkedBy::Service
                 } else if tunnel {
@@ -220,6 +238,12 @@ impl Hops {
             },
         };
         let pooled = best.start_ns + ORDER_SLACK_NS < start;
+        let waypoint = (best.by == LinkedBy::Waypoint)
+            .then(|| {
+                self.waypoint_at(best.server.ip())
+                    .map(|w| Self::waypoint_ref(best.server.ip(), w))
+            })
+            .flatten();
         let reference = UpstreamRef {
             linked_by: best.by,
             socket_cookie: best.cookie,
@@ -229,6 +253,7 @@ impl Hops {
             open,
             pooled,
             connection_security_policy: cls.connection_security_policy,
+            waypoint,
         };
         let mut logical = cls;
         if predates {
@@ -240,10 +265,18 @@ impl Hops {
         }
         let what = match best.by {
             LinkedBy::Destination | LinkedBy::Service => "upstream connection".to_owned(),
-            LinkedBy::Tunnel => format!(
+            LinkedBy::Tunnel | LinkedBy::TunnelToEndpoint => format!(
                 "{} connection",
                 super::tunnel::tunnel_kind(best.server.port())
             ),
+            LinkedBy::Waypoint => {
+                let w = reference.waypoint.as_ref();
+                format!(
+                    "HBONE connection to waypoint {} (pid {})",
+                    w.map_or("?", |w| w.comm.as_str()),
+                    w.map_or(0, |w| w.pid)
+                )
+            }
             LinkedBy::Time => format!(
                 "{} connection (to another address: a waypoint? linked by time only)",
                 super::tunnel::tunnel_kind(best.server.port())

@@ -31,6 +31,7 @@
 mod exempt;
 mod link;
 pub mod tunnel;
+pub mod waypoint;
 
 use std::{
     collections::VecDeque,
@@ -171,7 +172,8 @@ pub struct HopFacts {
     /// For `app_to_proxy`: the upstream connection whose bytes decided, if any.
     pub upstream: Option<UpstreamRef>,
     /// For `proxy_to_app`: the intercepted connection this one most likely
-    /// delivers (the latest one the same proxy accepted for this port).
+    /// delivers (the latest one the same proxy accepted for this port that was
+    /// still open when this one opened).
     pub delivers: Option<SocketAddr>,
     /// For `proxy_to_app`: the tunnel connection it came out of, whose class
     /// decides (the record then stands for the logical connection at the
@@ -235,8 +237,21 @@ struct ProxyState {
     open: Vec<(SocketAddr, u64, u64)>,
     /// Finished upstream connections, newest last.
     recent: VecDeque<link::Upstream>,
-    /// (accepted at, client, original destination) of intercepted connections.
-    accepted: VecDeque<(u64, SocketAddr, SocketAddr)>,
+    /// Intercepted connections, oldest first.
+    accepted: VecDeque<Accepted>,
+}
+
+/// A connection a proxy intercepted, for naming what its deliveries carry.
+#[derive(Debug, Clone, Copy)]
+struct Accepted {
+    at_ns: u64,
+    /// The proxy's socket of it.
+    cookie: u64,
+    client: SocketAddr,
+    original: SocketAddr,
+    /// When that socket closed: a connection refused (closed unanswered) before a
+    /// delivery opened is not what the delivery carries.
+    closed_ns: Option<u64>,
 }
 
 const RECENT_PER_PROXY: usize = 256;
@@ -258,6 +273,12 @@ pub struct Hops {
     /// Network namespaces a proxy intercepts in (meshed pods), with a count of
     /// proxies seen there.
     meshed_netns: HashMap<u64, u32>,
+    /// The proxy whose `accepted` list holds a socket, by socket cookie, until the
+    /// socket closes (its close time is then noted there).
+    accepted_by_cookie: HashMap<u64, ProxyKey>,
+    /// Processes that open HBONE tunnels without being proxies: a waypoint's
+    /// Envoy ([`waypoint`]).
+    senders: waypoint::Senders,
 }
 
 /// Envoy's inbound passthrough source addresses (`127.0.0.6`, `::6`).
@@ -275,6 +296,8 @@ impl Hops {
             by_pid: HashMap::new(),
             tunnels: tunnel::Tunnels::new(),
             meshed_netns: HashMap::new(),
+            accepted_by_cookie: HashMap::new(),
+            senders: waypoint::Senders::default(),
         }
     }
 
@@ -308,18 +331,33 @@ impl Hops {
                 if ev.role == agent_common::role::CLIENT && ev.tgid != 0 =>
             {
                 let key = (ev.tgid, ev.netns_cookie);
+                let remote = SocketAddr::new(
+                    crate::flows::addr(ev.family, &ev.remote_addr),
+                    ev.remote_port,
+                );
                 let Some(p) = self.proxies.get(&key).or_else(|| self.node_proxy(ev.tgid)) else {
+                    if ev.remote_port == waypoint::HBONE_PORT {
+                        // Not a proxy, yet it opens HBONE: perhaps a waypoint.
+                        let local = crate::flows::addr(ev.family, &ev.local_addr);
+                        let process = Process::from_raw(ev.tgid, &ev.comm);
+                        self.senders
+                            .opened(local, process, ev.netns_cookie, remote, ev.hdr.ts_ns);
+                    }
                     return;
                 };
                 if !same_comm(&p.process, &ev.comm) {
                     return;
                 }
-                let remote = SocketAddr::new(
-                    crate::flows::addr(ev.family, &ev.remote_addr),
-                    ev.remote_port,
-                );
                 let st = self.state.entry(key).or_default();
                 st.open.push((remote, ev.hdr.cookie, ev.hdr.ts_ns));
+            }
+            Event::Conn(ConnKind::Closed, ev) => {
+                if let Some(key) = self.accepted_by_cookie.remove(&ev.hdr.cookie)
+                    && let Some(st) = self.state.get_mut(&key)
+                    && let Some(a) = st.accepted.iter_mut().find(|a| a.cookie == ev.hdr.cookie)
+                {
+                    a.closed_ns = Some(ev.hdr.ts_ns);
+                }
             }
             _ => {}
         }
@@ -339,6 +377,7 @@ impl Hops {
                 // The pid was reused by another program.
                 self.unmesh(old.netns_cookie);
                 self.state.remove(&key);
+                self.accepted_by_cookie.retain(|_, k| *k != key);
             }
             if ev.netns_cookie != 0 {
                 *self.meshed_netns.entry(ev.netns_cookie).or_default() += 1;
@@ -374,10 +413,19 @@ impl Hops {
             self.tunnels.forget(ev.netns_cookie, ev.hdr.cookie);
         }
         let st = self.state.entry(key).or_default();
-        if st.accepted.len() >= ACCEPTED_PER_PROXY {
-            st.accepted.pop_front();
+        if st.accepted.len() >= ACCEPTED_PER_PROXY
+            && let Some(old) = st.accepted.pop_front()
+        {
+            self.accepted_by_cookie.remove(&old.cookie);
         }
-        st.accepted.push_back((ev.hdr.ts_ns, remote, original));
+        st.accepted.push_back(Accepted {
+            at_ns: ev.hdr.ts_ns,
+            cookie: ev.hdr.cookie,
+            client: remote,
+            original,
+            closed_ns: None,
+        });
+        self.accepted_by_cookie.insert(ev.hdr.cookie, key);
     }
 
     fn unmesh(&mut self, netns: u64) {
@@ -398,6 +446,7 @@ impl Hops {
         if let Some(key) = oldest {
             self.proxies.remove(&key);
             self.state.remove(&key);
+            self.accepted_by_cookie.retain(|_, k| *k != key);
             if self.by_pid.get(&key.0) == Some(&key) {
                 self.by_pid.remove(&key.0);
             }
@@ -469,8 +518,35 @@ impl Hops {
                 || "the proxy".to_owned(),
                 |p| format!("{} (pid {})", p.comm, p.pid),
             );
+        // Out of a waypoint's HBONE connection: back through the waypoint to the
+        // client's leg, when the waypoint runs here.
+        let waypoint = (server.port() == waypoint::HBONE_PORT)
+            .then(|| self.waypoint_at(client.ip()))
+            .flatten()
+            .map(|w| self.through_waypoint(client.ip(), w, delivery, table, classify_open));
+        let via = match &waypoint {
+            None => String::new(),
+            Some(w) => match (&w.received_over, w.clients) {
+                (Some(leg), _) => format!(
+                    " from waypoint {} (pid {}), which received it over HBONE connection {} -> {} ({})",
+                    w.comm,
+                    w.pid,
+                    leg.client,
+                    leg.server,
+                    leg.connection_security_policy.as_str()
+                ),
+                (None, Some(n)) if n > 1 => format!(
+                    " from waypoint {} (pid {}), which was relaying for {n} clients then: which one this is cannot be told",
+                    w.comm, w.pid
+                ),
+                (None, _) => format!(
+                    " from waypoint {} (pid {}); the connection it received this one over was not seen",
+                    w.comm, w.pid
+                ),
+            },
+        };
         cls.evidence = format!(
-            "delivered by {who} out of {} connection {client} -> {server}: {}",
+            "delivered by {who} out of {} connection {client} -> {server}{via}: {}",
             tunnel::tunnel_kind(server.port()),
             cls.evidence
         );
@@ -481,6 +557,7 @@ impl Hops {
             start_ns,
             open,
             connection_security_policy: cls.connection_security_policy,
+            waypoint,
         };
         Some((cls, reference))
     }
@@ -549,13 +626,18 @@ impl Hops {
                 .and_then(|c| Some((c.process.as_ref()?.pid, c.netns_cookie)))
                 .and_then(|key| self.state.get(&key))
                 .and_then(|st| {
+                    // The latest one for this port accepted before the delivery
+                    // ended, skipping those that closed before it opened (a
+                    // plaintext connection a STRICT proxy refused carries nothing).
                     st.accepted
                         .iter()
                         .rev()
-                        .find(|(ts, _, orig)| {
-                            orig.port() == conn.server.port() && *ts <= conn.last_ns
+                        .find(|a| {
+                            a.original.port() == conn.server.port()
+                                && a.at_ns <= conn.last_ns
+                                && a.closed_ns.is_none_or(|c| c >= conn.first_ns)
                         })
-                        .map(|(_, client, _)| *client)
+                        .map(|a| a.client)
                 })
         } else {
             None

@@ -111,6 +111,20 @@ impl Node {
         ns: u64,
         tgid: u32,
     ) {
+        self.intercept_as(cookie, local, remote, original, ns, tgid, "envoy");
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn intercept_as(
+        &mut self,
+        cookie: u64,
+        local: &str,
+        remote: &str,
+        original: &str,
+        ns: u64,
+        tgid: u32,
+        name: &str,
+    ) {
         let (la, lp) = raw(sa(local));
         let (ra, rp) = raw(sa(remote));
         let (oa, op) = raw(sa(original));
@@ -134,7 +148,7 @@ impl Node {
             tgid,
             uid: 1337,
             gid: 1337,
-            comm: comm("envoy"),
+            comm: comm(name),
             result: 0,
             original_family: family::INET,
             _pad0: 0,
@@ -488,4 +502,492 @@ fn a_client_without_a_proxy_reaching_a_server_proxy_is_proxy_inbound() {
             destination: true
         }
     );
+}
+
+#[test]
+fn a_delivery_is_not_named_after_a_connection_refused_before_it_opened() {
+    let mut n = Node::new();
+    // b's proxy's upstream, accepted by a's proxy on 15006 ...
+    n.upstream(3, 4, 40010);
+    // ... then a client without a proxy, accepted on 15006 and refused (closed
+    // unanswered under STRICT) ...
+    n.open(
+        20,
+        role::CLIENT,
+        "10.213.0.3:42000",
+        "10.213.0.1:8080",
+        30,
+        900,
+        "curl",
+        0,
+    );
+    n.open(
+        21,
+        role::SERVER,
+        "10.213.0.1:15006",
+        "10.213.0.3:42000",
+        NS_A,
+        0,
+        "",
+        0,
+    );
+    n.intercept(
+        21,
+        "10.213.0.1:15006",
+        "10.213.0.3:42000",
+        "10.213.0.1:8080",
+        NS_A,
+        PROXY_A,
+    );
+    n.close(20);
+    n.close(21);
+    // ... and only then a's proxy delivers b's request to its app.
+    n.open(
+        5,
+        role::CLIENT,
+        "127.0.0.6:50000",
+        "10.213.0.1:8080",
+        NS_A,
+        PROXY_A,
+        "envoy",
+        1337,
+    );
+    n.open(
+        6,
+        role::SERVER,
+        "10.213.0.1:8080",
+        "127.0.0.6:50000",
+        NS_A,
+        APP_A,
+        "python3",
+        0,
+    );
+    n.close(5);
+    n.close(6);
+    let delivery = n.take(5);
+    let facts = n.hops.facts(&delivery, &plaintext());
+    assert_eq!(facts.hop, Hop::ProxyToApp);
+    assert_eq!(
+        facts.delivers,
+        Some(sa("10.213.0.2:40010")),
+        "the refused connection (10.213.0.3:42000) closed before the delivery opened"
+    );
+    // A delivery that opens while the refused connection is still open may carry it.
+    n.open(
+        22,
+        role::CLIENT,
+        "10.213.0.3:42010",
+        "10.213.0.1:8080",
+        30,
+        900,
+        "curl",
+        0,
+    );
+    n.open(
+        23,
+        role::SERVER,
+        "10.213.0.1:15006",
+        "10.213.0.3:42010",
+        NS_A,
+        0,
+        "",
+        0,
+    );
+    n.intercept(
+        23,
+        "10.213.0.1:15006",
+        "10.213.0.3:42010",
+        "10.213.0.1:8080",
+        NS_A,
+        PROXY_A,
+    );
+    n.open(
+        7,
+        role::CLIENT,
+        "127.0.0.6:50010",
+        "10.213.0.1:8080",
+        NS_A,
+        PROXY_A,
+        "envoy",
+        1337,
+    );
+    n.open(
+        8,
+        role::SERVER,
+        "10.213.0.1:8080",
+        "127.0.0.6:50010",
+        NS_A,
+        APP_A,
+        "python3",
+        0,
+    );
+    for c in [7, 8, 22, 23] {
+        n.close(c);
+    }
+    let delivery = n.take(7);
+    let facts = n.hops.facts(&delivery, &plaintext());
+    assert_eq!(facts.delivers, Some(sa("10.213.0.3:42010")));
+}
+
+const NS_W: u64 = 40;
+const NS_C: u64 = 50;
+const NS_ZT: u64 = 60;
+const ZTUNNEL: u32 = 800;
+const WAYPOINT: u32 = 900;
+const VIP: &str = "10.213.0.100:8080";
+const W_HBONE: &str = "10.213.0.50:15008";
+
+/// An example-a service: its address and a's.
+fn service_a(x: SocketAddr, y: SocketAddr) -> bool {
+    let a = |s: SocketAddr| s == sa(VIP) || s == sa("10.213.0.1:8080");
+    a(x) && a(y)
+}
+
+impl Node {
+    /// An ambient app connection of `ns`'s app from `client` to `original`,
+    /// redirected to ztunnel's 15001 there.
+    fn ambient_request(&mut self, app: u64, zt: u64, client: &str, original: &str, ns: u64) {
+        self.open(app, role::CLIENT, client, original, ns, APP_B, "curl", 0);
+        self.open(zt, role::SERVER, "127.0.0.1:15001", client, ns, 0, "", 0);
+        self.intercept_as(
+            zt,
+            "127.0.0.1:15001",
+            client,
+            original,
+            ns,
+            ZTUNNEL,
+            "ztunnel",
+        );
+    }
+
+    /// An HBONE connection from `client` (`tgid` in `from`) to `server`'s 15008,
+    /// accepted in `to`.
+    #[allow(clippy::too_many_arguments)]
+    fn hbone(
+        &mut self,
+        c: u64,
+        s: u64,
+        client: &str,
+        server: &str,
+        from: u64,
+        to: u64,
+        tgid: u32,
+        name: &str,
+    ) {
+        self.open(c, role::CLIENT, client, server, from, tgid, name, 0);
+        self.open(s, role::SERVER, server, client, to, 0, "", 0);
+    }
+
+    /// ztunnel delivers to a's app from `client` (its address kept).
+    fn ztunnel_delivery(&mut self, c: u64, s: u64, client: &str) {
+        self.open(
+            c,
+            role::CLIENT,
+            client,
+            "10.213.0.1:8080",
+            NS_A,
+            ZTUNNEL,
+            "ztunnel",
+            0,
+        );
+        self.open(
+            s,
+            role::SERVER,
+            "10.213.0.1:8080",
+            client,
+            NS_A,
+            APP_A,
+            "python3",
+            0,
+        );
+    }
+}
+
+fn hbone_mtls() -> Classification {
+    Classification {
+        mesh: None,
+        ..mtls()
+    }
+}
+
+#[test]
+fn a_request_through_a_waypoint_is_linked_to_both_of_its_hbone_legs() {
+    let mut n = Node::new();
+    // b's app asks for the service address; ztunnel sends it to the waypoint.
+    n.ambient_request(1, 2, "10.213.0.2:40000", VIP, NS_B);
+    n.hbone(
+        10,
+        11,
+        "10.213.0.2:41000",
+        W_HBONE,
+        NS_B,
+        NS_W,
+        ZTUNNEL,
+        "ztunnel",
+    );
+    // The waypoint (no proxy: it intercepts nothing) opens its own HBONE to a.
+    n.hbone(
+        12,
+        13,
+        "10.213.0.50:42000",
+        "10.213.0.1:15008",
+        NS_W,
+        NS_A,
+        WAYPOINT,
+        "envoy",
+    );
+    // A direct HBONE connection of b's ztunnel to a (for pod-address traffic).
+    n.hbone(
+        30,
+        31,
+        "10.213.0.2:41500",
+        "10.213.0.1:15008",
+        NS_B,
+        NS_A,
+        ZTUNNEL,
+        "ztunnel",
+    );
+    // a's ztunnel delivers from the waypoint's address.
+    n.ztunnel_delivery(14, 15, "10.213.0.50:43000");
+    for c in [14, 15, 1, 2] {
+        n.close(c);
+    }
+
+    let app = n.take(1);
+    assert_eq!(n.hops.facts(&app, &plaintext()).hop, Hop::AppToProxy);
+    let (cls, link) = n
+        .hops
+        .upstream_evidence(&app, &n.table, &service_a, &|_| hbone_mtls());
+    let link = link.expect("linked");
+    assert_eq!(
+        (link.linked_by, link.socket_cookie),
+        (link::LinkedBy::Waypoint, 10),
+        "the tunnel to the waypoint, not the direct one to an endpoint: {link:?}"
+    );
+    let w = link.waypoint.as_ref().expect("waypoint named");
+    assert_eq!((w.pid, w.comm.as_str()), (WAYPOINT, "envoy"));
+    assert_eq!(cls.connection_security_policy, SecurityClass::MutualTls);
+    assert!(
+        cls.evidence.contains(
+            "HBONE connection to waypoint envoy (pid 900) 10.213.0.2:41000 -> 10.213.0.50:15008"
+        ),
+        "{}",
+        cls.evidence
+    );
+
+    let delivery = n.take(14);
+    let facts = n.hops.facts(&delivery, &plaintext());
+    assert_eq!(facts.hop, Hop::ProxyToApp);
+    let (cls, t) = n
+        .hops
+        .tunnel_evidence(&delivery, &n.table, &|_| hbone_mtls())
+        .expect("out of a tunnel");
+    assert_eq!(
+        t.client,
+        sa("10.213.0.50:42000"),
+        "the waypoint's leg decides"
+    );
+    assert_eq!(t.server, sa("10.213.0.1:15008"));
+    let w = t.waypoint.as_ref().expect("through a waypoint");
+    assert_eq!(w.clients, Some(1));
+    let leg = w.received_over.as_ref().expect("the client's leg");
+    assert_eq!(
+        (leg.client, leg.server),
+        (sa("10.213.0.2:41000"), sa(W_HBONE))
+    );
+    assert_eq!(t.origin(), sa("10.213.0.2:41000"), "the real client");
+    assert!(
+        cls.evidence.contains("out of HBONE connection 10.213.0.50:42000 -> 10.213.0.1:15008 from waypoint envoy (pid 900), which received it over HBONE connection 10.213.0.2:41000 -> 10.213.0.50:15008 (mutual_tls)"),
+        "{}",
+        cls.evidence
+    );
+
+    // b's app asking for a's own address goes over the direct tunnel.
+    n.ambient_request(3, 4, "10.213.0.2:40010", "10.213.0.1:8080", NS_B);
+    n.close(3);
+    n.close(4);
+    let app = n.take(3);
+    let (_, link) = n
+        .hops
+        .upstream_evidence(&app, &n.table, &service_a, &|_| hbone_mtls());
+    let link = link.expect("linked");
+    assert_eq!(
+        (link.linked_by, link.socket_cookie),
+        (link::LinkedBy::Tunnel, 30)
+    );
+    assert!(link.waypoint.is_none());
+
+    // A second client sends through the waypoint: a delivery then cannot be
+    // told apart, and stays the waypoint's.
+    n.hbone(
+        40,
+        41,
+        "10.213.0.3:41700",
+        W_HBONE,
+        NS_C,
+        NS_W,
+        ZTUNNEL,
+        "ztunnel",
+    );
+    n.ztunnel_delivery(16, 17, "10.213.0.50:43010");
+    n.close(16);
+    n.close(17);
+    let delivery = n.take(16);
+    let (cls, t) = n
+        .hops
+        .tunnel_evidence(&delivery, &n.table, &|_| hbone_mtls())
+        .expect("out of a tunnel");
+    let w = t.waypoint.as_ref().expect("through a waypoint");
+    assert_eq!(w.clients, Some(2));
+    assert!(w.received_over.is_none());
+    assert_eq!(t.origin(), sa("10.213.0.50:42000"));
+    assert!(
+        cls.evidence.contains("relaying for 2 clients"),
+        "{}",
+        cls.evidence
+    );
+
+    // The waypoint's HBONE legs are tunnels, counted by nobody.
+    n.close(10);
+    n.close(11);
+    let t1 = n.take(10);
+    let f = n.hops.facts(&t1, &hbone_mtls());
+    assert_eq!(f.hop, Hop::ProxyTunnel);
+    assert!(!f.reporters(true, true).any());
+    n.close(12);
+    n.close(13);
+    let t2 = n.take(12);
+    let f = n.hops.facts(&t2, &hbone_mtls());
+    assert_eq!(f.hop, Hop::ProxyTunnel);
+    assert!(!f.reporters(true, true).any());
+}
+
+#[test]
+fn ztunnels_own_ports_and_dns_are_exempt_with_their_reason() {
+    let mut n = Node::new();
+    // ztunnel is known once it intercepted in b's pod.
+    n.ambient_request(1, 2, "10.213.0.2:40000", "10.213.0.1:8080", NS_B);
+    let check = |n: &Node, c: &Connection, off: &[&str]| {
+        let facts = n.hops.facts(c, &plaintext());
+        BuiltinExemptions::with_disabled(&off.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .expect("known")
+            .check(&facts, c, &n.hops)
+    };
+    // The kubelet probes ztunnel's readiness in ztunnel's own pod.
+    n.open(
+        50,
+        role::CLIENT,
+        "10.213.0.254:46000",
+        "10.213.0.200:15021",
+        99,
+        300,
+        "kubelet",
+        0,
+    );
+    n.open(
+        51,
+        role::SERVER,
+        "10.213.0.200:15021",
+        "10.213.0.254:46000",
+        NS_ZT,
+        ZTUNNEL,
+        "ztunnel",
+        0,
+    );
+    n.close(50);
+    n.close(51);
+    let probe = n.take(50);
+    let (b, why) = check(&n, &probe, &[]).expect("exempt");
+    assert_eq!(b, Builtin::IstioZtunnel);
+    assert!(
+        why.contains("port 15021 of ztunnel (pid 800)") && why.contains("readiness"),
+        "{why}"
+    );
+    assert!(
+        check(&n, &probe, &["istio-ztunnel"]).is_none(),
+        "no other exemption covers it"
+    );
+    // Prometheus scrapes ztunnel's metrics.
+    n.open(
+        52,
+        role::CLIENT,
+        "10.213.0.4:47000",
+        "10.213.0.200:15020",
+        70,
+        301,
+        "prometheus",
+        0,
+    );
+    n.open(
+        53,
+        role::SERVER,
+        "10.213.0.200:15020",
+        "10.213.0.4:47000",
+        NS_ZT,
+        ZTUNNEL,
+        "ztunnel",
+        0,
+    );
+    n.close(52);
+    n.close(53);
+    let scrape = n.take(52);
+    let (b, why) = check(&n, &scrape, &[]).expect("exempt");
+    assert_eq!(b, Builtin::IstioZtunnel);
+    assert!(why.contains("Prometheus metrics"), "{why}");
+    // Another port of ztunnel's own pod is not exempt.
+    n.open(
+        54,
+        role::CLIENT,
+        "10.213.0.4:47010",
+        "10.213.0.200:9999",
+        70,
+        301,
+        "curl",
+        0,
+    );
+    n.open(
+        55,
+        role::SERVER,
+        "10.213.0.200:9999",
+        "10.213.0.4:47010",
+        NS_ZT,
+        ZTUNNEL,
+        "ztunnel",
+        0,
+    );
+    n.close(54);
+    n.close(55);
+    let other = n.take(54);
+    assert!(check(&n, &other, &[]).is_none());
+    // b's app's DNS over TCP, answered by ztunnel's DNS proxy inside b's pod.
+    n.open(
+        56,
+        role::CLIENT,
+        "10.213.0.2:48000",
+        "127.0.0.1:15053",
+        NS_B,
+        APP_B,
+        "python3",
+        0,
+    );
+    n.open(
+        57,
+        role::SERVER,
+        "127.0.0.1:15053",
+        "10.213.0.2:48000",
+        NS_B,
+        ZTUNNEL,
+        "ztunnel",
+        0,
+    );
+    n.close(56);
+    n.close(57);
+    let dns = n.take(56);
+    let (b, why) = check(&n, &dns, &[]).expect("exempt");
+    assert_eq!(b, Builtin::IstioDns);
+    assert!(
+        why.contains("answered by ztunnel (pid 800) on 15053"),
+        "{why}"
+    );
+    assert!(check(&n, &dns, &["istio-dns"]).is_none());
 }

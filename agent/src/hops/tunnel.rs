@@ -50,6 +50,21 @@ pub struct TunnelRef {
     pub open: bool,
     /// The tunnel connection's own class.
     pub connection_security_policy: SecurityClass,
+    /// The tunnel's client is a waypoint on this node ([`super::waypoint`]): it
+    /// and, when it can be told, the HBONE connection it received this one over.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waypoint: Option<super::waypoint::WaypointRef>,
+}
+
+impl TunnelRef {
+    /// The real client of the delivered connection: the tunnel's client, or
+    /// through a waypoint the client of the leg it received it over.
+    pub fn origin(&self) -> SocketAddr {
+        self.waypoint
+            .as_ref()
+            .and_then(|w| w.received_over.as_ref())
+            .map_or(self.client, |leg| leg.client)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -141,6 +156,32 @@ impl Tunnels {
             predates_agent: conn.preexisting(),
             cls: cls.clone(),
         });
+    }
+
+    /// Whether tunnels arrive in `netns` (open ones, or finished lately).
+    pub(super) fn has_arrivals(&self, netns: u64) -> bool {
+        self.by_netns
+            .get(&netns)
+            .is_some_and(|t| !t.open.is_empty() || !t.recent.is_empty())
+    }
+
+    /// The tunnel arrivals of `netns` open at `at` (client, socket cookie, opened
+    /// at).
+    pub(super) fn open_at(&self, netns: u64, at: u64) -> Vec<(SocketAddr, u64, u64)> {
+        let Some(t) = self.by_netns.get(&netns) else {
+            return Vec::new();
+        };
+        let open = t.open.iter().map(|&(c, cookie, s)| (c, cookie, s, None));
+        let recent = t
+            .recent
+            .iter()
+            .map(|f| (f.client, f.cookie, f.start_ns, Some(f.end_ns)));
+        open.chain(recent)
+            .filter(|(_, _, s, e)| {
+                *s <= at + ORDER_SLACK_NS && e.is_none_or(|e| e + ORDER_SLACK_NS >= at)
+            })
+            .map(|(c, cookie, s, _)| (c, cookie, s))
+            .collect()
     }
 
     /// The tunnel arrival a proxy's delivery to an app most likely came through:

@@ -347,6 +347,52 @@ fn read<T: DeserializeOwned>(all: &BTreeMap<Key, DynamicObject>, kind: &str) -> 
     all.values().filter_map(|o| convert::<T>(o, kind)).collect()
 }
 
+/// The objects of `all` that pass the checks `policy check` makes of a file's
+/// (Linkerd's CRD schemas and admission rules): one with errors is ignored, as
+/// Linkerd's policy controller ignores what it cannot index. Findings are logged
+/// once per version of an object, naming the object and the field.
+fn read_checked<T>(all: &BTreeMap<Key, DynamicObject>, kind: &str) -> Vec<T>
+where
+    T: DeserializeOwned + crate::policy::validate::Checked,
+{
+    all.values()
+        .filter_map(|o| {
+            let value = serde_json::to_value(o).ok()?;
+            let version = o.metadata.resource_version.clone().unwrap_or_default();
+            match crate::policy::load::cluster_object::<T>(kind, &value) {
+                Ok((t, warnings)) => {
+                    for d in warnings.iter().filter(|d| first_report(d, &version)) {
+                        warn!("{d}");
+                    }
+                    Some(t)
+                }
+                Err(errors) => {
+                    for d in errors.iter().filter(|d| first_report(d, &version)) {
+                        warn!(
+                            "{d}; the object is ignored, as Linkerd's policy controller ignores it"
+                        );
+                    }
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+/// Whether a finding about this version of an object is new: every change of a
+/// kind reads all its objects again.
+fn first_report(d: &crate::policy::Diagnostic, version: &str) -> bool {
+    static SEEN: std::sync::Mutex<std::collections::BTreeSet<String>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let Ok(mut seen) = SEEN.lock() else {
+        return true;
+    };
+    if seen.len() >= 4096 {
+        seen.clear();
+    }
+    seen.insert(format!("{d}@{version}"))
+}
+
 const POLICY_KINDS: [PolicyKind; super::state::POLICY_KINDS as usize] = [
     PolicyKind {
         mesh: "Istio",
@@ -370,7 +416,7 @@ const POLICY_KINDS: [PolicyKind; super::state::POLICY_KINDS as usize] = [
         kind: "Server",
         plural: "servers",
         versions: &["v1beta3", "v1beta2", "v1beta1"],
-        publish: |st, all| st.set_servers(read(all, "Server")),
+        publish: |st, all| st.set_servers(read_checked(all, "Server")),
     },
     PolicyKind {
         mesh: "Linkerd",
@@ -378,7 +424,7 @@ const POLICY_KINDS: [PolicyKind; super::state::POLICY_KINDS as usize] = [
         kind: "AuthorizationPolicy",
         plural: "authorizationpolicies",
         versions: &["v1alpha1"],
-        publish: |st, all| st.set_authorization_policies(read(all, "AuthorizationPolicy")),
+        publish: |st, all| st.set_authorization_policies(read_checked(all, "AuthorizationPolicy")),
     },
     PolicyKind {
         mesh: "Linkerd",
@@ -386,7 +432,9 @@ const POLICY_KINDS: [PolicyKind; super::state::POLICY_KINDS as usize] = [
         kind: "MeshTLSAuthentication",
         plural: "meshtlsauthentications",
         versions: &["v1alpha1"],
-        publish: |st, all| st.set_meshtls_authentications(read(all, "MeshTLSAuthentication")),
+        publish: |st, all| {
+            st.set_meshtls_authentications(read_checked(all, "MeshTLSAuthentication"))
+        },
     },
     PolicyKind {
         mesh: "Linkerd",
@@ -394,7 +442,9 @@ const POLICY_KINDS: [PolicyKind; super::state::POLICY_KINDS as usize] = [
         kind: "NetworkAuthentication",
         plural: "networkauthentications",
         versions: &["v1alpha1"],
-        publish: |st, all| st.set_network_authentications(read(all, "NetworkAuthentication")),
+        publish: |st, all| {
+            st.set_network_authentications(read_checked(all, "NetworkAuthentication"))
+        },
     },
 ];
 

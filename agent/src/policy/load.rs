@@ -788,6 +788,62 @@ fn load_mesh_config(
     }
 }
 
+/// Where a finding about an object of the Kubernetes API points: the object, as
+/// `kubernetes:KIND/NAMESPACE/NAME` (the same name the policy's reasons use).
+pub fn cluster_object_name(kind: &str, namespace: &str, name: &str) -> PathBuf {
+    PathBuf::from(format!("kubernetes:{kind}/{namespace}/{name}"))
+}
+
+/// An object read from the Kubernetes API, checked as a file's would be: written
+/// out as YAML, then parsed and validated from that text, so that every finding
+/// names the object ([`cluster_object_name`]), the field (`spec.targetRef: ...`)
+/// and the line of that rendering. `Err` with the findings when it has errors (the
+/// caller ignores the object, as Linkerd's policy controller ignores what it
+/// cannot index); `Ok` with its warnings otherwise.
+pub(crate) fn cluster_object<T>(
+    kind: &str,
+    object: &serde_json::Value,
+) -> Result<(T, Vec<Diagnostic>), Vec<Diagnostic>>
+where
+    T: DeserializeOwned + super::validate::Checked,
+{
+    let meta = &object["metadata"];
+    let file = cluster_object_name(
+        kind,
+        meta["namespace"].as_str().unwrap_or("default"),
+        meta["name"].as_str().unwrap_or(""),
+    );
+    // Server-side bookkeeping says nothing about the policy and only lengthens
+    // the rendering the line numbers point into.
+    let mut object = object.clone();
+    if let Some(m) = object
+        .get_mut("metadata")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        m.remove("managedFields");
+    }
+    let text = yaml_serde::to_string(&object).map_err(|e| {
+        vec![Diagnostic {
+            severity: Severity::Error,
+            file: file.clone(),
+            line: 0,
+            column: 0,
+            message: format!("cannot render the object as YAML: {e}"),
+        }]
+    })?;
+    let doc = Document {
+        text: &text,
+        first_line: 1,
+    };
+    let parsed: T = parse(&file, &doc).map_err(|d| vec![d])?;
+    let mut diags = Vec::new();
+    super::validate::object(&file, &text, 1, &parsed, &mut diags);
+    if diags.iter().any(|d| d.severity == Severity::Error) {
+        return Err(diags);
+    }
+    Ok((parsed, diags))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

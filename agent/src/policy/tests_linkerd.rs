@@ -556,3 +556,54 @@ fn expectations_from_linkerd() {
     let e = p.expect(&q(None, &plain, 8080));
     assert!(e.deny.is_none(), "{e:?}");
 }
+
+/// Linkerd's objects from the Kubernetes API get the checks a file's get: the
+/// finding names the object and the field; an object with errors is refused,
+/// warnings come with the object.
+#[test]
+fn objects_from_the_api_server_are_checked_like_files() {
+    use super::{
+        load::cluster_object,
+        model::{AuthorizationPolicy, Server},
+    };
+    let bad = serde_json::json!({
+        "apiVersion": "policy.linkerd.io/v1alpha1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": "to-deployment", "namespace": "shop", "resourceVersion": "7",
+                     "managedFields": [{"manager": "kubectl", "operation": "Apply"}]},
+        "spec": {
+            "targetRef": {"group": "apps", "kind": "Deployment", "name": "cart"},
+            "requiredAuthenticationRefs": [{"group": "policy.linkerd.io", "kind": "MeshTLSAuthentication", "name": "clients"}]
+        }
+    });
+    let errors = cluster_object::<AuthorizationPolicy>("AuthorizationPolicy", &bad)
+        .expect_err("an unsupported target");
+    let text = errors[0].to_string();
+    assert!(
+        text.starts_with("kubernetes:AuthorizationPolicy/shop/to-deployment:")
+            && text.contains("error: spec.targetRef: unsupported authorization target type"),
+        "{text}"
+    );
+    assert!(errors[0].line > 0, "{text}");
+    let wrong_type = serde_json::json!({
+        "apiVersion": "policy.linkerd.io/v1beta3",
+        "kind": "Server",
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {"podSelector": {"matchLabels": {"app": "web"}}, "port": [8080]}
+    });
+    let errors = cluster_object::<Server>("Server", &wrong_type).expect_err("a list as port");
+    let text = errors[0].to_string();
+    assert!(
+        text.starts_with("kubernetes:Server/shop/web:") && text.contains("spec.port"),
+        "{text}"
+    );
+    let good = serde_json::json!({
+        "apiVersion": "policy.linkerd.io/v1beta3",
+        "kind": "Server",
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {"podSelector": {"matchLabels": {"app": "web"}}, "port": 8080, "proxyProtocol": "HTTP/1"}
+    });
+    let (s, warnings) = cluster_object::<Server>("Server", &good).expect("valid");
+    assert_eq!(s.spec.port.number(), Some(8080));
+    assert!(warnings.is_empty(), "{warnings:?}");
+}
