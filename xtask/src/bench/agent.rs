@@ -8,6 +8,7 @@
 //! per observed class, and (with kernel statistics on) each program's run time.
 
 use std::{
+    cell::RefCell,
     collections::BTreeMap,
     fs,
     io::{Read as _, Write as _},
@@ -25,11 +26,17 @@ use super::{
     sys::{self, Guard},
 };
 
+/// Ring events between two scrapes 300 ms apart that count as quiet: the scrape's
+/// own connection makes some.
+const QUIET_EVENTS: f64 = 20.0;
+
 pub struct Agent {
     guard: Guard,
     pub pid: u32,
     log: PathBuf,
     addr: SocketAddr,
+    /// Whole program names by id (from /proc/kallsyms, read once).
+    names: RefCell<BTreeMap<u32, String>>,
 }
 
 /// What the agent's final stats line (logged at exit) says.
@@ -68,6 +75,7 @@ impl Agent {
                         pid,
                         log,
                         addr,
+                        names: RefCell::default(),
                     });
                 }
                 let exited = guard.check_alive("the agent").is_err();
@@ -113,11 +121,25 @@ impl Agent {
     pub fn snapshot(&self, port: u16, progs: bool) -> Result<Snapshot> {
         let cpu_s = sys::cpu_seconds(self.pid)?;
         let m = self.metrics()?;
-        let progs = if progs {
+        let mut progs = if progs {
             bpf::programs_of(self.pid)?
         } else {
             BTreeMap::new()
         };
+        let mut names = self.names.borrow_mut();
+        if progs.keys().any(|id| !names.contains_key(id)) {
+            let kallsyms = fs::read_to_string("/proc/kallsyms").unwrap_or_default();
+            for (id, p) in &progs {
+                let name =
+                    bpf::full_name(&kallsyms, &p.tag, &p.name).unwrap_or_else(|| p.name.clone());
+                names.entry(*id).or_insert(name);
+            }
+        }
+        for (id, p) in &mut progs {
+            if let Some(n) = names.get(id) {
+                p.name.clone_from(n);
+            }
+        }
         let port = port.to_string();
         let mut classes = BTreeMap::new();
         for s in m
@@ -139,8 +161,8 @@ impl Agent {
         })
     }
 
-    /// Waits (up to `limit`) until the agent has caught up after a load: no new
-    /// ring events between two readings 300 ms apart and no more connections
+    /// Waits (up to `limit`) until the agent has caught up after a load: hardly
+    /// any new ring events between two readings 300 ms apart and no more connections
     /// tracked than `flows_before` (plus 1 %). Returns whether it did.
     pub fn settle(&self, flows_before: u64, limit: Duration) -> Result<bool> {
         let deadline = Instant::now() + limit;
@@ -150,9 +172,9 @@ impl Agent {
             let m = self.metrics()?;
             let events = sum(&m, "mtls_auditor_events_received_total");
             let flows = sum(&m, "mtls_auditor_flows_tracked") as u64;
-            // Our own scrapes are connections too: a little slack.
-            let caught_up =
-                last_events == Some(events) && flows <= flows_before + flows_before / 100 + 4;
+            // Each scrape is a connection too (about 6 events): a little slack.
+            let quiet = last_events.is_some_and(|l: f64| events - l <= QUIET_EVENTS);
+            let caught_up = quiet && flows <= flows_before + flows_before / 100 + 4;
             if caught_up {
                 return Ok(true);
             }

@@ -4,8 +4,9 @@
 //!
 //! The programs are the ones the agent holds file descriptors of
 //! (/proc/PID/fdinfo names their `prog_id`); name and counters come from
-//! `BPF_OBJ_GET_INFO_BY_FD` (program names are cut at 15 bytes by the kernel), or
-//! from the fdinfo counters when that call fails.
+//! `BPF_OBJ_GET_INFO_BY_FD`, or from the fdinfo counters when that call fails.
+//! The kernel cuts program names at 15 bytes; the whole name is in /proc/kallsyms
+//! (`bpf_prog_<tag>_<name>`, the BTF function name), see [`full_name`].
 
 use std::{collections::BTreeMap, fs, io, os::fd::FromRawFd as _, os::fd::OwnedFd};
 
@@ -80,30 +81,38 @@ impl Drop for StatsOn {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Prog {
     pub name: String,
+    /// `prog_tag` (hex), as fdinfo and /proc/kallsyms show it.
+    pub tag: String,
     pub run_time_ns: u64,
     pub run_cnt: u64,
 }
 
 /// The counters fdinfo shows for one descriptor of a program (links show the
 /// `prog_id` without counters).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FdInfo {
     pub prog_id: u32,
+    pub tag: Option<String>,
     pub counters: Option<(u64, u64)>,
 }
 
 /// The `prog_id` and, for a program descriptor, `run_time_ns` and `run_cnt` of
 /// /proc/PID/fdinfo/FD text; `None` for descriptors of anything else.
 pub fn parse_fdinfo(text: &str) -> Option<FdInfo> {
-    let field = |name: &str| {
+    let text_field = |name: &str| {
         text.lines().find_map(|l| {
             let (k, v) = l.split_once(':')?;
-            (k.trim() == name).then(|| v.trim().parse::<u64>().ok())?
+            (k.trim() == name).then(|| v.trim())
         })
     };
+    let field = |name: &str| text_field(name)?.parse::<u64>().ok();
     let prog_id = u32::try_from(field("prog_id")?).ok()?;
     let counters = field("run_time_ns").zip(field("run_cnt"));
-    Some(FdInfo { prog_id, counters })
+    Some(FdInfo {
+        prog_id,
+        tag: text_field("prog_tag").map(str::to_owned),
+        counters,
+    })
 }
 
 /// Name and counters of program `id`, from the kernel.
@@ -128,6 +137,11 @@ fn prog_info(id: u32) -> io::Result<Prog> {
         .collect();
     Ok(Prog {
         name: String::from_utf8_lossy(&name).into_owned(),
+        tag: info[1]
+            .to_ne_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
         run_time_ns: info[24],
         run_cnt: info[25],
     })
@@ -136,7 +150,7 @@ fn prog_info(id: u32) -> io::Result<Prog> {
 /// The counters of every program `pid` holds a descriptor of, by program id.
 pub fn programs_of(pid: u32) -> Result<BTreeMap<u32, Prog>> {
     let dir = format!("/proc/{pid}/fdinfo");
-    let mut seen: BTreeMap<u32, Option<(u64, u64)>> = BTreeMap::new();
+    let mut seen: BTreeMap<u32, FdInfo> = BTreeMap::new();
     for e in fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
         let Ok(e) = e else { continue };
         // A descriptor closed since the listing is no error.
@@ -144,9 +158,9 @@ pub fn programs_of(pid: u32) -> Result<BTreeMap<u32, Prog>> {
             continue;
         };
         if let Some(fi) = parse_fdinfo(&text) {
-            let slot = seen.entry(fi.prog_id).or_default();
-            if slot.is_none() {
-                *slot = fi.counters;
+            let slot = seen.entry(fi.prog_id).or_insert_with(|| fi.clone());
+            if slot.counters.is_none() {
+                slot.counters = fi.counters;
             }
         }
     }
@@ -155,11 +169,12 @@ pub fn programs_of(pid: u32) -> Result<BTreeMap<u32, Prog>> {
     }
     Ok(seen
         .into_iter()
-        .map(|(id, counters)| {
+        .map(|(id, fi)| {
             let prog = prog_info(id).unwrap_or_else(|_| {
-                let (run_time_ns, run_cnt) = counters.unwrap_or_default();
+                let (run_time_ns, run_cnt) = fi.counters.unwrap_or_default();
                 Prog {
                     name: format!("prog {id}"),
+                    tag: fi.tag.clone().unwrap_or_default(),
                     run_time_ns,
                     run_cnt,
                 }
@@ -167,6 +182,18 @@ pub fn programs_of(pid: u32) -> Result<BTreeMap<u32, Prog>> {
             (id, prog)
         })
         .collect())
+}
+
+/// The whole name of the program with `tag` whose kernel name (cut at 15 bytes)
+/// is `short`, from /proc/kallsyms text: its JIT image is `bpf_prog_<tag>_<name>`
+/// (subprograms share the tag under their own names, hence the prefix check).
+pub fn full_name(kallsyms: &str, tag: &str, short: &str) -> Option<String> {
+    let prefix = format!("bpf_prog_{tag}_");
+    kallsyms.lines().find_map(|l| {
+        let sym = l.split_whitespace().nth(2)?;
+        let name = sym.strip_prefix(&prefix)?;
+        (name.starts_with(short) && !short.is_empty()).then(|| name.to_owned())
+    })
 }
 
 /// Per program: (name, runs, nanoseconds) between two readings.
@@ -198,6 +225,7 @@ mod tests {
             parse_fdinfo(prog),
             Some(FdInfo {
                 prog_id: 212,
+                tag: Some("3b185187f1855c4c".into()),
                 counters: Some((1529021, 5512))
             })
         );
@@ -208,6 +236,7 @@ mod tests {
             parse_fdinfo(link),
             Some(FdInfo {
                 prog_id: 212,
+                tag: Some("3b185187f1855c4c".into()),
                 counters: None
             })
         );
@@ -217,9 +246,27 @@ mod tests {
     }
 
     #[test]
+    fn whole_names_come_from_kallsyms_by_tag_and_prefix() {
+        let kallsyms = "ffffffff81211498 t bpf_prog_realloc.cold\n\
+                        ffffffffc0001000 t bpf_prog_3b185187f1855c4c_memset\t[bpf]\n\
+                        ffffffffc0002000 t bpf_prog_3b185187f1855c4c_mtls_capture_egress\t[bpf]\n\
+                        ffffffffc0003000 t bpf_prog_aa185187f1855c4c_mtls_capture_ingress\t[bpf]\n";
+        assert_eq!(
+            full_name(kallsyms, "3b185187f1855c4c", "mtls_capture_eg").as_deref(),
+            Some("mtls_capture_egress")
+        );
+        assert_eq!(full_name(kallsyms, "3b185187f1855c4c", "other"), None);
+        assert_eq!(
+            full_name(kallsyms, "0000000000000000", "mtls_capture_eg"),
+            None
+        );
+    }
+
+    #[test]
     fn deltas_take_programs_loaded_in_between_from_zero() {
         let p = |name: &str, ns, n| Prog {
             name: name.into(),
+            tag: String::new(),
             run_time_ns: ns,
             run_cnt: n,
         };

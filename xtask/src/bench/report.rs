@@ -61,7 +61,7 @@ pub fn round_line(n: usize, r: &Round) {
 fn row(name: &str, prec: usize, off: &Series, on: &Series) {
     let ratios = Series(off.0.iter().zip(&on.0).map(|(a, b)| b / a).collect());
     println!(
-        "{name:<44} {:>10.prec$} {:>10.prec$} {:>6.3}  {:.3}-{:.3}  {}",
+        "{name:<44} {:>11.prec$} {:>11.prec$} {:>6.3}  {:.3}-{:.3}  {}",
         off.median(),
         on.median(),
         ratios.median(),
@@ -91,10 +91,10 @@ fn per_connection(rounds: &[Round]) {
             .collect()
     };
     let line = |name: &str, cells: Vec<String>| {
-        println!("  {name:<42} {:<26} {}", cells[0], cells[1]);
+        println!("  {name:<40} {:<30} {}", cells[0], cells[1]);
     };
     println!(
-        "per connection, with the agent (median of the rounds, min-max)\n  {:<42} {:<26} {}",
+        "per connection, with the agent (median of the rounds, min-max)\n  {:<40} {:<30} {}",
         "", phases[0].0, phases[1].0
     );
     line("connections per round", cell(&|c| c.conns as f64, 0));
@@ -114,6 +114,9 @@ fn per_connection(rounds: &[Round]) {
         }
     }
     names.sort();
+    if !names.is_empty() {
+        println!("    per program, us = runs x ns per run (sums of the rounds)");
+    }
     for name in &names {
         let cells = phases
             .iter()
@@ -129,8 +132,11 @@ fn per_connection(rounds: &[Round]) {
                         }
                     }
                 }
+                if runs == 0 {
+                    return "0 runs".to_owned();
+                }
                 format!(
-                    "{:.2} us = {:.1} runs x {:.0} ns",
+                    "{:.2} = {:.1} x {:.0} ns",
                     per(ns as f64 / 1e3, conns as f64),
                     per(runs as f64, conns as f64),
                     per(ns as f64, runs as f64)
@@ -197,7 +203,7 @@ pub fn summary(opts: &BenchOptions, rounds: &[Round], memory: Option<&Memory>) {
         opts.rounds, opts.seconds
     );
     println!(
-        "{:<44} {:>10} {:>10} {:>6}  {:<11}  rounds",
+        "{:<44} {:>11} {:>11} {:>6}  {:<11}  rounds",
         "workload", "without", "with agent", "ratio", "spread"
     );
     let short_off = series(rounds, |r| r.short_off.rate);
