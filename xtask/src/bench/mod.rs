@@ -56,6 +56,8 @@ pub struct BenchOptions {
 const AGENT_LOCK: &str = "/run/mtls-auditor/agent.lock";
 /// How long the agent may take to catch up after a phase's load.
 const SETTLE: Duration = Duration::from_secs(10);
+/// Seconds the memory phase waits after the held connections are closed.
+const AFTER_CLOSE_S: u64 = 5;
 
 /// One workload phase with the agent attached.
 pub struct Measured<T> {
@@ -89,7 +91,8 @@ pub struct Memory {
     pub flows_after: u64,
     pub lost_open: u64,
     pub lost_close: u64,
-    pub after_close_wait_s: u64,
+    /// The highest RSS sampled while closing and in the [`AFTER_CLOSE_S`] after.
+    pub closing_peak_kib: u64,
 }
 
 struct Env<'a> {
@@ -181,9 +184,26 @@ fn memory(env: &Env, n: usize) -> Result<Memory> {
     }
     let lost1 = lost(&agent.metrics()?);
     let opened = held.opened;
-    let close_s = held.close()?;
-    let after_close_wait_s = 5;
-    thread::sleep(Duration::from_secs(after_close_wait_s));
+    // Closing, and 5 s after, sampled every 100 ms.
+    let mut closing_peak_kib = 0;
+    let close_s = thread::scope(|s| -> Result<f64> {
+        let closing = s.spawn(|| held.close());
+        let end = |t: Instant| t + Duration::from_secs(AFTER_CLOSE_S);
+        let mut until = None;
+        loop {
+            closing_peak_kib = closing_peak_kib.max(agent.rss_kib()?);
+            if until.is_none() && closing.is_finished() {
+                until = Some(end(Instant::now()));
+            }
+            if until.is_some_and(|u| Instant::now() > u) {
+                break;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        closing
+            .join()
+            .map_err(|_| anyhow::anyhow!("closing the held connections panicked"))?
+    })?;
     let after_close_kib = agent.rss_kib()?;
     let m = agent.metrics()?;
     let fin = agent.stop()?;
@@ -200,7 +220,7 @@ fn memory(env: &Env, n: usize) -> Result<Memory> {
         flows_after: flows(&m),
         lost_open: lost1.saturating_sub(lost0),
         lost_close: lost(&m).saturating_sub(lost1),
-        after_close_wait_s,
+        closing_peak_kib,
     })
 }
 

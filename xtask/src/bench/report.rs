@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use super::{BenchOptions, Memory, Round, agent::PhaseCost, stats::Series, stats::per};
+use super::{
+    AFTER_CLOSE_S, BenchOptions, Memory, Round, agent::PhaseCost, stats::Series, stats::per,
+};
 
 const MIB: f64 = 1024.0;
 
@@ -282,12 +284,13 @@ pub fn summary(opts: &BenchOptions, rounds: &[Round], memory: Option<&Memory>) {
             m.close_s
         );
         println!(
-            "  agent RSS: baseline {:.1} MiB, peak {:.1} MiB while held (flows tracked {}), {:.1} MiB {} s after closing (flows tracked {}); VmHWM {:.1} MiB",
+            "  agent RSS: baseline {:.1} MiB; peak {:.1} MiB while opening and holding (flows tracked {}); \
+             peak {:.1} MiB while closing and {AFTER_CLOSE_S} s after, {:.1} MiB at the end (flows tracked {}); VmHWM {:.1} MiB",
             m.baseline_kib as f64 / MIB,
             m.peak_kib as f64 / MIB,
             m.flows_held,
+            m.closing_peak_kib as f64 / MIB,
             m.after_close_kib as f64 / MIB,
-            m.after_close_wait_s,
             m.flows_after,
             m.hwm_kib as f64 / MIB
         );
