@@ -26,6 +26,32 @@ use super::{
     sys::{self, Guard},
 };
 
+/// The metric families the bench reads.
+const FAMILIES: &[&str] = &[
+    "mtls_auditor_events_received_total",
+    "mtls_auditor_captured_bytes_total",
+    "mtls_auditor_events_lost_total",
+    "mtls_auditor_flows_tracked",
+];
+
+/// `GET path` over HTTP/1.0 (the answer ends at the close, never chunked): the
+/// status line and the body.
+fn get(addr: SocketAddr, path: &str) -> Result<(String, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .with_context(|| format!("connecting to the agent's listener {addr}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: bench\r\n\r\n").as_bytes())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)
+        .with_context(|| format!("reading http://{addr}{path}"))?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("http://{addr}{path}: no end of the header"))?;
+    let status = head.lines().next().unwrap_or("").to_owned();
+    Ok((status, body.to_owned()))
+}
+
 /// Ring events between two scrapes 300 ms apart that count as quiet: the scrape's
 /// own connection makes some.
 const QUIET_EVENTS: f64 = 20.0;
@@ -48,8 +74,9 @@ pub struct Final {
 }
 
 impl Agent {
-    /// Starts `mtls-auditor run` with its log in `dir/<name>.log`. A listen port
-    /// taken between choosing and binding it is retried with another one.
+    /// Starts `mtls-auditor run` with its log in `dir/<name>.log` and waits until
+    /// its /readyz answers 200. A listen port taken between choosing and binding
+    /// it is retried with another one.
     pub fn start(bin: &Path, dir: &Path, name: &str) -> Result<Self> {
         let log = dir.join(format!("{name}.log"));
         let mut last = String::new();
@@ -69,7 +96,8 @@ impl Agent {
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
                 let text = fs::read_to_string(&log).unwrap_or_default();
-                if text.contains("ready: reporting connections") {
+                let ready = get(addr, "/readyz").is_ok_and(|(status, _)| status.contains(" 200"));
+                if ready {
                     return Ok(Self {
                         guard,
                         pid,
@@ -92,28 +120,25 @@ impl Agent {
         bail!("the agent found no free listen port in 3 tries:\n{last}")
     }
 
-    /// The agent's /metrics, parsed.
+    /// The status line and body of `GET path` on the agent's listener.
+    fn get(&self, path: &str) -> Result<(String, String)> {
+        get(self.addr, path)
+    }
+
+    /// The agent's /metrics, parsed. Fails when a family the bench reads is
+    /// missing (renamed?), rather than counting it as zero.
     pub fn metrics(&self) -> Result<Vec<Sample>> {
-        let mut s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))
-            .with_context(|| format!("connecting to the agent's listener {}", self.addr))?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        // HTTP/1.0: the answer ends at the close, never chunked.
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw)
-            .with_context(|| format!("reading http://{}/metrics", self.addr))?;
-        let text = String::from_utf8_lossy(&raw);
-        let (head, body) = text
-            .split_once("\r\n\r\n")
-            .ok_or_else(|| anyhow!("http://{}/metrics: no header end", self.addr))?;
-        if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
-            bail!(
-                "http://{}/metrics: {}",
-                self.addr,
-                head.lines().next().unwrap_or("")
-            );
+        let (status, body) = self.get("/metrics")?;
+        if !status.contains(" 200") {
+            bail!("http://{}/metrics: {status}", self.addr);
         }
-        Ok(parse_metrics(body))
+        let m = parse_metrics(&body);
+        for family in FAMILIES {
+            if !m.iter().any(|s| s.name == *family) {
+                bail!("http://{}/metrics has no {family}", self.addr);
+            }
+        }
+        Ok(m)
     }
 
     /// The counters a phase is the difference of; `port`: the phase's server port,
