@@ -1,9 +1,10 @@
 //! `cargo xtask bench`: the cost of the agent, measured side by side in one run.
 //!
-//! Each round runs every workload without the agent, then with it (one agent run
-//! per round, kernel program statistics on for its duration), then the
-//! short-connection load once more with tshark capturing and dissecting it instead
-//! (the peer), so machine noise hits all sides alike. Workloads, all on loopback
+//! Each round runs every workload without the agent and with it (in that order in
+//! odd rounds, the other way round in even ones; one agent run per round, kernel
+//! program statistics on for its duration), then the short-connection load once
+//! more with tshark capturing and dissecting it instead (the peer), so machine
+//! noise hits all sides alike. Workloads, all on loopback
 //! (see `load`): short plaintext connections (nginx + wrk, `Connection: close`),
 //! short mutual-TLS connections (nginx `ssl_verify_client on` + `openssl s_time
 //! -new -cert`), bulk throughput (one iperf3 stream). Every port is chosen free at
@@ -120,35 +121,53 @@ fn measure<T>(
     Ok(Measured { load, cost })
 }
 
-fn round(env: &Env, n: usize) -> Result<Round> {
-    let secs = env.secs;
-    let (http, tls_port) = (env.nginx.http_port, env.nginx.tls_port);
-    let short_off = load::wrk(http, secs)?;
-    let mtls_off = load::s_time(tls_port, env.certs, secs)?;
-    let bulk_off = load::iperf(env.iperf_port, secs)?;
+type Without = (ConnRun, ConnRun, f64);
+type With = (Measured<ConnRun>, Measured<ConnRun>, Measured<f64>, Final);
 
-    let (short_on, mtls_on, bulk_on, agent_final) = {
-        let _stats = bpf::StatsOn::enable().context("turning on kernel BPF statistics")?;
-        let agent = Agent::start(env.bin, env.dir, &format!("agent-round{n}"))?;
-        // Let its start-up work (reading /proc for the sockets already open, the
-        // first cgroup walk) pass before the first phase.
-        thread::sleep(Duration::from_millis(500));
-        let short = measure(&agent, http, || load::wrk(http, secs), |r| r.conns)?;
-        let mtls = measure(
-            &agent,
-            tls_port,
-            || load::s_time(tls_port, env.certs, secs),
-            |r| r.conns,
-        )?;
-        let bulk = measure(
-            &agent,
-            env.iperf_port,
-            || load::iperf(env.iperf_port, secs),
-            |_| 1,
-        )?;
-        (short, mtls, bulk, agent.stop()?)
-    };
-    let peer = peer::tshark_round(env.dir, http, secs)?;
+fn without(env: &Env) -> Result<Without> {
+    let (http, tls_port) = (env.nginx.http_port, env.nginx.tls_port);
+    Ok((
+        load::wrk(http, env.secs)?,
+        load::s_time(tls_port, env.certs, env.secs)?,
+        load::iperf(env.iperf_port, env.secs)?,
+    ))
+}
+
+fn with_agent(env: &Env, n: usize) -> Result<With> {
+    let (secs, http, tls_port) = (env.secs, env.nginx.http_port, env.nginx.tls_port);
+    let _stats = bpf::StatsOn::enable().context("turning on kernel BPF statistics")?;
+    let agent = Agent::start(env.bin, env.dir, &format!("agent-round{n}"))?;
+    // Let its start-up work (reading /proc for the sockets already open, the
+    // first cgroup walk) pass before the first phase.
+    thread::sleep(Duration::from_millis(500));
+    let short = measure(&agent, http, || load::wrk(http, secs), |r| r.conns)?;
+    let mtls = measure(
+        &agent,
+        tls_port,
+        || load::s_time(tls_port, env.certs, secs),
+        |r| r.conns,
+    )?;
+    let bulk = measure(
+        &agent,
+        env.iperf_port,
+        || load::iperf(env.iperf_port, secs),
+        |_| 1,
+    )?;
+    Ok((short, mtls, bulk, agent.stop()?))
+}
+
+/// Round `n`: without and with the agent (with it first in even rounds, so a drift
+/// of the machine within a round does not favour one side), then tshark.
+fn round(env: &Env, n: usize) -> Result<Round> {
+    let ((short_off, mtls_off, bulk_off), (short_on, mtls_on, bulk_on, agent)) =
+        if n.is_multiple_of(2) {
+            let on = with_agent(env, n)?;
+            (without(env)?, on)
+        } else {
+            let off = without(env)?;
+            (off, with_agent(env, n)?)
+        };
+    let peer = peer::tshark_round(env.dir, env.nginx.http_port, env.secs)?;
     Ok(Round {
         short_off,
         mtls_off,
@@ -156,7 +175,7 @@ fn round(env: &Env, n: usize) -> Result<Round> {
         short_on,
         mtls_on,
         bulk_on,
-        agent: agent_final,
+        agent,
         peer,
     })
 }
