@@ -59,14 +59,28 @@ enum Cmd {
     Accuracy,
     /// Regenerate deploy/kubernetes/*.yaml from the Helm chart (deploy/helm).
     Manifests,
-    /// Measure the agent's cost side by side: connection rate, throughput, CPU, RSS.
+    /// Measure the agent's cost side by side: connection rates (plaintext and
+    /// mutual TLS), throughput, cost per connection (kernel programs, agent CPU,
+    /// ring events, bytes), tshark on the same traffic, memory with many
+    /// connections held (root).
     Bench {
-        /// Alternating rounds without/with the agent.
-        #[arg(long, default_value_t = 3)]
+        /// Rounds; each runs every workload without the agent, with it, and the
+        /// short connections with tshark instead.
+        #[arg(long, default_value_t = 5)]
         rounds: usize,
         /// Seconds per measurement.
         #[arg(long, default_value_t = 5)]
         seconds: u64,
+        /// Idle loopback connections held open for the memory figures (0: skip).
+        #[arg(long, default_value_t = 100_000)]
+        hold: usize,
+    },
+    /// Internal to `bench`: holds loopback connections open (both ends) until
+    /// stdin says `close`.
+    #[command(hide = true)]
+    BenchHold {
+        #[arg(long)]
+        connections: usize,
     },
 }
 
@@ -333,16 +347,25 @@ fn main() -> Result<()> {
         }
         Cmd::Run { args } => run(&args),
         Cmd::Test => test(),
-        Cmd::Bench { rounds, seconds } => {
+        Cmd::Bench {
+            rounds,
+            seconds,
+            hold,
+        } => {
             setup::setup(&[])?;
             build()?;
-            bench::bench(&bench::BenchOptions { rounds, seconds })?;
+            bench::bench(&bench::BenchOptions {
+                rounds,
+                seconds,
+                hold,
+            })?;
             eprintln!("xtask: classification time per connection (criterion)");
             cmd(
                 "cargo",
                 &["bench", "--package", "mtls-auditor", "--bench", "classify"],
             )
         }
+        Cmd::BenchHold { connections } => bench::holder(connections),
         Cmd::Fuzz {
             seconds,
             quick,
