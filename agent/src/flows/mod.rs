@@ -648,6 +648,26 @@ impl FlowTable {
             .map(|l| l.process.clone())
     }
 
+    /// After a burst: gives back the room the tables grew to once they hold less
+    /// than a quarter of it. Returns whether any was given back (then the caller
+    /// may return freed heap to the system).
+    pub fn shrink(&mut self) -> bool {
+        const KEEP: usize = 4096;
+        let before = self.conns.capacity();
+        if before <= KEEP || self.conns.len() * 4 > before {
+            return false;
+        }
+        // The slab cannot shrink past its last connection still open.
+        self.conns.shrink_to_fit();
+        let keep = |n: usize| (n * 2).max(KEEP);
+        self.ends.shrink_to(keep(self.ends.len()));
+        self.joins.shrink_to(keep(self.joins.len()));
+        self.pending_nat.shrink_to(keep(self.pending_nat.len()));
+        self.touched.shrink_to(keep(self.touched.len()));
+        self.attempts.shrink_to(keep(self.attempts.len()));
+        self.conns.capacity() < before
+    }
+
     /// Emits connections that are finished at monotonic time `now_ns`.
     pub fn tick(&mut self, now_ns: u64, out: &mut impl FnMut(Connection)) {
         let linger = self.cfg.linger_ns;

@@ -264,3 +264,42 @@ fn captures_that_differ_use_the_receivers_bytes() {
         cls.evidence
     );
 }
+
+#[test]
+fn tables_give_back_their_room_after_a_burst() {
+    let mut t = FlowTable::new(FlowConfig::default(), None);
+    let n = 20_000u64;
+    for i in 0..n {
+        let port = 10_000 + (i % 50_000) as u16;
+        let ip = [10, 0, (i >> 8) as u8, i as u8];
+        let est = conn_event(
+            kind::ESTABLISHED,
+            i + 1,
+            role::CLIENT,
+            (ip, port),
+            ([10, 1, 0, 1], 80),
+        );
+        t.on_event(Event::Conn(ConnKind::Established, est));
+    }
+    assert!(
+        !t.shrink(),
+        "nothing to give back while the connections are open"
+    );
+    for i in 0..n {
+        let port = 10_000 + (i % 50_000) as u16;
+        let ip = [10, 0, (i >> 8) as u8, i as u8];
+        let close = conn_event(
+            kind::CLOSED,
+            i + 1,
+            role::CLIENT,
+            (ip, port),
+            ([10, 1, 0, 1], 80),
+        );
+        t.on_event(Event::Conn(ConnKind::Closed, close));
+    }
+    let mut emitted = 0;
+    t.tick(u64::MAX, &mut |_| emitted += 1);
+    assert_eq!(emitted, n);
+    assert!(t.shrink(), "the burst's room is given back");
+    assert!(!t.shrink(), "once");
+}

@@ -84,8 +84,10 @@ impl Agent {
             let addr: SocketAddr = ([127, 0, 0, 1], sys::free_port()?).into();
             let file =
                 fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+            // As the DaemonSet runs it (`--output=off`: metrics and events, no
+            // JSON line per connection).
             let child = Command::new(bin)
-                .args(["run", "--output", "/dev/null", "--stats-interval-s", "0"])
+                .args(["run", "--output", "off", "--stats-interval-s", "0"])
                 .args(["--listen", &addr.to_string()])
                 .stdout(Stdio::null())
                 .stderr(file)

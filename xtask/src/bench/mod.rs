@@ -8,7 +8,8 @@
 //! (see `load`): short plaintext connections (nginx + wrk, `Connection: close`),
 //! short mutual-TLS connections (nginx `ssl_verify_client on` + `openssl s_time
 //! -new -cert`), bulk throughput (one iperf3 stream). Every port is chosen free at
-//! run time, the agent's `--listen` included.
+//! run time, the agent's `--listen` included. The agent runs as the DaemonSet runs
+//! it: `--output=off` (metrics and verdict events, no JSON line per connection).
 //!
 //! Within the agent run, each workload is a phase between two snapshots (see
 //! `agent`), so its cost per connection is its own: kernel program time (run time
