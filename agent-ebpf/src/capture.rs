@@ -454,34 +454,7 @@ fn adopt_preexisting(ctx: &SkBuffContext, sk: *mut bpf_sock) -> Result<*mut Sock
     }
     bump(Stat::Preexisting, 1);
 
-    let Some(mut entry) = MTLS_EVENTS.reserve_untyped::<ConnEvent>(0) else {
-        return Err(Stat::RingbufFull);
-    };
-    let ev = entry.as_mut_ptr();
-    // SAFETY: reserved space of the right size; every field is written below.
-    unsafe {
-        ptr::write_bytes(ev, 0, 1);
-        let e = &mut *ev;
-        e.hdr.kind = kind::PREEXISTING;
-        e.hdr.cookie = state.cookie;
-        e.hdr.ts_ns = bpf_ktime_get_ns();
-        e.cgroup_id = state.cgroup_id;
-        let s = &*sk;
-        e.family = s.family as u16;
-        e.role = role::UNKNOWN;
-        e.local_port = s.src_port as u16;
-        e.remote_port = u16::from_be(s.dst_port);
-        if e.family == agent_common::family::INET {
-            e.local_addr[..4].copy_from_slice(&s.src_ip4.to_ne_bytes());
-            e.remote_addr[..4].copy_from_slice(&s.dst_ip4.to_ne_bytes());
-        } else {
-            copy_ip6(&mut e.local_addr, &s.src_ip6);
-            copy_ip6(&mut e.remote_addr, &s.dst_ip6);
-        }
-        e.sock_flags = state.flags;
-    }
-    entry.submit(wakeup_flags());
-    bump(Stat::ConnEvents, 1);
+    sock_event(kind::PREEXISTING, sk, state)?;
     Ok(st)
 }
 
@@ -520,15 +493,23 @@ fn preexisting_close(
         return Ok(());
     }
     state.flags |= sock_flags::CLOSE_REPORTED;
+    sock_event(kind::CLOSED, sk, state)
+}
+
+/// A lifecycle event of a socket the state callbacks do not follow (one older than
+/// the probes): its tuple read from `bpf_sock`, no process, no byte counts.
+#[inline(always)]
+fn sock_event(event_kind: u32, sk: *mut bpf_sock, state: &SockState) -> Result<(), Stat> {
     let Some(mut entry) = MTLS_EVENTS.reserve_untyped::<ConnEvent>(0) else {
         return Err(Stat::RingbufFull);
     };
     let ev = entry.as_mut_ptr();
-    // SAFETY: reserved space of the right size, zeroed then filled.
+    // SAFETY: reserved space of the right size, zeroed then filled; `sk` is a full
+    // socket.
     unsafe {
         ptr::write_bytes(ev, 0, 1);
         let e = &mut *ev;
-        e.hdr.kind = kind::CLOSED;
+        e.hdr.kind = event_kind;
         e.hdr.cookie = state.cookie;
         e.hdr.ts_ns = bpf_ktime_get_ns();
         e.cgroup_id = state.cgroup_id;
@@ -537,6 +518,13 @@ fn preexisting_close(
         e.role = role::UNKNOWN;
         e.local_port = s.src_port as u16;
         e.remote_port = u16::from_be(s.dst_port);
+        if e.family == agent_common::family::INET {
+            e.local_addr[..4].copy_from_slice(&s.src_ip4.to_ne_bytes());
+            e.remote_addr[..4].copy_from_slice(&s.dst_ip4.to_ne_bytes());
+        } else {
+            copy_ip6(&mut e.local_addr, &s.src_ip6);
+            copy_ip6(&mut e.remote_addr, &s.dst_ip6);
+        }
         e.sock_flags = state.flags;
     }
     entry.submit(wakeup_flags());
