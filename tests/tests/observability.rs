@@ -50,6 +50,16 @@ fn prometheus(dir: &Path) -> Child {
         ready.is_some(),
         "Prometheus did not become ready on {PROM_LISTEN}"
     );
+    // Ready is not scraping: Prometheus hands its targets to the scrape loop up to
+    // a discovery interval (5 s) later. A series first scraped after all the seed's
+    // rounds would start at its final count and show no increase.
+    let scraping = wait_for(Duration::from_secs(20), || {
+        (!query(r#"up{job="mtls-auditor"}"#).is_empty()).then_some(())
+    });
+    assert!(
+        scraping.is_some(),
+        "Prometheus did not start scraping {AGENT_LISTEN}"
+    );
     child
 }
 
@@ -385,9 +395,10 @@ fn prometheus_sees_the_seed_scenario_verdict_by_verdict() {
                 });
                 assert!(
                     res.is_some(),
-                    "{file}: panel {:?} returns no data: {}",
+                    "{file}: panel {:?} returns no data: {}\nthe violation samples Prometheus holds: {:?}",
                     panel["title"],
-                    exprs.join(" / ")
+                    exprs.join(" / "),
+                    query(r#"mtls_auditor_connections_total{verdict="violation"}[10m]"#)
                 );
                 checked += 1;
             }

@@ -11,6 +11,7 @@
 mod conn;
 
 use std::{
+    hash::BuildHasher as _,
     net::SocketAddr,
     sync::{
         Arc, Mutex,
@@ -20,7 +21,7 @@ use std::{
 };
 
 use axum::{
-    Router,
+    Extension, Router,
     body::{Body, Bytes},
     extract::{Query, Request, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
@@ -115,8 +116,18 @@ struct App {
 
 const OPENMETRICS: &str = "application/openmetrics-text";
 
-async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+async fn metrics(
+    State(app): State<Arc<App>>,
+    peer: Option<Extension<conn::Peer>>,
+    headers: HeaderMap,
+) -> Response {
     let s = &app.shared;
+    // A scraper is an address with a user agent (two Prometheus replicas differ
+    // by address; a person's curl on the node differs from Prometheus by agent).
+    let agent = headers.get(header::USER_AGENT).map(HeaderValue::as_bytes);
+    s.metrics.scraped_by(
+        foldhash::fast::FixedState::default().hash_one((peer.map(|p| p.0.0.ip()), agent)),
+    );
     let wants_om = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())

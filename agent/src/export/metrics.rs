@@ -11,19 +11,19 @@
 //! allocation for a label set already pending) and applied to the Prometheus
 //! families by [`Metrics::flush`], which the pipeline calls every tick and every
 //! scrape calls before it reads. A busy node's thousands of connections per second
-//! to a few destinations then cost a few family updates per tick.
+//! to a few destinations then cost a few family updates per tick. A label set seen
+//! for the first time is exported at zero before it counts ([`super::new_series`]).
 
 use std::{
     collections::{HashMap, HashSet},
-    fmt::Write as _,
     hash::BuildHasher as _,
     sync::Mutex,
+    time::Instant,
 };
 
-use prometheus::{
-    IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, proto::MetricType,
-};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
+use super::new_series::{Admit, Births, Counts, Scrapers};
 use crate::{
     classify::{Classification, ClientAuth},
     export::ConnectionRecord,
@@ -117,6 +117,8 @@ pub struct Metrics {
     pub http_shed: IntCounterVec,
     caps: Mutex<LabelCaps>,
     pending: Mutex<Pending>,
+    births: Mutex<Births>,
+    scrapers: Mutex<Scrapers>,
 }
 
 /// Connection and byte counts not yet applied to their families, by label set
@@ -131,9 +133,7 @@ struct PendingRow {
     labels: [String; 9],
     /// Observations summed here (each is one connection, or one connection's bytes).
     observations: u64,
-    connections: u64,
-    /// Client-to-server and server-to-client bytes, when bytes were observed.
-    bytes: Option<(u64, u64)>,
+    counts: Counts,
 }
 
 impl Pending {
@@ -149,19 +149,16 @@ impl Pending {
                 bucket.push(PendingRow {
                     labels: labels.map(str::to_owned),
                     observations: 0,
-                    connections: 0,
-                    bytes: None,
+                    counts: Counts::default(),
                 });
                 bucket.last_mut().expect("just pushed")
             }
         };
         row.observations += 1;
-        row.connections += u64::from(connection);
-        if let Some((c2s, s2c)) = bytes {
-            let (a, b) = row.bytes.get_or_insert((0, 0));
-            *a += c2s;
-            *b += s2c;
-        }
+        row.counts.add(Counts {
+            connections: u64::from(connection),
+            bytes,
+        });
     }
 }
 
@@ -333,6 +330,8 @@ impl Metrics {
                 seen: HashMap::new(),
             }),
             pending: Mutex::new(Pending::default()),
+            births: Mutex::new(Births::default()),
+            scrapers: Mutex::new(Scrapers::default()),
             registry: r,
         };
         // Series that exist from the start, at zero, so dashboards and alerts see them.
@@ -463,14 +462,19 @@ impl Metrics {
     /// Applies the pending connection and byte counts to their families, capping
     /// each label's distinct values on the way.
     pub fn flush(&self) {
+        self.flush_at(Instant::now());
+    }
+
+    fn flush_at(&self, now: Instant) {
         let rows = match self.pending.lock() {
             Ok(mut p) => std::mem::take(&mut p.rows),
             Err(_) => return,
         };
-        if rows.is_empty() {
-            return;
-        }
-        let Ok(mut caps) = self.caps.lock() else {
+        let hold = self
+            .scrapers
+            .lock()
+            .map_or(std::time::Duration::ZERO, |s| s.hold(now));
+        let (Ok(mut caps), Ok(mut births)) = (self.caps.lock(), self.births.lock()) else {
             return;
         };
         for row in rows.into_values().flatten() {
@@ -486,19 +490,42 @@ impl Metrics {
                 }
                 *value = v;
             }
-            if row.connections > 0 {
-                self.connections
-                    .with_label_values(&labels)
-                    .inc_by(row.connections);
+            let hash = foldhash::fast::FixedState::default().hash_one(labels);
+            match births.admit(hash, &labels, row.counts, hold, now) {
+                Admit::Apply => self.apply(&labels, row.counts, false),
+                Admit::ExportZero => self.apply(&labels, row.counts, true),
+                Admit::Withheld => {}
             }
-            if let Some((c2s, s2c)) = row.bytes {
-                let mut with_dir = [""; 10];
-                with_dir[..9].copy_from_slice(&labels);
-                with_dir[9] = "client_to_server";
-                self.bytes.with_label_values(&with_dir).inc_by(c2s);
-                with_dir[9] = "server_to_client";
-                self.bytes.with_label_values(&with_dir).inc_by(s2c);
-            }
+        }
+        for (labels, counts) in births.take_due(hold, now) {
+            let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+            self.apply(&labels, counts, false);
+        }
+    }
+
+    /// Adds `counts` to the series of `labels` (the [`CONNECTION_LABELS`] values),
+    /// or only creates those series, at zero, when `zero`.
+    fn apply(&self, labels: &[&str], counts: Counts, zero: bool) {
+        let n = |v: u64| if zero { 0 } else { v };
+        if counts.connections > 0 {
+            self.connections
+                .with_label_values(labels)
+                .inc_by(n(counts.connections));
+        }
+        if let Some((c2s, s2c)) = counts.bytes {
+            let mut with_dir = [""; 10];
+            with_dir[..9].copy_from_slice(labels);
+            with_dir[9] = "client_to_server";
+            self.bytes.with_label_values(&with_dir).inc_by(n(c2s));
+            with_dir[9] = "server_to_client";
+            self.bytes.with_label_values(&with_dir).inc_by(n(s2c));
+        }
+    }
+
+    /// Notes a scrape by `scraper` (a hash of its address and user agent).
+    pub fn scraped_by(&self, scraper: u64) {
+        if let Ok(mut s) = self.scrapers.lock() {
+            s.scraped(scraper, Instant::now());
         }
     }
 
@@ -526,50 +553,14 @@ impl Metrics {
     /// The Prometheus text format (version 0.0.4).
     pub fn prometheus_text(&self) -> String {
         self.flush();
-        let mut out = String::new();
-        let _ = prometheus::TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out);
-        out
+        super::exposition::text(&self.registry)
     }
 
     /// The OpenMetrics text format (1.0.0).
     pub fn openmetrics_text(&self) -> String {
         self.flush();
-        let mut out = String::new();
-        for fam in self.registry.gather() {
-            let name = fam.name();
-            let (kind, base) = match fam.get_field_type() {
-                MetricType::COUNTER => ("counter", name.strip_suffix("_total").unwrap_or(name)),
-                _ => ("gauge", name),
-            };
-            let _ = writeln!(out, "# TYPE {base} {kind}");
-            let _ = writeln!(out, "# HELP {base} {}", escape(fam.help()));
-            for m in fam.get_metric() {
-                let labels: Vec<String> = m
-                    .get_label()
-                    .iter()
-                    .map(|l| format!("{}=\"{}\"", l.name(), escape(l.value())))
-                    .collect();
-                let labels = if labels.is_empty() {
-                    String::new()
-                } else {
-                    format!("{{{}}}", labels.join(","))
-                };
-                let (sample, value) = match fam.get_field_type() {
-                    MetricType::COUNTER => (format!("{base}_total"), m.get_counter().get_value()),
-                    _ => (base.to_owned(), m.get_gauge().get_value()),
-                };
-                let _ = writeln!(out, "{sample}{labels} {value}");
-            }
-        }
-        out.push_str("# EOF\n");
-        out
+        super::exposition::openmetrics(&self.registry)
     }
-}
-
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 /// The `tls_version` label: the known versions, or `other` for any value off the
@@ -598,6 +589,71 @@ mod tests {
         assert_eq!(caps.cap("source_workload", "c"), (OVERFLOW, true));
         // Each label has its own cap.
         assert_eq!(caps.cap("destination_port", "8080"), ("8080", false));
+    }
+
+    #[test]
+    fn a_new_label_set_is_exported_at_zero_before_it_counts() {
+        let m = Metrics::new(10).expect("the metrics register");
+        let edge = |port| {
+            [
+                "destination",
+                "example-service-b",
+                "default",
+                "example-service-a",
+                "default",
+                port,
+                "none",
+                "mutual_tls",
+                "violation",
+            ]
+        };
+        let value = |port: &str| -> Option<u64> {
+            let text = crate::export::exposition::text(&m.registry);
+            text.lines()
+                .find(|l| {
+                    l.starts_with("mtls_auditor_connections_total{")
+                        && l.contains(&format!("destination_port=\"{port}\""))
+                })
+                .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        };
+        let observe = |port| {
+            m.pending
+                .lock()
+                .expect("lock")
+                .add(edge(port), true, Some((10, 20)));
+        };
+        // Nobody has scraped twice: nobody can miss a zero, the count applies now.
+        let t0 = Instant::now();
+        observe("9090");
+        m.flush_at(t0);
+        assert_eq!(value("9090"), Some(1));
+        // Prometheus scrapes once a second: a new edge shows 0 for one interval
+        // (and a little), then its count.
+        let sec = std::time::Duration::from_secs(1);
+        m.scrapers.lock().expect("lock").scraped(1, t0);
+        m.scrapers.lock().expect("lock").scraped(1, t0 + sec);
+        observe("9091");
+        m.flush_at(t0 + sec);
+        assert_eq!(value("9091"), Some(0));
+        observe("9091");
+        m.flush_at(t0 + 2 * sec);
+        assert_eq!(value("9091"), Some(0));
+        m.flush_at(t0 + 3 * sec);
+        assert_eq!(value("9091"), Some(2));
+        // A label set already exported counts at once.
+        observe("9090");
+        m.flush_at(t0 + 3 * sec);
+        assert_eq!(value("9090"), Some(2));
+        let bytes = crate::export::exposition::text(&m.registry);
+        assert!(
+            bytes
+                .lines()
+                .any(|l| l.starts_with("mtls_auditor_bytes_total{")
+                    && l.contains("destination_port=\"9091\"")
+                    && l.contains("server_to_client")
+                    && l.ends_with(" 40")),
+            "{bytes}"
+        );
     }
 
     #[test]

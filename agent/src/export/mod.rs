@@ -6,8 +6,10 @@
 
 pub mod edges;
 pub mod events;
+mod exposition;
 pub mod http;
 pub mod metrics;
+mod new_series;
 
 use std::{
     io::{self, Write},

@@ -10,6 +10,7 @@
 use std::{
     collections::HashMap,
     io,
+    net::SocketAddr,
     pin::Pin,
     sync::{
         Arc, Mutex,
@@ -31,6 +32,10 @@ use tower::ServiceExt as _;
 use tracing::{debug, warn};
 
 use super::{Limits, Shared};
+
+/// The address a request came from (a request extension).
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub SocketAddr);
 
 /// What a connection did last, for the idle timeout and for eviction.
 struct Activity {
@@ -203,8 +208,8 @@ pub async fn serve(
     });
     let mut accept_errors = 0u64;
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // Out of descriptors (or another transient failure): wait a little
                 // rather than spin; the connection waits in the backlog.
@@ -247,7 +252,7 @@ pub async fn serve(
         let registry = Arc::clone(&registry);
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
-            let reason = connection(stream, app, &limits, &entry).await;
+            let reason = connection(stream, peer, app, &limits, &entry).await;
             registry.remove(id);
             let m = &shared.metrics;
             if let Some(reason) = reason {
@@ -261,6 +266,7 @@ pub async fn serve(
 /// Serves one connection; returns why it was cut, if it was.
 async fn connection(
     stream: TcpStream,
+    peer: SocketAddr,
     app: Router,
     limits: &Limits,
     entry: &Entry,
@@ -271,7 +277,8 @@ async fn connection(
         inner: stream,
         activity: Arc::clone(&activity),
     });
-    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(Peer(peer));
         let app = app.clone();
         let mut guard = InFlight::begin(Arc::clone(&activity));
         async move {
