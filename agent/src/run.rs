@@ -234,6 +234,9 @@ pub fn run(args: &RunArgs) -> Result<(), RunError> {
     };
     let mut probes = Probes::load(&cfg)?;
     let ring = probes.take_events()?;
+    // Loading parsed the kernel's BTF (megabytes of types), freed by now: give
+    // that heap back rather than carry it as baseline RSS.
+    trim_heap();
     shared
         .metrics
         .probes_attached

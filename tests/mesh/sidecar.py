@@ -202,6 +202,21 @@ def connect_upstream(addr, port, route):
     return tls
 
 
+def read_ready(s):
+    """One read from a socket select() found readable; None when that was only TLS
+    records without application data (a TLS 1.3 session ticket): a blocking read
+    would then wait for data that the other direction has not forwarded yet."""
+    if not isinstance(s, ssl.SSLSocket):
+        return s.recv(65536)
+    s.setblocking(False)
+    try:
+        return s.recv(65536)
+    except ssl.SSLWantReadError:
+        return None
+    finally:
+        s.setblocking(True)
+
+
 def pump(a, b):
     """Copies bytes both ways until either side closes."""
     socks = [a, b]
@@ -211,13 +226,16 @@ def pump(a, b):
             if not ready:
                 return
             for s in ready:
-                data = s.recv(65536)
-                if not data:
-                    return
-                (b if s is a else a).sendall(data)
-                # TLS sockets may hold decrypted bytes select() cannot see.
-                while isinstance(s, ssl.SSLSocket) and s.pending():
-                    (b if s is a else a).sendall(s.recv(65536))
+                while True:
+                    data = read_ready(s)
+                    if data is None:
+                        break
+                    if not data:
+                        return
+                    (b if s is a else a).sendall(data)
+                    # TLS sockets may hold decrypted bytes select() cannot see.
+                    if not (isinstance(s, ssl.SSLSocket) and s.pending()):
+                        break
     except OSError:
         return
 
