@@ -55,7 +55,7 @@ impl Stages<'_> {
                     cgroup: s.cgroup.as_deref(),
                     netns_cookie: (s.netns_cookie != 0).then_some(s.netns_cookie),
                     addr: s.local.ip(),
-                    comm: s.process.as_ref().map(|p| p.comm.as_str()),
+                    comm: s.process.as_ref().map(|p| &*p.comm),
                 })
                 .and_then(|w| w.container);
         }

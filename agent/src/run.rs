@@ -537,7 +537,7 @@ impl Pipeline {
                     cgroup: a.cgroup.as_deref(),
                     netns_cookie: (a.netns_cookie != 0).then_some(a.netns_cookie),
                     addr: a.client.ip(),
-                    comm: a.process.as_ref().map(|p| p.comm.as_str()),
+                    comm: a.process.as_ref().map(|p| &*p.comm),
                 })
             });
             let destination = inventory.and_then(|inv| {

@@ -457,7 +457,7 @@ pub fn assess(
             cgroup: e.cgroup.as_deref(),
             netns_cookie: (e.netns_cookie != 0).then_some(e.netns_cookie),
             addr: e.local.ip(),
-            comm: e.process.as_ref().map(|p| p.comm.as_str()),
+            comm: e.process.as_ref().map(|p| &*p.comm),
         }
     }
     // A proxy's socket is attributed by its address first: a node proxy
@@ -501,10 +501,10 @@ pub fn assess(
             .client_end
             .as_ref()
             .and_then(|e| e.process.as_ref())
-            .map(|p| p.comm.as_str()),
+            .map(|p| &*p.comm),
         server_process: server_end
             .and_then(|e| e.process.as_ref())
-            .map(|p| p.comm.as_str()),
+            .map(|p| &*p.comm),
         direction,
         client_has_proxy,
     };

@@ -177,7 +177,7 @@ fn local_end(e: &End) -> LocalEnd {
     LocalEnd {
         socket_cookie: e.cookie,
         pid: e.process.as_ref().map(|p| p.pid),
-        comm: e.process.as_ref().map(|p| p.comm.clone()),
+        comm: e.process.as_ref().map(|p| p.comm.to_string()),
         uid: e.uid,
         cgroup_id: (e.cgroup_id != 0).then_some(e.cgroup_id),
         cgroup: e.cgroup.as_deref().map(str::to_owned),
@@ -319,7 +319,7 @@ impl ConnectionRecord {
             upstream,
             app_protocol,
             delivers_for: facts.delivers,
-            nat: conn.nat.map(|n| NatRecord {
+            nat: conn.nat.as_deref().map(|n| NatRecord {
                 socket_client: n.socket.0,
                 socket_server: n.socket.1,
                 wire_client: n.wire.0,

@@ -1,6 +1,9 @@
 //! What the flow table holds: socket ends and the connections they form.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::Arc,
+};
 
 use agent_common::family;
 
@@ -20,7 +23,8 @@ pub enum Role {
 pub struct Process {
     /// Thread-group id: the process id as `ps` shows it.
     pub pid: u32,
-    pub comm: String,
+    /// Shared by every end of the same command name (see [`intern_comm`]).
+    pub comm: Arc<str>,
 }
 
 impl Process {
@@ -31,9 +35,33 @@ impl Process {
         let len = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
         Some(Self {
             pid: tgid,
-            comm: String::from_utf8_lossy(&comm[..len]).into_owned(),
+            comm: intern_comm(&comm[..len]),
         })
     }
+}
+
+/// Distinct command names kept for sharing; past it a name is allocated per end.
+const MAX_INTERNED_COMMS: usize = 4096;
+
+/// The command name as a shared string: a node's hundred thousand connections have
+/// a few dozen command names, and each end would otherwise hold its own copy.
+fn intern_comm(raw: &[u8]) -> Arc<str> {
+    thread_local! {
+        static COMMS: std::cell::RefCell<std::collections::HashSet<Arc<str>>> =
+            std::cell::RefCell::default();
+    }
+    let name = String::from_utf8_lossy(raw);
+    COMMS.with(|c| {
+        let mut c = c.borrow_mut();
+        if let Some(shared) = c.get(name.as_ref()) {
+            return Arc::clone(shared);
+        }
+        let shared: Arc<str> = Arc::from(name.as_ref());
+        if c.len() < MAX_INTERNED_COMMS {
+            c.insert(Arc::clone(&shared));
+        }
+        shared
+    })
 }
 
 /// One socket seen by the probes.
@@ -45,7 +73,7 @@ pub struct End {
     pub remote: SocketAddr,
     pub netns_cookie: u64,
     pub cgroup_id: u64,
-    pub cgroup: Option<std::sync::Arc<str>>,
+    pub cgroup: Option<Arc<str>>,
     pub process: Option<Process>,
     /// uid of the owning process, when the kernel saw it in process context.
     pub uid: Option<u32>,
@@ -164,7 +192,7 @@ pub struct Connection {
     pub counted: bool,
     /// Translated on the way out. With the server end joined, `client`/`server` are
     /// the translated (wire) addresses, as the server saw them.
-    pub nat: Option<Nat>,
+    pub nat: Option<Box<Nat>>,
     /// Bytes arrived since the last [`super::FlowTable::settle`] looked at this connection.
     pub(super) new_data: bool,
 }

@@ -341,7 +341,7 @@ impl FlowTable {
             if slot.is_none() {
                 *slot = Some(Box::new(end));
                 if let Some(n) = nat {
-                    conn.nat = Some(n);
+                    conn.nat = Some(Box::new(n));
                     self.stats.nat_joined += 1;
                 } else if role == Role::Server && conn.nat.is_some() {
                     // The translated addresses, as the server saw them.
@@ -365,7 +365,7 @@ impl FlowTable {
             open: false,
             settled: None,
             counted: false,
-            nat,
+            nat: nat.map(Box::new),
             new_data: false,
         };
         match role {
@@ -708,7 +708,7 @@ impl FlowTable {
         if self.joins.get(&key) == Some(&id) {
             self.joins.remove(&key);
         }
-        if let Some(n) = conn.nat {
+        if let Some(n) = conn.nat.as_deref() {
             let key = join_key(n.wire.0, n.wire.1, ns);
             if self.joins.get(&key) == Some(&id) {
                 self.joins.remove(&key);

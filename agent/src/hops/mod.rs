@@ -571,7 +571,7 @@ impl Hops {
             let i = s.interception.as_ref()?;
             Some(Interceptor {
                 pid: i.process.pid,
-                comm: i.process.comm.clone(),
+                comm: i.process.comm.to_string(),
                 uid: i.uid,
                 gid: i.gid,
                 socket_cookie: s.cookie,

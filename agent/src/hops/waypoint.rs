@@ -176,7 +176,7 @@ impl Hops {
         WaypointRef {
             address: addr,
             pid: w.process.pid,
-            comm: w.process.comm.clone(),
+            comm: w.process.comm.to_string(),
             received_over: None,
             clients: None,
         }

@@ -216,6 +216,16 @@ impl Agent {
         sys::status_kib(self.pid, "VmRSS")
     }
 
+    /// The agent's own heap and stacks (RSS without file and shared mappings).
+    pub fn anon_kib(&self) -> Result<u64> {
+        sys::status_kib(self.pid, "RssAnon")
+    }
+
+    /// What the BPF maps mapped into the agent (the ring buffer) add to its RSS.
+    pub fn bpf_mapped_kib(&self) -> Result<u64> {
+        sys::mapped_kib(self.pid, "anon_inode:bpf-map")
+    }
+
     /// Stops the agent (SIGTERM) and reads its final stats line.
     pub fn stop(self) -> Result<Final> {
         let peak_rss_kib = sys::status_kib(self.pid, "VmHWM")?;

@@ -87,6 +87,11 @@ pub struct Memory {
     pub close_s: f64,
     pub baseline_kib: u64,
     pub peak_kib: u64,
+    /// RssAnon (the agent's heap) at the baseline and its peak while holding.
+    pub baseline_anon_kib: u64,
+    pub peak_anon_kib: u64,
+    /// RSS of the BPF map mappings (the ring buffer, mapped twice) at the baseline.
+    pub ring_kib: u64,
     pub after_close_kib: u64,
     pub hwm_kib: u64,
     pub flows_held: u64,
@@ -185,6 +190,9 @@ fn memory(env: &Env, n: usize) -> Result<Memory> {
     let agent = Agent::start(env.bin, env.dir, "agent-memory")?;
     thread::sleep(Duration::from_secs(2));
     let baseline_kib = agent.rss_kib()?;
+    let baseline_anon_kib = agent.anon_kib()?;
+    let ring_kib = agent.bpf_mapped_kib()?;
+    let mut peak_anon_kib = baseline_anon_kib;
     let lost = |m: &[agent::Sample]| agent::sum(m, "mtls_auditor_events_lost_total") as u64;
     let flows = |m: &[agent::Sample]| agent::sum(m, "mtls_auditor_flows_tracked") as u64;
     let lost0 = lost(&agent.metrics()?);
@@ -197,6 +205,7 @@ fn memory(env: &Env, n: usize) -> Result<Memory> {
     let mut flows_held = 0;
     for i in 0..20 {
         peak_kib = peak_kib.max(agent.rss_kib()?);
+        peak_anon_kib = peak_anon_kib.max(agent.anon_kib()?);
         if i % 4 == 3 {
             flows_held = flows_held.max(flows(&agent.metrics()?));
         }
@@ -234,6 +243,9 @@ fn memory(env: &Env, n: usize) -> Result<Memory> {
         close_s,
         baseline_kib,
         peak_kib,
+        baseline_anon_kib,
+        peak_anon_kib,
+        ring_kib,
         after_close_kib,
         hwm_kib: fin.peak_rss_kib,
         flows_held,

@@ -130,6 +130,34 @@ pub fn status_kib(pid: u32, field: &str) -> Result<u64> {
     status_field_kib(&status, field).ok_or_else(|| anyhow!("{path}: no {field} line"))
 }
 
+/// The resident KiB of the mappings of /proc/PID/smaps whose path is `path`
+/// (`anon_inode:bpf-map`: the ring buffer, whose data pages are mapped twice so
+/// that a record can wrap around, and so count twice in RSS).
+pub fn mapped_kib(pid: u32, path: &str) -> Result<u64> {
+    let file = format!("/proc/{pid}/smaps");
+    let smaps = fs::read_to_string(&file).with_context(|| format!("reading {file}"))?;
+    Ok(smaps_kib(&smaps, path))
+}
+
+pub fn smaps_kib(smaps: &str, path: &str) -> u64 {
+    let mut inside = false;
+    let mut kib = 0;
+    for line in smaps.lines() {
+        // A mapping's header: "start-end perms offset dev inode [path]".
+        let mut words = line.split_whitespace();
+        if words.next().is_some_and(|w| w.contains('-') && !w.ends_with(':')) {
+            inside = words.nth(4) == Some(path);
+        } else if inside && let Some(v) = line.strip_prefix("Rss:") {
+            kib += v
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    kib
+}
+
 pub fn status_field_kib(status: &str, field: &str) -> Option<u64> {
     status
         .lines()
@@ -192,6 +220,14 @@ mod tests {
 
     #[test]
     fn status_lines_give_kib() {
+        let smaps = "7fc9e24b8000-7fc9e2cb9000 r--s 00001000 00:10 26                         anon_inode:bpf-map\n\
+            Size:               8196 kB\n\
+            Rss:                8196 kB\n\
+            5648e4d91000-5648e521f000 r--p 00000000 fe:00 5385228   /usr/bin/mtls-auditor\n\
+            Rss:                 100 kB\n\
+            7fc9e2ffa000-7fc9e2ffb000 rw-s 00000000 00:10 26                         anon_inode:bpf-map\n\
+            Rss:                   4 kB\n";
+        assert_eq!(smaps_kib(smaps, "anon_inode:bpf-map"), 8200);
         let status = "Name:\tmtls-auditor\nVmHWM:\t   61234 kB\nVmRSS:\t   40960 kB\n";
         assert_eq!(status_field_kib(status, "VmRSS"), Some(40960));
         assert_eq!(status_field_kib(status, "VmHWM"), Some(61234));
