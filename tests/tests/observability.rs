@@ -470,6 +470,34 @@ fn prometheus_sees_the_seed_scenario_verdict_by_verdict() {
         .count();
     assert_eq!(seed_events as f64, tally().1, "one event per finding");
 
+    // The first violation on an edge nobody used before shows in `increase()`, so
+    // in the alerts: Prometheus has scraped the agent for a while, so the agent
+    // exports the new series at zero before it counts. (The legacy client has
+    // not used a's excluded port 9090 yet; it runs in its pod's cgroup and netns.)
+    let cg = mtls_auditor::cgroups::cgroup2_root()
+        .expect("cgroup v2")
+        .join("mtls-auditor-seed/legacy-client/app");
+    Spawn::new("bash")
+        .arg("-c")
+        .arg(r#"echo $$ > "$0/cgroup.procs"; exec ip netns exec mtlsa-seed-legacy curl -sS --max-time 5 --noproxy '*' -o /dev/null http://10.213.51.1:9090/"#)
+        .arg(&cg)
+        .run_ok(Duration::from_secs(20));
+    let edge = r#"mtls_auditor_connections_total{reporter="destination", source_workload="legacy-client", destination_port="9090", verdict="violation"}"#;
+    let rose = wait_for(Duration::from_secs(20), || {
+        (!query(&format!("increase({edge}[5m]) > 0")).is_empty()).then_some(())
+    });
+    assert!(
+        rose.is_some(),
+        "a new edge's first violation shows no increase: {:?}",
+        query(&format!("{edge}[5m]"))
+    );
+    let samples = query(&format!("{edge}[5m]"));
+    assert_eq!(
+        samples.first().map(|r| r["values"][0][1].clone()),
+        Some(serde_json::json!("0")),
+        "the new series starts at zero: {samples:?}"
+    );
+
     seed.signal(libc::SIGTERM);
     assert!(
         seed.wait_timeout(Duration::from_secs(20)).is_some(),

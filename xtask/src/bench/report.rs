@@ -299,7 +299,8 @@ pub fn summary(opts: &BenchOptions, rounds: &[Round], memory: Option<&Memory>) {
              the ring buffer's mappings {:.1} MiB (its data pages are mapped twice, for records that wrap around: RSS counts them twice, the kernel holds them once)",
             m.baseline_anon_kib as f64 / MIB,
             m.peak_anon_kib as f64 / MIB,
-            (m.peak_anon_kib.saturating_sub(m.baseline_anon_kib) * 1024) as f64 / m.opened.max(1) as f64,
+            (m.peak_anon_kib.saturating_sub(m.baseline_anon_kib) * 1024) as f64
+                / m.opened.max(1) as f64,
             m.ring_kib as f64 / MIB
         );
         println!(

@@ -145,7 +145,10 @@ pub fn smaps_kib(smaps: &str, path: &str) -> u64 {
     for line in smaps.lines() {
         // A mapping's header: "start-end perms offset dev inode [path]".
         let mut words = line.split_whitespace();
-        if words.next().is_some_and(|w| w.contains('-') && !w.ends_with(':')) {
+        if words
+            .next()
+            .is_some_and(|w| w.contains('-') && !w.ends_with(':'))
+        {
             inside = words.nth(4) == Some(path);
         } else if inside && let Some(v) = line.strip_prefix("Rss:") {
             kib += v
