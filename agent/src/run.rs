@@ -202,6 +202,7 @@ pub fn run(args: &RunArgs) -> Result<(), RunError> {
         edges: Mutex::new(Edges::new(args.max_edges)),
         ready: AtomicBool::new(false),
         cluster: cluster.clone(),
+        policy_synced: AtomicBool::new(policy.as_ref().is_some_and(|p| p.cluster_synced)),
     });
     shared
         .metrics
@@ -423,6 +424,9 @@ impl Pipeline {
             if now.saturating_sub(last_tick) >= TICK_NS || stopping {
                 last_tick = now;
                 while let Ok(p) = self.policy_rx.try_recv() {
+                    if p.cluster_synced {
+                        self.shared.policy_synced.store(true, Ordering::Relaxed);
+                    }
                     self.policy = Some(p);
                 }
                 self.table.settle(&mut |conn| {

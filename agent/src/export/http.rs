@@ -45,15 +45,18 @@ pub struct Shared {
     pub ready: AtomicBool,
     /// In a cluster: ready also needs the first lists from the API server.
     pub cluster: Option<crate::kube::SharedState>,
+    /// In a cluster: the pipeline judges with a policy built from those first
+    /// lists (the reloader builds it a moment after they arrive; until then a
+    /// connection would be judged without the cluster's PeerAuthentications).
+    pub policy_synced: AtomicBool,
 }
 
 impl Shared {
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
-            && self
-                .cluster
-                .as_ref()
-                .is_none_or(|c| c.read().is_ok_and(|c| c.ready()))
+            && self.cluster.as_ref().is_none_or(|c| {
+                self.policy_synced.load(Ordering::Relaxed) && c.read().is_ok_and(|c| c.ready())
+            })
     }
 }
 

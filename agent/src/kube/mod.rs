@@ -23,7 +23,7 @@ mod watch;
 
 use std::sync::{Arc, RwLock};
 
-pub use state::ClusterState;
+pub use state::{ClusterState, POLICY_KINDS};
 #[cfg(feature = "agent")]
 pub use watch::*;
 

@@ -234,15 +234,25 @@ fn index<K: Indexed>(
     cfg: watcher::Config,
     what: &'static str,
     state: &SharedState,
+    policy_changed: &Sender<Trigger>,
 ) {
     let s = Arc::clone(state);
+    let tx = policy_changed.clone();
     let api: Api<K> = Api::all(client.clone());
     tokio::spawn(drive(api, cfg, what, move |c| {
         let Ok(mut st) = s.write() else { return };
+        let was_ready = st.ready();
         match c {
             Change::Apply(o) => K::apply(&mut st, &o),
             Change::Delete(o) => K::delete(&mut st, &o),
             Change::Replace(v) => K::replace(&mut st, &v),
+        }
+        let now_ready = st.ready();
+        drop(st);
+        // The last first list completes the state: rebuild the policy from it
+        // (readiness waits for that policy to be in force).
+        if now_ready && !was_ready {
+            let _ = tx.send(Trigger::Cluster);
         }
     }));
 }
@@ -269,13 +279,20 @@ pub fn spawn(
         PodScope::Node => watcher::Config::default().fields(&format!("spec.nodeName={node_name}")),
         PodScope::Cluster => watcher::Config::default(),
     };
-    index::<Pod>(&client, pods, "pods", &state);
-    index::<Service>(&client, watcher::Config::default(), "services", &state);
+    index::<Pod>(&client, pods, "pods", &state, &policy_changed);
+    index::<Service>(
+        &client,
+        watcher::Config::default(),
+        "services",
+        &state,
+        &policy_changed,
+    );
     index::<EndpointSlice>(
         &client,
         watcher::Config::default(),
         "endpointslices",
         &state,
+        &policy_changed,
     );
 
     // The policy kinds (Istio's and Linkerd's, all optional: a cluster without
@@ -296,6 +313,11 @@ pub fn spawn(
                     && let Ok(mut st) = s.write()
                 {
                     st.policy_kinds_synced += 1;
+                    let ready = st.ready();
+                    drop(st);
+                    if ready {
+                        let _ = tx.send(Trigger::Cluster);
+                    }
                 }
                 tokio::time::sleep(Duration::from_secs(300)).await;
             };

@@ -121,6 +121,9 @@ pub struct PolicySet {
     /// Istio's `meshConfig.enableAutoMtls` (default on); the policy files' mesh
     /// config map (`ConfigMap` `istio`, key `mesh`) can turn it off.
     pub auto_mtls: bool,
+    /// Built from a cluster state that held the first complete lists of pods and
+    /// of every policy kind (readiness waits for such a set to be in force).
+    pub cluster_synced: bool,
     peer: PeerIndex,
     destination: DestinationIndex,
     linkerd: LinkerdIndex,
@@ -175,6 +178,7 @@ impl PolicySet {
             root_namespace: root_namespace.to_owned(),
             inventory,
             auto_mtls,
+            cluster_synced: false,
             peer,
             destination,
             linkerd,

@@ -56,9 +56,11 @@ pub fn load_set(
         return Err(errors);
     }
     // The API server's objects join the files' (same precedence rules).
+    let mut synced = false;
     if let Some(c) = cluster
         && let Ok(c) = c.read()
     {
+        synced = c.ready();
         let at = |kind: &str, m: &super::model::Metadata| {
             PathBuf::from(format!(
                 "kubernetes:{kind}/{}/{}",
@@ -114,6 +116,7 @@ pub fn load_set(
         );
     }
     let mut set = PolicySet::new(files, root_namespace);
+    set.cluster_synced = synced;
     if let Some(c) = cluster {
         let inventory = std::mem::take(&mut set.inventory).with_cluster(Arc::clone(c));
         set = set.with_inventory(inventory);

@@ -39,6 +39,7 @@ fn shared(n: usize) -> Arc<Shared> {
         metrics: Metrics::new(100).expect("metrics"),
         edges: Mutex::new(edges),
         ready: AtomicBool::new(true),
+        policy_synced: AtomicBool::new(true),
         cluster: None,
     })
 }
@@ -445,4 +446,35 @@ fn the_edges_answer_is_a_snapshot_rebuilt_at_most_every_refresh() {
     assert_eq!(edge_count(fresh.addr, "/api/v1/edges"), 4);
     assert_eq!(edge_count(fresh.addr, "/api/v1/edges?namespace=default"), 1);
     assert_eq!(edge_count(fresh.addr, "/api/v1/edges?verdict=compliant"), 0);
+}
+
+/// In a cluster, the first complete lists are not enough: readiness also waits
+/// for the pipeline to judge with a policy built from them.
+#[test]
+fn in_a_cluster_ready_waits_for_the_policy_built_from_the_first_lists() {
+    use std::sync::{RwLock, atomic::Ordering};
+
+    use crate::kube::{ClusterState, POLICY_KINDS};
+    let cluster = Arc::new(RwLock::new(ClusterState::new("node-a")));
+    let s = Shared {
+        metrics: Metrics::new(10).expect("metrics"),
+        edges: Mutex::new(Edges::new(1)),
+        ready: AtomicBool::new(true),
+        policy_synced: AtomicBool::new(false),
+        cluster: Some(Arc::clone(&cluster)),
+    };
+    assert!(!s.is_ready(), "nothing listed yet");
+    {
+        let mut c = cluster.write().expect("lock");
+        c.pods_synced = true;
+        c.policy_kinds_synced = POLICY_KINDS;
+    }
+    assert!(
+        !s.is_ready(),
+        "listed, but the policy in force predates the lists"
+    );
+    s.policy_synced.store(true, Ordering::Relaxed);
+    assert!(s.is_ready());
+    s.ready.store(false, Ordering::Relaxed);
+    assert!(!s.is_ready(), "stopping");
 }
