@@ -481,6 +481,7 @@ impl Pipeline {
                         self.finish(conn, now);
                     }
                 }
+                self.table.recycle(finished);
                 self.count_attempts();
                 if self.table.shrink() {
                     trim_heap();

@@ -102,14 +102,20 @@ pub struct Edges {
     map: LruCache<Key, Edge>,
     overflow: HashMap<OverflowKey, Edge>,
     cap: usize,
+    /// Buffers for the source and destination names of the record being counted.
+    names: (String, String),
 }
 
-fn name(ns: &str, workload: &str, addr: std::net::IpAddr) -> String {
-    if workload == "unknown" {
-        addr.to_string()
+/// An end's name in the view, written into `out` (a buffer kept between calls, so
+/// naming an end allocates nothing once the buffer is as long as the names).
+fn name(out: &mut String, ns: &str, workload: &str, addr: std::net::IpAddr) {
+    out.clear();
+    // Writing into a String cannot fail.
+    let _ = if workload == "unknown" {
+        write!(out, "{addr}")
     } else {
-        format!("{ns}/{workload}")
-    }
+        write!(out, "{ns}/{workload}")
+    };
 }
 
 impl Edges {
@@ -121,6 +127,7 @@ impl Edges {
             map: LruCache::unbounded(),
             overflow: HashMap::new(),
             cap: cap.max(1),
+            names: Default::default(),
         }
     }
 
@@ -128,13 +135,20 @@ impl Edges {
     /// into an overflow row (those of the edge it evicted), 0 if none.
     pub fn record(&mut self, rec: &ConnectionRecord) -> u64 {
         let j = rec.judged();
-        let source = name(j.source_namespace, j.source_workload, rec.client.addr);
-        let destination = name(
+        let (mut source, mut destination) = std::mem::take(&mut self.names);
+        name(
+            &mut source,
+            j.source_namespace,
+            j.source_workload,
+            rec.client.addr,
+        );
+        name(
+            &mut destination,
             j.destination_namespace,
             j.destination_workload,
             rec.server.addr,
         );
-        self.count(&Seen {
+        let folded = self.count(&Seen {
             source: &source,
             destination: &destination,
             source_namespace: j.source_namespace,
@@ -144,7 +158,9 @@ impl Edges {
             expected: j.expected,
             verdict: j.verdict,
             end: &rec.end,
-        })
+        });
+        self.names = (source, destination);
+        folded
     }
 
     /// Counts one connection on its edge; a new edge in a full view evicts the

@@ -83,8 +83,16 @@ impl VerdictEvent {
             destination_port: a.destination_port,
             source_address: rec.client.addr,
             destination_address: rec.server.addr,
-            source_process: rec.client.local.as_ref().and_then(|l| l.comm.clone()),
-            destination_process: rec.server.local.as_ref().and_then(|l| l.comm.clone()),
+            source_process: rec
+                .client
+                .local
+                .as_ref()
+                .and_then(|l| l.comm.as_deref().map(str::to_owned)),
+            destination_process: rec
+                .server
+                .local
+                .as_ref()
+                .and_then(|l| l.comm.as_deref().map(str::to_owned)),
             protocol: label(&c.protocol),
             outcome: label(&c.outcome),
             reason: a.verdict_reason.clone(),

@@ -147,13 +147,14 @@ pub struct UpstreamRecord {
 pub struct LocalEnd {
     pub socket_cookie: u64,
     pub pid: Option<u32>,
-    pub comm: Option<String>,
+    /// Shared with the end it describes (no copy per record).
+    pub comm: Option<std::sync::Arc<str>>,
     /// uid of the owning process, when the kernel saw it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uid: Option<u32>,
     pub cgroup_id: Option<u64>,
     /// Path below the cgroup v2 root.
-    pub cgroup: Option<String>,
+    pub cgroup: Option<std::sync::Arc<str>>,
     pub netns_cookie: Option<u64>,
 }
 
@@ -177,10 +178,10 @@ fn local_end(e: &End) -> LocalEnd {
     LocalEnd {
         socket_cookie: e.cookie,
         pid: e.process.as_ref().map(|p| p.pid),
-        comm: e.process.as_ref().map(|p| p.comm.to_string()),
+        comm: e.process.as_ref().map(|p| std::sync::Arc::clone(&p.comm)),
         uid: e.uid,
         cgroup_id: (e.cgroup_id != 0).then_some(e.cgroup_id),
-        cgroup: e.cgroup.as_deref().map(str::to_owned),
+        cgroup: e.cgroup.clone(),
         netns_cookie: (e.netns_cookie != 0).then_some(e.netns_cookie),
     }
 }

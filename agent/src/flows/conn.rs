@@ -46,9 +46,11 @@ const MAX_INTERNED_COMMS: usize = 4096;
 /// The command name as a shared string: a node's hundred thousand connections have
 /// a few dozen command names, and each end would otherwise hold its own copy.
 fn intern_comm(raw: &[u8]) -> Arc<str> {
+    // foldhash (randomly seeded), not SipHash: this runs for every end, and the
+    // set is capped anyway.
+    type Set = std::collections::HashSet<Arc<str>, foldhash::fast::RandomState>;
     thread_local! {
-        static COMMS: std::cell::RefCell<std::collections::HashSet<Arc<str>>> =
-            std::cell::RefCell::default();
+        static COMMS: std::cell::RefCell<Set> = std::cell::RefCell::default();
     }
     let name = String::from_utf8_lossy(raw);
     COMMS.with(|c| {
@@ -134,6 +136,24 @@ impl End {
         } else {
             &mut s.ingress
         }
+    }
+
+    /// Gives this end the (recycled) streams of a finished one, if it has none yet.
+    pub(super) fn adopt_streams(&mut self, mut s: Box<Streams>) {
+        if self.streams.is_none() {
+            s.egress.midstream = self.preexisting;
+            s.ingress.midstream = self.preexisting;
+            self.streams = Some(s);
+        }
+    }
+
+    /// Takes this end's streams, emptied for another end (buffers of more than
+    /// `keep_bytes` are dropped).
+    pub(super) fn take_streams(&mut self, keep_bytes: usize) -> Option<Box<Streams>> {
+        let mut s = self.streams.take()?;
+        s.egress.recycle(keep_bytes);
+        s.ingress.recycle(keep_bytes);
+        Some(s)
     }
 
     /// Frees both directions' bytes (see [`Stream::release`]).

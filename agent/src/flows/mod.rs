@@ -34,6 +34,7 @@ use crate::{
     cgroups::CgroupResolver,
     classify::Classification,
 };
+use conn::Streams;
 pub use conn::{Connection, End, Interception, Nat, Process, Role, addr};
 pub use stream::{Overlaps, Stream};
 
@@ -131,8 +132,21 @@ pub struct FlowTable {
     /// Connections that received bytes since the last `settle` (may name ids
     /// reused since; `new_data` is what counts).
     touched: Vec<ConnId>,
+    spares: Spares,
     stats: FlowStats,
 }
+
+/// Ends and streams of finished connections, kept for the next ones: a short
+/// connection then allocates neither its ends nor its stream buffers.
+#[derive(Default)]
+#[allow(clippy::vec_box, reason = "the boxes are what is kept for reuse")]
+struct Spares {
+    ends: Vec<Box<End>>,
+    streams: Vec<Box<Streams>>,
+}
+
+/// How many of each [`Spares`] keeps (at most a few hundred KiB of buffers).
+const SPARES: usize = 64;
 
 fn join_key(client: SocketAddr, server: SocketAddr, netns: u64) -> JoinKey {
     let netns = if client.ip().is_loopback() || server.ip().is_loopback() {
@@ -161,6 +175,7 @@ impl FlowTable {
             pending_nat: HashMap::new(),
             attempts: Vec::new(),
             touched: Vec::new(),
+            spares: Spares::default(),
             stats: FlowStats::default(),
         }
     }
@@ -339,7 +354,13 @@ impl FlowTable {
                 Role::Server => &mut conn.server_end,
             };
             if slot.is_none() {
-                *slot = Some(Box::new(end));
+                *slot = Some(match self.spares.ends.pop() {
+                    Some(mut spare) => {
+                        *spare = end;
+                        spare
+                    }
+                    None => Box::new(end),
+                });
                 if let Some(n) = nat {
                     conn.nat = Some(Box::new(n));
                     self.stats.nat_joined += 1;
@@ -368,9 +389,10 @@ impl FlowTable {
             nat: nat.map(Box::new),
             new_data: false,
         };
+        let end = self.boxed(end);
         match role {
-            Role::Client => conn.client_end = Some(Box::new(end)),
-            Role::Server => conn.server_end = Some(Box::new(end)),
+            Role::Client => conn.client_end = Some(end),
+            Role::Server => conn.server_end = Some(end),
         }
         let id = self.conns.insert(conn);
         self.ends.insert(cookie, id);
@@ -505,6 +527,11 @@ impl FlowTable {
             conn.server_end.as_mut()
         };
         let Some(end) = end else { return };
+        if end.streams.is_none()
+            && let Some(spare) = self.spares.streams.pop()
+        {
+            end.adopt_streams(spare);
+        }
         let stream = end.stream_mut(h.direction == direction::EGRESS);
         if keep && stream.insert(h.offset, payload, budget, h.hdr.ts_ns) {
             self.stats.overlap_conflicts += 1;
@@ -666,6 +693,37 @@ impl FlowTable {
         self.touched.shrink_to(keep(self.touched.len()));
         self.attempts.shrink_to(keep(self.attempts.len()));
         self.conns.capacity() < before
+    }
+
+    fn boxed(&mut self, end: End) -> Box<End> {
+        match self.spares.ends.pop() {
+            Some(mut spare) => {
+                *spare = end;
+                spare
+            }
+            None => Box::new(end),
+        }
+    }
+
+    /// Takes back the ends and streams of connections that were emitted and
+    /// recorded, for the connections to come.
+    pub fn recycle(&mut self, done: impl IntoIterator<Item = Connection>) {
+        let keep_bytes = self.cfg.budget as usize;
+        for mut conn in done {
+            for mut end in [conn.client_end.take(), conn.server_end.take()]
+                .into_iter()
+                .flatten()
+            {
+                if self.spares.streams.len() < SPARES
+                    && let Some(s) = end.take_streams(keep_bytes)
+                {
+                    self.spares.streams.push(s);
+                }
+                if self.spares.ends.len() < SPARES {
+                    self.spares.ends.push(end);
+                }
+            }
+        }
     }
 
     /// Emits connections that are finished at monotonic time `now_ns`.

@@ -420,6 +420,26 @@ impl Stream {
 
     /// Frees the buffer, keeping flags and counters (and the number of bytes
     /// captured).
+    /// Back to a new stream for another connection, keeping the room its buffers
+    /// grew to (the bytes buffer only up to `keep_bytes`).
+    pub fn recycle(&mut self, keep_bytes: usize) {
+        let mut buf = std::mem::take(&mut self.buf);
+        if buf.capacity() > keep_bytes {
+            buf = Vec::new();
+        }
+        let mut blocks = std::mem::take(&mut self.blocks);
+        let mut chunks = std::mem::take(&mut self.chunks);
+        buf.clear();
+        blocks.clear();
+        chunks.clear();
+        *self = Self {
+            buf,
+            blocks,
+            chunks,
+            ..Self::default()
+        };
+    }
+
     pub fn release(&mut self) {
         self.released = self.captured();
         self.released_gap = self.has_gap();
@@ -433,6 +453,27 @@ impl Stream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_recycled_stream_keeps_nothing_of_its_last_connection() {
+        let mut s = Stream::default();
+        s.insert(0, b"GET / HTTP/1.1\r\n", 4096, 1);
+        s.insert(40, b"late", 4096, 2);
+        s.truncated = true;
+        s.seen_bytes = 99;
+        s.recycle(4096);
+        assert!(s.buf.capacity() > 0, "the buffer's room is kept");
+        assert_eq!(s.contiguous(), b"");
+        assert_eq!(s.captured(), 0);
+        assert!(!s.has_gap() && !s.truncated && s.chunks.is_empty());
+        assert_eq!((s.seen_bytes, s.first_ns), (0, None));
+        s.insert(0, b"SSH-2.0-x", 4096, 3);
+        assert_eq!(s.contiguous(), b"SSH-2.0-x");
+        assert!(!s.has_gap());
+        // A buffer larger than asked is not kept.
+        s.recycle(4);
+        assert_eq!(s.buf.capacity(), 0);
+    }
 
     #[test]
     fn in_order_chunks_are_contiguous() {

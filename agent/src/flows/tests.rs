@@ -107,6 +107,51 @@ fn two_local_ends_become_one_connection() {
 }
 
 #[test]
+fn a_connection_on_recycled_ends_starts_empty() {
+    let mut t = FlowTable::new(FlowConfig::default(), None);
+    let c = ([127, 0, 0, 1], 40000);
+    let s = ([127, 0, 0, 1], 8080);
+    let close_both = |t: &mut FlowTable, c, s| {
+        for (cookie, l, r) in [(1, c, s), (2, s, c)] {
+            t.on_event(Event::Conn(
+                ConnKind::Closed,
+                conn_event(kind::CLOSED, cookie, role::UNKNOWN, l, r),
+            ));
+        }
+    };
+    open_pair(&mut t, c, s);
+    let first = b"GET /first HTTP/1.1\r\n\r\n";
+    t.on_event(Event::Data(data(1, direction::EGRESS, 0, first), first));
+    t.on_event(Event::Data(
+        data(2, direction::EGRESS, 0, b"HTTP/1.1 200"),
+        b"HTTP/1.1 200",
+    ));
+    close_both(&mut t, c, s);
+    let mut out = Vec::new();
+    t.tick(1_500, &mut |c| out.push(c));
+    assert_eq!(out.len(), 1);
+    t.recycle(out.drain(..));
+    assert_eq!((t.spares.ends.len(), t.spares.streams.len()), (2, 2));
+
+    // The same cookies and ports again: only the new bytes, the new role's facts.
+    open_pair(&mut t, c, s);
+    assert!(t.spares.ends.is_empty());
+    let second = b"SSH-2.0-x\r\n";
+    t.on_event(Event::Data(data(1, direction::EGRESS, 0, second), second));
+    close_both(&mut t, c, s);
+    t.tick(1_500, &mut |c| out.push(c));
+    let conn = &out[0];
+    assert_eq!(conn.client_to_server().unwrap().contiguous(), second);
+    assert!(conn.server_to_client().is_none_or(|s| s.captured() == 0));
+    assert!(conn.client_end.as_ref().unwrap().closed_ns.is_some());
+    assert_eq!(
+        t.spares.streams.len(),
+        1,
+        "the server end took none: it sent nothing"
+    );
+}
+
+#[test]
 fn loopback_pairs_in_different_namespaces_stay_apart() {
     let mut t = FlowTable::new(FlowConfig::default(), None);
     let c = ([127, 0, 0, 1], 40000);
