@@ -36,7 +36,7 @@ const FAMILIES: &[&str] = &[
 
 /// `GET path` over HTTP/1.0 (the answer ends at the close, never chunked): the
 /// status line and the body.
-fn get(addr: SocketAddr, path: &str) -> Result<(String, String)> {
+pub fn get(addr: SocketAddr, path: &str) -> Result<(String, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .with_context(|| format!("connecting to the agent's listener {addr}"))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -120,6 +120,11 @@ impl Agent {
             }
         }
         bail!("the agent found no free listen port in 3 tries:\n{last}")
+    }
+
+    /// Where the agent listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     /// The status line and body of `GET path` on the agent's listener.

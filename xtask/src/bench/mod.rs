@@ -100,7 +100,15 @@ pub struct Memory {
     pub lost_close: u64,
     /// The highest RSS sampled while closing and in the [`AFTER_CLOSE_S`] after.
     pub closing_peak_kib: u64,
+    /// How long each `/metrics` scrape took while holding, with [`EDGE_CLIENTS`]
+    /// clients fetching the edges view at the same time (ms, sorted).
+    pub scrape_ms: Vec<f64>,
+    /// Edges-view answers those clients got meanwhile.
+    pub edge_fetches: u64,
 }
+
+/// Clients that fetch `/api/v1/edges` in a loop while `/metrics` is timed.
+pub const EDGE_CLIENTS: usize = 16;
 
 struct Env<'a> {
     bin: &'a Path,
@@ -201,16 +209,39 @@ fn memory(env: &Env, n: usize) -> Result<Memory> {
         peak_kib = peak_kib.max(agent.rss_kib()?);
         Ok(())
     })?;
-    // Held for 5 s, sampled every 250 ms; flows tracked read once a second.
+    // Held for 5 s, sampled every 250 ms, each time with a timed /metrics scrape
+    // (flows tracked read from it) while other clients fetch the edges view.
     let mut flows_held = 0;
-    for i in 0..20 {
-        peak_kib = peak_kib.max(agent.rss_kib()?);
-        peak_anon_kib = peak_anon_kib.max(agent.anon_kib()?);
-        if i % 4 == 3 {
-            flows_held = flows_held.max(flows(&agent.metrics()?));
+    let mut scrape_ms = Vec::new();
+    let stop_fetching = std::sync::atomic::AtomicBool::new(false);
+    let fetches = std::sync::atomic::AtomicU64::new(0);
+    let addr = agent.addr();
+    thread::scope(|s| -> Result<()> {
+        for _ in 0..EDGE_CLIENTS {
+            s.spawn(|| {
+                while !stop_fetching.load(std::sync::atomic::Ordering::Relaxed) {
+                    if agent::get(addr, "/api/v1/edges").is_ok() {
+                        fetches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            });
         }
-        thread::sleep(Duration::from_millis(250));
-    }
+        let sampled = (|| -> Result<()> {
+            for _ in 0..20 {
+                peak_kib = peak_kib.max(agent.rss_kib()?);
+                peak_anon_kib = peak_anon_kib.max(agent.anon_kib()?);
+                let t = Instant::now();
+                let m = agent.metrics()?;
+                scrape_ms.push(t.elapsed().as_secs_f64() * 1e3);
+                flows_held = flows_held.max(flows(&m));
+                thread::sleep(Duration::from_millis(250));
+            }
+            Ok(())
+        })();
+        stop_fetching.store(true, std::sync::atomic::Ordering::Relaxed);
+        sampled
+    })?;
+    scrape_ms.sort_by(f64::total_cmp);
     let lost1 = lost(&agent.metrics()?);
     let opened = held.opened;
     // Closing, and 5 s after, sampled every 100 ms.
@@ -253,6 +284,8 @@ fn memory(env: &Env, n: usize) -> Result<Memory> {
         lost_open: lost1.saturating_sub(lost0),
         lost_close: lost(&m).saturating_sub(lost1),
         closing_peak_kib,
+        scrape_ms,
+        edge_fetches: fetches.into_inner(),
     })
 }
 

@@ -307,6 +307,18 @@ pub fn summary(opts: &BenchOptions, rounds: &[Round], memory: Option<&Memory>) {
             "  events lost (ring full): {} while opening and holding, {} while closing",
             m.lost_open, m.lost_close
         );
+        if let (Some(first), Some(last)) = (m.scrape_ms.first(), m.scrape_ms.last()) {
+            println!(
+                "  /metrics while holding, {} clients fetching the edges view ({} answers): \
+                 {} scrapes, median {:.1} ms, min-max {:.1}-{:.1} ms",
+                super::EDGE_CLIENTS,
+                m.edge_fetches,
+                m.scrape_ms.len(),
+                m.scrape_ms[m.scrape_ms.len() / 2],
+                first,
+                last
+            );
+        }
     }
     println!();
     let mark = |ok: bool| if ok { "met" } else { "not met" };
