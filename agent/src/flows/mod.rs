@@ -148,6 +148,18 @@ struct Spares {
 /// How many of each [`Spares`] keeps (at most a few hundred KiB of buffers).
 const SPARES: usize = 64;
 
+/// `end` in a spare box if there is one.
+#[allow(clippy::vec_box, reason = "the boxes are what is kept for reuse")]
+fn boxed(spares: &mut Vec<Box<End>>, end: End) -> Box<End> {
+    match spares.pop() {
+        Some(mut spare) => {
+            *spare = end;
+            spare
+        }
+        None => Box::new(end),
+    }
+}
+
 fn join_key(client: SocketAddr, server: SocketAddr, netns: u64) -> JoinKey {
     let netns = if client.ip().is_loopback() || server.ip().is_loopback() {
         netns
@@ -354,13 +366,7 @@ impl FlowTable {
                 Role::Server => &mut conn.server_end,
             };
             if slot.is_none() {
-                *slot = Some(match self.spares.ends.pop() {
-                    Some(mut spare) => {
-                        *spare = end;
-                        spare
-                    }
-                    None => Box::new(end),
-                });
+                *slot = Some(boxed(&mut self.spares.ends, end));
                 if let Some(n) = nat {
                     conn.nat = Some(Box::new(n));
                     self.stats.nat_joined += 1;
@@ -389,7 +395,7 @@ impl FlowTable {
             nat: nat.map(Box::new),
             new_data: false,
         };
-        let end = self.boxed(end);
+        let end = boxed(&mut self.spares.ends, end);
         match role {
             Role::Client => conn.client_end = Some(end),
             Role::Server => conn.server_end = Some(end),
@@ -693,16 +699,6 @@ impl FlowTable {
         self.touched.shrink_to(keep(self.touched.len()));
         self.attempts.shrink_to(keep(self.attempts.len()));
         self.conns.capacity() < before
-    }
-
-    fn boxed(&mut self, end: End) -> Box<End> {
-        match self.spares.ends.pop() {
-            Some(mut spare) => {
-                *spare = end;
-                spare
-            }
-            None => Box::new(end),
-        }
     }
 
     /// Takes back the ends and streams of connections that were emitted and

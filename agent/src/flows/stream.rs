@@ -418,8 +418,6 @@ impl Stream {
         &self.overlaps
     }
 
-    /// Frees the buffer, keeping flags and counters (and the number of bytes
-    /// captured).
     /// Back to a new stream for another connection, keeping the room its buffers
     /// grew to (the bytes buffer only up to `keep_bytes`).
     pub fn recycle(&mut self, keep_bytes: usize) {
@@ -440,6 +438,8 @@ impl Stream {
         };
     }
 
+    /// Frees the buffer, keeping flags and counters (and the number of bytes
+    /// captured).
     pub fn release(&mut self) {
         self.released = self.captured();
         self.released_gap = self.has_gap();
