@@ -155,6 +155,16 @@ pub mod sock_flags {
     pub const CLOSE_REPORTED: u32 = 1 << 18;
     /// `cgroup_id` is set.
     pub const CGROUP: u32 = 1 << 14;
+    /// Established, not yet announced: the ESTABLISHED event (with `est_ns`) goes
+    /// out when the socket first carries payload, a FIN or a RST, is asked for its
+    /// original destination, or closes. An idle connection costs userspace nothing.
+    pub const ANNOUNCE_PENDING: u32 = 1 << 19;
+    /// Established by this socket's own connect() (the client end).
+    pub const ACTIVE: u32 = 1 << 20;
+    /// This socket's SYN left with other addresses than the socket's (a NAT event
+    /// was sent): it is announced at establishment, so the agent need not keep the
+    /// translated addresses waiting.
+    pub const NAT: u32 = 1 << 21;
     /// Egress was captured from the middle of the stream.
     pub const EGRESS_MIDSTREAM: u32 = 1 << 9;
     /// Ingress was captured from the middle of the stream.
@@ -198,8 +208,13 @@ pub struct SockState {
     /// cgroup v2 id of the socket (`bpf_skb_cgroup_id`) or of the connecting task.
     pub cgroup_id: u64,
     pub comm: [u8; 16],
+    /// `bpf_ktime_get_ns` at establishment: the timestamp of a deferred
+    /// ESTABLISHED event ([`sock_flags::ANNOUNCE_PENDING`]).
+    pub est_ns: u64,
+    /// Network namespace cookie, taken at establishment.
+    pub netns_cookie: u64,
 }
-const _: () = assert!(core::mem::size_of::<SockState>() == 64);
+const _: () = assert!(core::mem::size_of::<SockState>() == 80);
 
 /// Common first fields of every event.
 #[repr(C)]
@@ -390,9 +405,16 @@ pub mod stats {
         OrigDstEvents = 15, "original_dst_events";
         /// Connections whose SYN left with other addresses than the socket's (NAT).
         NatEvents = 16, "nat_events";
+        /// Established sockets whose announcement was deferred until they carry
+        /// bytes or close ([`super::sock_flags::ANNOUNCE_PENDING`]).
+        AnnounceDeferred = 17, "announce_deferred";
+        /// Deferred announcements made (the socket spoke, was asked for its
+        /// original destination, or closed). `AnnounceDeferred` less this is the
+        /// number of idle sockets held in socket storage only.
+        AnnounceMade = 18, "announce_made";
     }
     /// Number of slots in the stats map.
-    pub const LEN: u32 = 17;
+    pub const LEN: u32 = 19;
 }
 
 #[cfg(feature = "user")]

@@ -6,8 +6,9 @@
 //! the payload, whose in-budget part is copied to a per-CPU scratch event and
 //! output with its stream offset. Packets without payload cost nothing more unless
 //! they carry a RST. On loopback the receiving side returns before the storage
-//! lookup unless the packet carries a RST or FIN: the sender's egress already
-//! carried the same bytes.
+//! lookup unless the packet carries payload, a RST or a FIN, and sends no data: the
+//! sender's egress already carried the same bytes. Its payload only announces the
+//! receiving socket, if that is still pending (see `announce`).
 
 use core::{ffi::c_void, mem::size_of, ptr};
 
@@ -29,9 +30,12 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 
-use crate::maps::{
-    MTLS_DECIDED, MTLS_EVENTS, MTLS_SCRATCH, bump, capture_budget, ring_ptr, sock_state,
-    wakeup_flags,
+use crate::{
+    announce::{announce, sock_event},
+    maps::{
+        MTLS_DECIDED, MTLS_EVENTS, MTLS_SCRATCH, bump, capture_budget, ring_ptr, sock_state,
+        wakeup_flags,
+    },
 };
 
 const IPPROTO_TCP: u32 = 6;
@@ -183,11 +187,14 @@ fn try_capture(ctx: &SkBuffContext, dir: u8) -> Result<(), Stat> {
     // SAFETY: context field read.
     if dir == direction::INGRESS && unsafe { (*skb).ingress_ifindex } == LOOPBACK_IFINDEX {
         // The sending socket is on this host and its egress carried these bytes.
-        // Only a RST (a refused connect) or a FIN (the close of a socket older than
-        // the probes) matters here: everything else returns before the storage
-        // lookup.
+        // Only payload (which announces a pending socket), a RST (a refused
+        // connect) or a FIN (the close of a socket older than the probes) matters
+        // here: bare ACKs return before the storage lookup.
         match parse_headers(ctx, skb)? {
-            Some(seg) if seg.flags & (tcp_flags::RST | tcp_flags::FIN) != 0 => {}
+            // SAFETY: context field read.
+            Some(seg)
+                if seg.flags & (tcp_flags::RST | tcp_flags::FIN) != 0
+                    || unsafe { (*skb).len } > seg.hdr_len => {}
             _ => return Ok(()),
         }
     }
@@ -238,6 +245,11 @@ fn try_capture(ctx: &SkBuffContext, dir: u8) -> Result<(), Stat> {
         return Err(Stat::HeaderUnparsed);
     }
     let seg_len = skb_len - seg.hdr_len;
+    if seg_len > 0 {
+        // The first payload of a socket established quietly: the agent hears of the
+        // connection now, before its first DATA record.
+        announce(sk, state)?;
+    }
     if seg.flags & tcp_flags::RST != 0 && state.flags & sock_flags::ESTABLISHED == 0 {
         // A RST before establishment: for a connecting socket, its SYN was refused
         // (the ATTEMPT event of sock_ops says so).
@@ -250,7 +262,9 @@ fn try_capture(ctx: &SkBuffContext, dir: u8) -> Result<(), Stat> {
             state.cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
             state.flags |= sock_flags::COOKIE;
         }
-        nat_check(ctx, sk, state.cookie, seg.ip_len)?;
+        if nat_check(ctx, sk, state.cookie, seg.ip_len)? {
+            state.flags |= sock_flags::NAT;
+        }
     }
     if seg_len == 0 && seg.flags & tcp_flags::RST == 0 {
         // ACKs and FINs: the close event says which side sent a FIN.
@@ -454,7 +468,7 @@ fn adopt_preexisting(ctx: &SkBuffContext, sk: *mut bpf_sock) -> Result<*mut Sock
     }
     bump(Stat::Preexisting, 1);
 
-    sock_event(kind::PREEXISTING, sk, state)?;
+    sock_event(kind::PREEXISTING, role::UNKNOWN, 0, sk, state)?;
     Ok(st)
 }
 
@@ -493,49 +507,19 @@ fn preexisting_close(
         return Ok(());
     }
     state.flags |= sock_flags::CLOSE_REPORTED;
-    sock_event(kind::CLOSED, sk, state)
-}
-
-/// A lifecycle event of a socket the state callbacks do not follow (one older than
-/// the probes): its tuple read from `bpf_sock`, no process, no byte counts.
-#[inline(always)]
-fn sock_event(event_kind: u32, sk: *mut bpf_sock, state: &SockState) -> Result<(), Stat> {
-    let Some(mut entry) = MTLS_EVENTS.reserve_untyped::<ConnEvent>(0) else {
-        return Err(Stat::RingbufFull);
-    };
-    let ev = entry.as_mut_ptr();
-    // SAFETY: reserved space of the right size, zeroed then filled; `sk` is a full
-    // socket.
-    unsafe {
-        ptr::write_bytes(ev, 0, 1);
-        let e = &mut *ev;
-        e.hdr.kind = event_kind;
-        e.hdr.cookie = state.cookie;
-        e.hdr.ts_ns = bpf_ktime_get_ns();
-        e.cgroup_id = state.cgroup_id;
-        let s = &*sk;
-        e.family = s.family as u16;
-        e.role = role::UNKNOWN;
-        e.local_port = s.src_port as u16;
-        e.remote_port = u16::from_be(s.dst_port);
-        if e.family == agent_common::family::INET {
-            e.local_addr[..4].copy_from_slice(&s.src_ip4.to_ne_bytes());
-            e.remote_addr[..4].copy_from_slice(&s.dst_ip4.to_ne_bytes());
-        } else {
-            copy_ip6(&mut e.local_addr, &s.src_ip6);
-            copy_ip6(&mut e.remote_addr, &s.dst_ip6);
-        }
-        e.sock_flags = state.flags;
-    }
-    entry.submit(wakeup_flags());
-    bump(Stat::ConnEvents, 1);
-    Ok(())
+    sock_event(kind::CLOSED, role::UNKNOWN, 0, sk, state)
 }
 
 /// Reports a SYN whose addresses differ from its socket's: the connection was
 /// translated (DNAT, SNAT, REDIRECT) on its way out. Runs once per connection.
+/// Returns whether it was (and the NAT event sent).
 #[inline(never)]
-fn nat_check(ctx: &SkBuffContext, sk: *mut bpf_sock, cookie: u64, ip_len: u32) -> Result<(), Stat> {
+fn nat_check(
+    ctx: &SkBuffContext,
+    sk: *mut bpf_sock,
+    cookie: u64,
+    ip_len: u32,
+) -> Result<bool, Stat> {
     // SAFETY: context field read.
     let proto = u16::from_be(unsafe { (*ctx.as_ptr().cast::<__sk_buff>()).protocol } as u16);
     let off = ip_len as usize;
@@ -564,7 +548,7 @@ fn nat_check(ctx: &SkBuffContext, sk: *mut bpf_sock, cookie: u64, ip_len: u32) -
         (local == ss && remote == sd, agent_common::family::INET6)
     };
     if same && sport == s.src_port as u16 && dport == u16::from_be(s.dst_port) {
-        return Ok(());
+        return Ok(false);
     }
     let Some(mut entry) = MTLS_EVENTS.reserve_untyped::<ConnEvent>(0) else {
         return Err(Stat::RingbufFull);
@@ -586,7 +570,7 @@ fn nat_check(ctx: &SkBuffContext, sk: *mut bpf_sock, cookie: u64, ip_len: u32) -
     }
     entry.submit(wakeup_flags());
     bump(Stat::NatEvents, 1);
-    Ok(())
+    Ok(true)
 }
 
 /// Copies an IPv6 address kept as four network-order `u32` words.

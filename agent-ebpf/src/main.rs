@@ -10,9 +10,12 @@
 //!   stream offsets.
 //! - `sockopt`: `cgroup/getsockopt` on the cgroup v2 root: the `SO_ORIGINAL_DST`
 //!   answers that reveal which sockets a proxy intercepted, and for where.
+//! - `announce`: the ESTABLISHED event of a socket, sent lazily when it first
+//!   speaks (or closes), and the other lifecycle events built from socket storage.
 #![no_std]
 #![no_main]
 
+mod announce;
 mod capture;
 mod maps;
 mod sock_create;

@@ -4,6 +4,12 @@
 //! callbacks are asked for at connect (so a connect that never establishes is seen)
 //! or at passive establishment, so the close carries the socket's byte counts.
 //!
+//! Establishment is recorded in the socket's storage and announced lazily (see
+//! `announce`): the ESTABLISHED event goes out before the socket's first payload,
+//! or here at close for a connection that never carried any. A socket whose state
+//! callback could not be armed, or whose SYN was translated (NAT), is announced at
+//! once.
+//!
 //! The socket's process facts were written into its storage by `sock_create`; the
 //! events here copy them. Nothing here needs the current task, which for most of
 //! these callbacks (softirq) is not the socket's owner anyway.
@@ -101,21 +107,24 @@ fn listen(ctx: &SockOpsContext) -> Result<(), Stat> {
         state.cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
         state.flags |= sock_flags::COOKIE;
     }
-    emit(ctx, kind::LISTEN, role::UNKNOWN, state)
+    emit(ctx, kind::LISTEN, role::UNKNOWN, 0, state)
 }
 
+/// Asks for state callbacks on this socket; whether they will come.
 #[inline(always)]
-fn arm_state_cb(ctx: &SockOpsContext) {
+fn arm_state_cb(ctx: &SockOpsContext) -> bool {
     let flags = ctx.cb_flags();
     if flags & BPF_SOCK_OPS_STATE_CB_FLAG != 0 {
-        return;
+        return true;
     }
     if let Err(err) = ctx.set_cb_flags(flags as i32 | BPF_SOCK_OPS_STATE_CB_FLAG as i32) {
         // Rare (the flag is supported since 4.16): the close of this connection
         // will come without byte counts.
         warn!(ctx, "bpf_sock_ops_cb_flags_set failed: {}", err);
         bump(Stat::CbFlagsFailed, 1);
+        return false;
     }
+    true
 }
 
 #[inline(always)]
@@ -139,21 +148,36 @@ fn established(ctx: &SockOpsContext, active: bool) -> Result<(), Stat> {
     }
     state.egress_hw = 0;
     state.ingress_hw = 0;
-    // SAFETY: helper on the sock_ops context.
-    state.cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: helpers on the sock_ops context.
+    unsafe {
+        state.cookie = bpf_get_socket_cookie(ctx.as_ptr());
+        state.netns_cookie = bpf_get_netns_cookie(ctx.as_ptr());
+        state.est_ns = bpf_ktime_get_ns();
+    }
     state.flags |= sock_flags::EGRESS_BASE
         | sock_flags::INGRESS_BASE
         | sock_flags::ESTABLISHED
         | sock_flags::COOKIE;
+    if active {
+        state.flags |= sock_flags::ACTIVE;
+    }
 
-    arm_state_cb(ctx);
+    if arm_state_cb(ctx) && state.flags & sock_flags::NAT == 0 {
+        // The close is sure to come here: announce when the socket first speaks.
+        state.flags |= sock_flags::ANNOUNCE_PENDING;
+        bump(Stat::AnnounceDeferred, 1);
+        return Ok(());
+    }
+    emit(ctx, kind::ESTABLISHED, role_of(state), state.est_ns, state)
+}
 
-    emit(
-        ctx,
-        kind::ESTABLISHED,
-        if active { role::CLIENT } else { role::SERVER },
-        state,
-    )
+#[inline(always)]
+fn role_of(state: &agent_common::SockState) -> u16 {
+    if state.flags & sock_flags::ACTIVE != 0 {
+        role::CLIENT
+    } else {
+        role::SERVER
+    }
 }
 
 /// Tracks FINs (their sequence numbers are not payload) and reports the close.
@@ -181,7 +205,7 @@ fn state_change(ctx: &SockOpsContext, old: u32, new: u32) -> Result<(), Stat> {
     if old == TCP_SYN_SENT {
         // A connect that never established (SYN_SENT -> CLOSE): refused (a RST
         // came, noted by the capture program), unanswered or abandoned.
-        return emit(ctx, kind::ATTEMPT, role::CLIENT, state);
+        return emit(ctx, kind::ATTEMPT, role::CLIENT, 0, state);
     }
     if new == TCP_FIN_WAIT1 || new == TCP_LAST_ACK {
         state.flags |= sock_flags::FIN_SENT;
@@ -204,7 +228,13 @@ fn state_change(ctx: &SockOpsContext, old: u32, new: u32) -> Result<(), Stat> {
         state.flags |= sock_flags::FIN_RECEIVED;
     }
     if new == TCP_CLOSE {
-        return emit(ctx, kind::CLOSED, role::UNKNOWN, state);
+        if state.flags & sock_flags::ANNOUNCE_PENDING != 0 {
+            // Closed without ever carrying payload: announced now, as it was.
+            state.flags &= !sock_flags::ANNOUNCE_PENDING;
+            bump(Stat::AnnounceMade, 1);
+            emit(ctx, kind::ESTABLISHED, role_of(state), state.est_ns, state)?;
+        }
+        return emit(ctx, kind::CLOSED, role::UNKNOWN, 0, state);
     }
     Ok(())
 }
@@ -214,6 +244,7 @@ fn emit(
     ctx: &SockOpsContext,
     event_kind: u32,
     event_role: u16,
+    ts_ns: u64,
     state: &mut agent_common::SockState,
 ) -> Result<(), Stat> {
     let ops = ctx.ops;
@@ -228,7 +259,12 @@ fn emit(
         let e = &mut *ev;
         e.hdr.kind = event_kind;
         e.hdr.cookie = state.cookie;
-        e.hdr.ts_ns = bpf_ktime_get_ns();
+        // 0: now. A deferred ESTABLISHED carries the time of establishment.
+        e.hdr.ts_ns = if ts_ns != 0 {
+            ts_ns
+        } else {
+            bpf_ktime_get_ns()
+        };
         e.netns_cookie = bpf_get_netns_cookie(ctx.as_ptr());
         e.family = (*ops).family as u16;
         e.role = event_role;

@@ -10,6 +10,9 @@
 //! accepting socket is then known to belong to an interceptor, and the connection
 //! can be joined with the client socket that named the original destination.
 //!
+//! A socket still waiting to be announced (see `announce`) is announced first, so
+//! its ESTABLISHED event comes before the answer that names it.
+//!
 //! Every other getsockopt call returns after two compares; the result is never
 //! changed.
 
@@ -28,6 +31,7 @@ use aya_ebpf::{
 };
 
 use crate::{
+    announce::announce,
     capture::copy_ip6,
     maps::{MTLS_EVENTS, bump, sock_state, wakeup_flags},
 };
@@ -64,6 +68,19 @@ fn try_getsockopt(ctx: &SockoptContext) -> Result<(), Stat> {
     if sk.is_null() {
         return Ok(());
     }
+    // SAFETY: `sk` is the context's full socket.
+    let st = unsafe { sock_state(sk.cast(), false) };
+    let mut cookie = 0;
+    if !st.is_null() {
+        // SAFETY: non-null storage.
+        let state = unsafe { &mut *st };
+        if state.flags & sock_flags::COOKIE != 0 {
+            cookie = state.cookie;
+        }
+        if let Err(stat) = announce(sk, state) {
+            bump(stat, 1);
+        }
+    }
     let Some(mut entry) = MTLS_EVENTS.reserve_untyped::<OrigDstEvent>(0) else {
         return Err(Stat::RingbufFull);
     };
@@ -75,11 +92,7 @@ fn try_getsockopt(ctx: &SockoptContext) -> Result<(), Stat> {
         let e = &mut *ev;
         e.hdr.kind = kind::ORIGINAL_DST;
         e.hdr.ts_ns = bpf_ktime_get_ns();
-        // SAFETY: `sk` is the context's full socket.
-        let st = sock_state(sk.cast(), false);
-        if !st.is_null() && (*st).flags & sock_flags::COOKIE != 0 {
-            e.hdr.cookie = (*st).cookie;
-        }
+        e.hdr.cookie = cookie;
         e.netns_cookie = bpf_get_netns_cookie(ctx.as_ptr());
         e.cgroup_id = bpf_get_current_cgroup_id();
         let s = &*sk;

@@ -669,8 +669,12 @@ impl Pipeline {
                 _ => {}
             }
         }
+        let count = |s: Stat| kernel.iter().find(|(k, _)| *k == s).map_or(0, |(_, v)| *v);
+        let quiet = count(Stat::AnnounceDeferred).saturating_sub(count(Stat::AnnounceMade));
         last.kernel = kernel;
         m.flows_tracked.set(self.table.len() as i64);
+        m.quiet_sockets
+            .set(i64::try_from(quiet).unwrap_or(i64::MAX));
         m.proxies.set(self.hops.proxies() as i64);
         m.ready.set(i64::from(self.shared.is_ready()));
         let ok = self.reload_stats.ok.load(Ordering::Relaxed);

@@ -103,6 +103,7 @@ pub struct Metrics {
     pub captured_bytes: IntCounter,
     pub kernel_errors: IntCounterVec,
     pub flows_tracked: IntGauge,
+    pub quiet_sockets: IntGauge,
     pub probes_attached: IntGauge,
     pub policy_reloads: IntCounterVec,
     pub policy_loaded: IntGauge,
@@ -274,6 +275,11 @@ impl Metrics {
                 &["kind"],
             )?,
             flows_tracked: gauge(&r, "flows_tracked", "Connections currently tracked.")?,
+            quiet_sockets: gauge(
+                &r,
+                "quiet_sockets",
+                "Established sockets that have carried no payload yet: held in kernel socket storage, announced to the agent when they first speak or close.",
+            )?,
             probes_attached: gauge(&r, "probes_attached", "Kernel programs attached.")?,
             policy_reloads: counter_vec(
                 &r,

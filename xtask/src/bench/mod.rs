@@ -95,6 +95,8 @@ pub struct Memory {
     pub after_close_kib: u64,
     pub hwm_kib: u64,
     pub flows_held: u64,
+    /// Established sockets held in kernel storage only (never spoke).
+    pub quiet_held: u64,
     pub flows_after: u64,
     pub lost_open: u64,
     pub lost_close: u64,
@@ -203,6 +205,7 @@ fn memory(env: &Env, n: usize) -> Result<Memory> {
     let mut peak_anon_kib = baseline_anon_kib;
     let lost = |m: &[agent::Sample]| agent::sum(m, "mtls_auditor_events_lost_total") as u64;
     let flows = |m: &[agent::Sample]| agent::sum(m, "mtls_auditor_flows_tracked") as u64;
+    let quiet = |m: &[agent::Sample]| agent::sum(m, "mtls_auditor_quiet_sockets") as u64;
     let lost0 = lost(&agent.metrics()?);
     let mut peak_kib = baseline_kib;
     let (held, open_s) = hold::open(n, || {
@@ -212,6 +215,7 @@ fn memory(env: &Env, n: usize) -> Result<Memory> {
     // Held for 5 s, sampled every 250 ms, each time with a timed /metrics scrape
     // (flows tracked read from it) while other clients fetch the edges view.
     let mut flows_held = 0;
+    let mut quiet_held = 0;
     let mut scrape_ms = Vec::new();
     let stop_fetching = std::sync::atomic::AtomicBool::new(false);
     let fetches = std::sync::atomic::AtomicU64::new(0);
@@ -234,6 +238,7 @@ fn memory(env: &Env, n: usize) -> Result<Memory> {
                 let m = agent.metrics()?;
                 scrape_ms.push(t.elapsed().as_secs_f64() * 1e3);
                 flows_held = flows_held.max(flows(&m));
+                quiet_held = quiet_held.max(quiet(&m));
                 thread::sleep(Duration::from_millis(250));
             }
             Ok(())
@@ -280,6 +285,7 @@ fn memory(env: &Env, n: usize) -> Result<Memory> {
         after_close_kib,
         hwm_kib: fin.peak_rss_kib,
         flows_held,
+        quiet_held,
         flows_after: flows(&m),
         lost_open: lost1.saturating_sub(lost0),
         lost_close: lost(&m).saturating_sub(lost1),

@@ -284,11 +284,13 @@ pub fn summary(opts: &BenchOptions, rounds: &[Round], memory: Option<&Memory>) {
             m.close_s
         );
         println!(
-            "  agent RSS: baseline {:.1} MiB; peak {:.1} MiB while opening and holding (flows tracked {}); \
+            "  agent RSS: baseline {:.1} MiB; peak {:.1} MiB while opening and holding (flows tracked by the agent {}, \
+             quiet sockets held in kernel socket storage until they speak or close {}); \
              peak {:.1} MiB while closing and {AFTER_CLOSE_S} s after, {:.1} MiB at the end (flows tracked {}); VmHWM {:.1} MiB",
             m.baseline_kib as f64 / MIB,
             m.peak_kib as f64 / MIB,
             m.flows_held,
+            m.quiet_held,
             m.closing_peak_kib as f64 / MIB,
             m.after_close_kib as f64 / MIB,
             m.flows_after,
