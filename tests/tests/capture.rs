@@ -505,3 +505,94 @@ fn missing_privilege_is_one_clear_line_and_a_failure() {
     );
     assert!(out.stdout.is_empty());
 }
+
+fn quiet_sockets(listen: &str) -> u64 {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into();
+    let body = agent
+        .get(format!("http://{listen}/metrics"))
+        .call()
+        .unwrap_or_else(|e| panic!("GET /metrics: {e}"))
+        .body_mut()
+        .read_to_string()
+        .expect("metrics body");
+    body.lines()
+        .find_map(|l| l.strip_prefix("mtls_auditor_quiet_sockets ")?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no mtls_auditor_quiet_sockets in the scrape:\n{body}"))
+}
+
+/// Issue 12: an established connection that has carried nothing is held in the
+/// kernel's socket storage, not by the agent; it is announced when it first
+/// speaks or closes, and its record still starts when it was established.
+#[test]
+fn idle_connections_are_announced_when_they_speak_or_close() {
+    use std::io::{Read as _, Write as _};
+    require_root();
+    let listen = "127.0.0.1:19136";
+    let agent = Agent::start(AgentOptions::default().arg("--listen").arg(listen));
+    let before = quiet_sockets(listen);
+    let server = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = server.local_addr().expect("addr").port();
+    let mut pairs = Vec::new();
+    for _ in 0..10 {
+        let c = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let (s, _) = server.accept().expect("accept");
+        pairs.push((c, s));
+    }
+    let held = Duration::from_millis(1500);
+    std::thread::sleep(held);
+    let quiet = quiet_sockets(listen);
+    assert!(
+        quiet >= before + 20,
+        "both ends of 10 idle connections are quiet sockets: {before} before, {quiet} now"
+    );
+    // Half of them speak: a request one way, an answer the other.
+    for (c, s) in pairs.iter_mut().take(5) {
+        c.write_all(b"GET / HTTP/1.1\r\nHost: idle\r\n\r\n").expect("write");
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).expect("read");
+        assert!(n > 0);
+        s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").expect("write");
+        let n = c.read(&mut buf).expect("read");
+        assert!(n > 0);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let spoke = quiet_sockets(listen);
+    assert!(
+        spoke + 10 <= quiet,
+        "the 10 ends that spoke were announced: {quiet} quiet before, {spoke} after"
+    );
+    drop(pairs);
+    let recs = agent.wait_records(10, WAIT, |r| port_of(r, "server") == u64::from(port));
+    assert_eq!(recs.len(), 10, "every connection reported once: {recs:?}");
+    let me = u64::from(std::process::id());
+    let mut http = 0;
+    for r in &recs {
+        assert_eq!(r["client"]["local"]["pid"].as_u64(), Some(me), "{r}");
+        assert!(
+            r["server"]["local"]["socket_cookie"].as_u64().is_some(),
+            "both ends: {r}"
+        );
+        let ms = r["duration_ms"].as_f64().unwrap_or(0.0);
+        assert!(
+            ms >= held.as_millis() as f64,
+            "starts when it was established, not when it was announced: {r}"
+        );
+        if r["protocol"] == "http1" {
+            http += 1;
+            assert_eq!(r["bytes_client_to_server"].as_u64(), Some(30), "{r}");
+        } else {
+            assert_eq!(r["bytes_client_to_server"].as_u64(), Some(0), "{r}");
+            assert_eq!(r["bytes_server_to_client"].as_u64(), Some(0), "{r}");
+        }
+    }
+    assert_eq!(http, 5, "the five that spoke were classified: {recs:?}");
+    let after = quiet_sockets(listen);
+    assert!(
+        after <= before,
+        "no quiet socket is left once they closed: {before} before, {after} after"
+    );
+    agent.stop();
+}
