@@ -519,7 +519,12 @@ fn quiet_sockets(listen: &str) -> u64 {
         .read_to_string()
         .expect("metrics body");
     body.lines()
-        .find_map(|l| l.strip_prefix("mtls_auditor_quiet_sockets ")?.trim().parse().ok())
+        .find_map(|l| {
+            l.strip_prefix("mtls_auditor_quiet_sockets ")?
+                .trim()
+                .parse()
+                .ok()
+        })
         .unwrap_or_else(|| panic!("no mtls_auditor_quiet_sockets in the scrape:\n{body}"))
 }
 
@@ -550,11 +555,13 @@ fn idle_connections_are_announced_when_they_speak_or_close() {
     );
     // Half of them speak: a request one way, an answer the other.
     for (c, s) in pairs.iter_mut().take(5) {
-        c.write_all(b"GET / HTTP/1.1\r\nHost: idle\r\n\r\n").expect("write");
+        c.write_all(b"GET / HTTP/1.1\r\nHost: idle\r\n\r\n")
+            .expect("write");
         let mut buf = [0u8; 64];
         let n = s.read(&mut buf).expect("read");
         assert!(n > 0);
-        s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").expect("write");
+        s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+            .expect("write");
         let n = c.read(&mut buf).expect("read");
         assert!(n > 0);
     }

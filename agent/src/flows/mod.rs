@@ -132,6 +132,10 @@ pub struct FlowTable {
     /// Connections that received bytes since the last `settle` (may name ids
     /// reused since; `new_data` is what counts).
     touched: Vec<ConnId>,
+    /// Connections whose every end had closed when last looked at, for `tick`
+    /// (may name ids reused or reopened since: `tick` checks again), so a tick
+    /// costs what closed since, not every connection held open.
+    closed: Vec<ConnId>,
     spares: Spares,
     stats: FlowStats,
 }
@@ -187,6 +191,7 @@ impl FlowTable {
             pending_nat: HashMap::new(),
             attempts: Vec::new(),
             touched: Vec::new(),
+            closed: Vec::new(),
             spares: Spares::default(),
             stats: FlowStats::default(),
         }
@@ -446,9 +451,13 @@ impl FlowTable {
             end.uid = Some(ev.uid);
         }
         let new_cgroup = (end.cgroup_id == 0 && ev.cgroup_id != 0).then_some(ev.cgroup_id);
+        let all_closed = conn.all_closed();
         let cookie = ev.hdr.cookie;
         if let Some(id) = new_cgroup {
             self.learn_cgroup(cookie, id);
+        }
+        if all_closed && let Some(&id) = self.ends.get(&cookie) {
+            self.closed.push(id);
         }
     }
 
@@ -656,6 +665,9 @@ impl FlowTable {
                     target.first_ns = target.first_ns.min(first);
                     target.last_ns = target.last_ns.max(last);
                     target.new_data |= new_data;
+                    if target.all_closed() {
+                        self.closed.push(other);
+                    }
                 }
                 self.ends.insert(cookie, other);
                 self.joins.remove(&new_key);
@@ -697,6 +709,7 @@ impl FlowTable {
         self.joins.shrink_to(keep(self.joins.len()));
         self.pending_nat.shrink_to(keep(self.pending_nat.len()));
         self.touched.shrink_to(keep(self.touched.len()));
+        self.closed.shrink_to(keep(self.closed.len()));
         self.attempts.shrink_to(keep(self.attempts.len()));
         self.conns.capacity() < before
     }
@@ -725,17 +738,28 @@ impl FlowTable {
     /// Emits connections that are finished at monotonic time `now_ns`.
     pub fn tick(&mut self, now_ns: u64, out: &mut impl FnMut(Connection)) {
         let linger = self.cfg.linger_ns;
-        let done: Vec<ConnId> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| {
-                c.all_closed() && (c.both_ends() || now_ns.saturating_sub(c.last_ns) >= linger)
-            })
-            .map(|(id, _)| id)
-            .collect();
-        for id in done {
-            self.emit(id, false, out);
+        let mut closed = std::mem::take(&mut self.closed);
+        closed.sort_unstable();
+        closed.dedup();
+        let mut waiting = Vec::new();
+        for id in closed.drain(..) {
+            let Some(c) = self.conns.get(id) else {
+                continue; // emitted already
+            };
+            if !c.all_closed() {
+                // Its peer end joined since (or the id was reused): it comes back
+                // when that one closes.
+                continue;
+            }
+            if c.both_ends() || now_ns.saturating_sub(c.last_ns) >= linger {
+                self.emit(id, false, out);
+            } else {
+                // One end, closed: waits out the linger for its peer.
+                waiting.push(id);
+            }
         }
+        closed.extend(waiting);
+        self.closed = closed;
     }
 
     /// Emits everything still tracked (agent exit); open connections are marked so.

@@ -192,6 +192,47 @@ fn single_end_waits_for_the_linger() {
 }
 
 #[test]
+fn a_closed_end_whose_peer_joins_late_waits_for_the_peers_close() {
+    let mut t = FlowTable::new(
+        FlowConfig {
+            linger_ns: 100,
+            ..FlowConfig::default()
+        },
+        None,
+    );
+    let c = ([127, 0, 0, 1], 40000);
+    let s = ([127, 0, 0, 1], 8080);
+    t.on_event(Event::Conn(
+        ConnKind::Established,
+        conn_event(kind::ESTABLISHED, 1, role::CLIENT, c, s),
+    ));
+    t.on_event(Event::Conn(
+        ConnKind::Closed,
+        conn_event(kind::CLOSED, 1, role::UNKNOWN, c, s),
+    ));
+    let mut out = Vec::new();
+    t.tick(1_050, &mut |c| out.push(c));
+    assert!(out.is_empty(), "one end closed: waits for the linger");
+    // The server end is announced (it spoke, or closed) within the linger.
+    t.on_event(Event::Conn(
+        ConnKind::Established,
+        conn_event(kind::ESTABLISHED, 2, role::SERVER, s, c),
+    ));
+    t.tick(5_000, &mut |c| out.push(c));
+    assert!(out.is_empty(), "the joined server end is still open");
+    t.on_event(Event::Conn(
+        ConnKind::Closed,
+        conn_event(kind::CLOSED, 2, role::UNKNOWN, s, c),
+    ));
+    t.tick(5_000, &mut |c| out.push(c));
+    assert_eq!(out.len(), 1);
+    assert!(out[0].both_ends());
+    t.tick(5_000, &mut |c| out.push(c));
+    assert_eq!(out.len(), 1, "emitted once");
+    assert!(t.is_empty());
+}
+
+#[test]
 fn data_of_unknown_sockets_is_counted() {
     let mut t = FlowTable::new(FlowConfig::default(), None);
     t.on_event(Event::Data(data(9, direction::EGRESS, 0, b"x"), b"x"));
