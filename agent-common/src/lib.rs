@@ -82,6 +82,10 @@ pub mod kind {
     /// CLOSE): refused when [`crate::sock_flags::RESET`] is set (a RST answered the
     /// SYN), else unanswered or abandoned. [`crate::ConnEvent`], role client.
     pub const ATTEMPT: u32 = 8;
+    /// A socket's deferred announcement and its first payload in one record: a
+    /// [`crate::ConnEvent`] as for [`ESTABLISHED`] (this kind in its header), then a
+    /// [`DATA`] record ([`crate::DataHeader`] and its bytes).
+    pub const ESTABLISHED_DATA: u32 = 9;
 }
 
 /// Which way the bytes went, seen from the socket that carried them.
@@ -349,6 +353,16 @@ pub struct DataEvent {
     pub payload: [u8; MAX_CHUNK],
 }
 const _: () = assert!(core::mem::size_of::<DataEvent>() == 72 + MAX_CHUNK);
+
+/// The per-CPU scratch buffer: a data event, preceded by room for the ESTABLISHED
+/// event that a [`kind::ESTABLISHED_DATA`] record puts in front of it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Scratch {
+    pub conn: ConnEvent,
+    pub data: DataEvent,
+}
+const _: () = assert!(core::mem::size_of::<Scratch>() == 136 + 72 + MAX_CHUNK);
 
 /// Kernel-side counters, one slot each in the per-CPU stats map.
 pub mod stats {

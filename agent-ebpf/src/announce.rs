@@ -5,10 +5,11 @@
 //! Establishment is announced lazily. `sock_ops` fills the storage when a
 //! connection becomes established and marks it [`sock_flags::ANNOUNCE_PENDING`];
 //! the ESTABLISHED event, stamped with the time of establishment, goes out when the
-//! socket first carries payload (here, before its first DATA record), when a proxy
-//! asks for its original destination, or at close (from `sock_ops`). A connection
-//! that stays idle costs the agent nothing until it speaks; the kernel keeps its
-//! facts in the socket's storage.
+//! socket first carries payload (in front of its first DATA record, the two as one
+//! `ESTABLISHED_DATA` record; alone where no data is sent up, as on loopback
+//! ingress), when a proxy asks for its original destination, or at close (from
+//! `sock_ops`). A connection that stays idle costs the agent nothing until it
+//! speaks; the kernel keeps its facts in the socket's storage.
 
 use core::ptr;
 
@@ -54,12 +55,63 @@ pub fn sock_event(
     let Some(mut entry) = MTLS_EVENTS.reserve_untyped::<ConnEvent>(0) else {
         return Err(Stat::RingbufFull);
     };
-    let ev = entry.as_mut_ptr();
-    // SAFETY: reserved space of the right size, zeroed then filled; `sk` is a full
-    // socket.
+    // SAFETY: reserved space of the right size; `sk` is a full socket.
     unsafe {
-        ptr::write_bytes(ev, 0, 1);
-        let e = &mut *ev;
+        fill(
+            &mut *entry.as_mut_ptr(),
+            event_kind,
+            event_role,
+            ts_ns,
+            sk,
+            state,
+        )
+    };
+    entry.submit(wakeup_flags());
+    bump(Stat::ConnEvents, 1);
+    Ok(())
+}
+
+/// The deferred ESTABLISHED event of `sk`, written into `e` (the front of the
+/// scratch buffer) for a [`kind::ESTABLISHED_DATA`] record.
+///
+/// # Safety
+/// `sk` must be a full socket.
+#[inline(always)]
+pub unsafe fn fill_announcement(e: &mut ConnEvent, sk: *mut bpf_sock, state: &SockState) {
+    let event_role = if state.flags & sock_flags::ACTIVE != 0 {
+        role::CLIENT
+    } else {
+        role::SERVER
+    };
+    // SAFETY: per the contract.
+    unsafe {
+        fill(
+            e,
+            kind::ESTABLISHED_DATA,
+            event_role,
+            state.est_ns,
+            sk,
+            state,
+        )
+    };
+}
+
+/// Zeroes `e` and fills it.
+///
+/// # Safety
+/// `sk` must be a full socket.
+#[inline(always)]
+unsafe fn fill(
+    e: &mut ConnEvent,
+    event_kind: u32,
+    event_role: u16,
+    ts_ns: u64,
+    sk: *mut bpf_sock,
+    state: &SockState,
+) {
+    // SAFETY: `e` is a whole ConnEvent; `sk` per the contract.
+    unsafe {
+        ptr::write_bytes(ptr::from_mut(e), 0, 1);
         e.hdr.kind = event_kind;
         e.hdr.cookie = state.cookie;
         e.hdr.ts_ns = if ts_ns != 0 {
@@ -93,7 +145,4 @@ pub fn sock_event(
         e.ingress_base = state.ingress_base;
         e.sock_flags = state.flags & !sock_flags::ANNOUNCE_PENDING;
     }
-    entry.submit(wakeup_flags());
-    bump(Stat::ConnEvents, 1);
-    Ok(())
 }

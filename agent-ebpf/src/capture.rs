@@ -31,7 +31,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    announce::{announce, sock_event},
+    announce::{announce, fill_announcement, sock_event},
     maps::{
         MTLS_DECIDED, MTLS_EVENTS, MTLS_SCRATCH, bump, capture_budget, ring_ptr, sock_state,
         wakeup_flags,
@@ -45,6 +45,7 @@ const LOOPBACK_IFINDEX: u32 = 1;
 /// `ENOENT`, as the map helpers return it (negated).
 const ENOENT: i32 = 2;
 const DATA_HEADER_LEN: u32 = size_of::<DataHeader>() as u32;
+const CONN_EVENT_LEN: u32 = size_of::<ConnEvent>() as u32;
 
 // TCP states (include/net/tcp_states.h) in which a socket without our storage must
 // predate the probes.
@@ -245,11 +246,10 @@ fn try_capture(ctx: &SkBuffContext, dir: u8) -> Result<(), Stat> {
         return Err(Stat::HeaderUnparsed);
     }
     let seg_len = skb_len - seg.hdr_len;
-    if seg_len > 0 {
-        // The first payload of a socket established quietly: the agent hears of the
-        // connection now, before its first DATA record.
-        announce(sk, state)?;
-    }
+    // The first payload of a socket established quietly: the agent hears of the
+    // connection now, in front of this segment's DATA record (or alone, where no
+    // record follows).
+    let announcing = seg_len > 0 && state.flags & sock_flags::ANNOUNCE_PENDING != 0;
     if seg.flags & tcp_flags::RST != 0 && state.flags & sock_flags::ESTABLISHED == 0 {
         // A RST before establishment: for a connecting socket, its SYN was refused
         // (the ATTEMPT event of sock_ops says so).
@@ -273,6 +273,9 @@ fn try_capture(ctx: &SkBuffContext, dir: u8) -> Result<(), Stat> {
     // SAFETY: context field read.
     if dir == direction::INGRESS && unsafe { (*skb).ingress_ifindex } == LOOPBACK_IFINDEX {
         // The sending socket is on this host and its egress carried these bytes.
+        if announcing {
+            announce(sk, state)?;
+        }
         return Ok(());
     }
 
@@ -306,6 +309,9 @@ fn try_capture(ctx: &SkBuffContext, dir: u8) -> Result<(), Stat> {
     if offset >= budget {
         state.flags |= done_bit;
         bump(Stat::BudgetExhausted, 1);
+        if announcing {
+            announce(sk, state)?;
+        }
         return Ok(());
     }
     let hw = if dir == direction::EGRESS {
@@ -315,6 +321,9 @@ fn try_capture(ctx: &SkBuffContext, dir: u8) -> Result<(), Stat> {
     };
     if seg_len > 0 && offset + seg_len <= hw {
         bump(Stat::Retransmits, 1);
+        if announcing {
+            announce(sk, state)?;
+        }
         return Ok(());
     }
 
@@ -334,6 +343,9 @@ fn try_capture(ctx: &SkBuffContext, dir: u8) -> Result<(), Stat> {
             bump(Stat::MapUpdateFailed, 1);
         }
         bump(Stat::Decided, 1);
+        if announcing {
+            announce(sk, state)?;
+        }
         return Ok(());
     }
 
@@ -348,9 +360,10 @@ fn try_capture(ctx: &SkBuffContext, dir: u8) -> Result<(), Stat> {
         bump(Stat::TruncatedPackets, 1);
     }
 
-    let event = MTLS_SCRATCH.get_ptr_mut(0).ok_or(Stat::LoadFailed)?;
+    let scratch = MTLS_SCRATCH.get_ptr_mut(0).ok_or(Stat::LoadFailed)?;
     // SAFETY: per-CPU scratch slot, ours for the duration of the program.
-    let event = unsafe { &mut *event };
+    let scratch = unsafe { &mut *scratch };
+    let event = &mut scratch.data;
     let h = &mut event.header;
     h.hdr.kind = kind::DATA;
     h.hdr.cookie = cookie;
@@ -404,20 +417,26 @@ fn try_capture(ctx: &SkBuffContext, dir: u8) -> Result<(), Stat> {
             return Err(Stat::LoadFailed);
         }
     }
-    let size = u64::from(DATA_HEADER_LEN + (len & (2 * MAX_CHUNK as u32 - 1)));
-    // SAFETY: the scratch event is `DATA_HEADER_LEN + MAX_CHUNK` bytes long and `size`
-    // does not exceed it.
-    let ret = unsafe {
-        bpf_ringbuf_output(
-            ring_ptr(),
-            ptr::from_mut(event).cast::<c_void>(),
-            size,
-            wakeup_flags(),
-        )
-    };
+    let mut size = u64::from(DATA_HEADER_LEN + (len & (2 * MAX_CHUNK as u32 - 1)));
+    let mut start = ptr::from_mut(event).cast::<c_void>();
+    if announcing {
+        // SAFETY: `sk` is a full socket.
+        unsafe { fill_announcement(&mut scratch.conn, sk, state) };
+        size += u64::from(CONN_EVENT_LEN);
+        start = ptr::from_mut(scratch).cast::<c_void>();
+    }
+    // SAFETY: `start` is the data event in the scratch slot, or the slot's front
+    // when the announcement goes in front of it; `size` does not pass its end.
+    let ret = unsafe { bpf_ringbuf_output(ring_ptr(), start, size, wakeup_flags()) };
     if ret != 0 {
+        // An announcement stays pending: the next segment tries again.
         state.flags |= sock_flags::LOST;
         return Err(Stat::RingbufFull);
+    }
+    if announcing {
+        state.flags &= !sock_flags::ANNOUNCE_PENDING;
+        bump(Stat::AnnounceMade, 1);
+        bump(Stat::ConnEvents, 1);
     }
     bump(Stat::DataEvents, 1);
     bump(Stat::CapturedBytes, u64::from(len));

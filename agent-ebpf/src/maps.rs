@@ -3,7 +3,7 @@
 use core::{ffi::c_void, ptr};
 
 use agent_common::{
-    DECIDED_ENTRIES, DEFAULT_CAPTURE_BUDGET, DEFAULT_RING_BYTES, DataEvent, SockState,
+    DECIDED_ENTRIES, DEFAULT_CAPTURE_BUDGET, DEFAULT_RING_BYTES, Scratch, SockState,
     stats::{self, Stat},
 };
 use aya_ebpf::{
@@ -27,9 +27,10 @@ pub static MTLS_STATS: PerCpuArray<u64, { stats::LEN as usize }> = PerCpuArray::
 #[btf_map]
 pub static MTLS_SOCKS: SkStorage<SockState> = SkStorage::new();
 
-/// Where a data event is assembled before `bpf_ringbuf_output` copies the used part.
+/// Where a data event (with, in front, the announcement it may carry) is assembled
+/// before `bpf_ringbuf_output` copies the used part.
 #[btf_map]
-pub static MTLS_SCRATCH: PerCpuArray<DataEvent, 1> = PerCpuArray::new();
+pub static MTLS_SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
 
 /// Cookies of sockets userspace needs no more bytes from.
 #[btf_map]

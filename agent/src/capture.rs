@@ -30,6 +30,8 @@ pub enum EventKind {
     Conn(ConnKind),
     Data,
     OriginalDst,
+    /// An announcement with the first data record of its socket behind it.
+    EstablishedData,
 }
 
 impl TryFrom<u32> for EventKind {
@@ -45,6 +47,7 @@ impl TryFrom<u32> for EventKind {
             kind::ATTEMPT => Self::Conn(ConnKind::Attempt),
             kind::DATA => Self::Data,
             kind::ORIGINAL_DST => Self::OriginalDst,
+            kind::ESTABLISHED_DATA => Self::EstablishedData,
             other => return Err(DecodeError::UnknownKind(other)),
         })
     }
@@ -57,6 +60,26 @@ pub enum Event<'a> {
     Data(DataHeader, &'a [u8]),
     /// A process learned the pre-NAT destination of one of its sockets.
     OriginalDst(OrigDstEvent),
+    /// A socket's deferred ESTABLISHED event and its first data, in one record:
+    /// [`Event::split`] gives the two events.
+    EstablishedData(ConnEvent, DataHeader, &'a [u8]),
+}
+
+impl<'a> Event<'a> {
+    /// The events a record stands for, in order: one, or an announcement and the
+    /// data that came with it.
+    pub fn split(self) -> (Event<'a>, Option<Event<'a>>) {
+        match self {
+            Event::EstablishedData(mut ev, h, payload) => {
+                ev.hdr.kind = kind::ESTABLISHED;
+                (
+                    Event::Conn(ConnKind::Established, ev),
+                    Some(Event::Data(h, payload)),
+                )
+            }
+            other => (other, None),
+        }
+    }
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -112,26 +135,40 @@ pub fn decode(buf: &[u8]) -> Result<Event<'_>, DecodeError> {
             Ok(Event::OriginalDst(read(buf)))
         }
         EventKind::Data => {
-            let hlen = size_of::<DataHeader>();
-            if buf.len() < hlen {
-                return Err(DecodeError::Size {
-                    kind: event_kind,
-                    got: buf.len(),
-                    want: hlen,
-                });
+            let (h, payload) = data(event_kind, buf, 0)?;
+            Ok(Event::Data(h, payload))
+        }
+        EventKind::EstablishedData => {
+            let clen = size_of::<ConnEvent>();
+            let (h, payload) = data(event_kind, buf, clen)?;
+            if h.hdr.kind != kind::DATA {
+                return Err(DecodeError::UnknownKind(h.hdr.kind));
             }
-            let h: DataHeader = read(buf);
-            let want = hlen + h.len as usize;
-            if buf.len() < want {
-                return Err(DecodeError::Size {
-                    kind: event_kind,
-                    got: buf.len(),
-                    want,
-                });
-            }
-            Ok(Event::Data(h, &buf[hlen..want]))
+            Ok(Event::EstablishedData(read(buf), h, payload))
         }
     }
+}
+
+/// The data record at `at` in `buf`: its header and payload, checked to fit.
+fn data(event_kind: EventKind, buf: &[u8], at: usize) -> Result<(DataHeader, &[u8]), DecodeError> {
+    let hlen = at + size_of::<DataHeader>();
+    if buf.len() < hlen {
+        return Err(DecodeError::Size {
+            kind: event_kind,
+            got: buf.len(),
+            want: hlen,
+        });
+    }
+    let h: DataHeader = read(&buf[at..]);
+    let want = hlen + h.len as usize;
+    if buf.len() < want {
+        return Err(DecodeError::Size {
+            kind: event_kind,
+            got: buf.len(),
+            want,
+        });
+    }
+    Ok((h, &buf[hlen..want]))
 }
 
 #[cfg(test)]
@@ -192,5 +229,32 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+
+        // The same data behind an announcement: one record, two events.
+        // SAFETY: all-zero is a valid ConnEvent (plain integers and arrays).
+        let mut ev: ConnEvent = unsafe { std::mem::zeroed() };
+        ev.hdr.kind = kind::ESTABLISHED_DATA;
+        ev.hdr.cookie = 7;
+        ev.hdr.ts_ns = 1;
+        let mut rec = bytes_of(&ev);
+        rec.extend_from_slice(&bytes_of(&h));
+        assert!(matches!(decode(&rec), Err(DecodeError::Size { .. })));
+        rec.extend_from_slice(b"hello");
+        let (first, then) = decode(&rec).unwrap().split();
+        match (first, then) {
+            (Event::Conn(ConnKind::Established, e), Some(Event::Data(d, payload))) => {
+                assert_eq!(e.hdr.kind, kind::ESTABLISHED);
+                assert_eq!((e.hdr.cookie, d.hdr.cookie), (7, 7));
+                assert_eq!(payload, b"hello");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        // The record behind the announcement must be a data record.
+        let mut bad = bytes_of(&ev);
+        let mut not_data = h;
+        not_data.hdr.kind = kind::CLOSED;
+        bad.extend_from_slice(&bytes_of(&not_data));
+        bad.extend_from_slice(b"hello");
+        assert!(decode(&bad).is_err());
     }
 }

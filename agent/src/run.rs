@@ -398,8 +398,11 @@ impl Pipeline {
                 batch += 1;
                 match capture::decode(&item) {
                     Ok(event) => {
-                        self.hops.on_event(&event);
-                        self.table.on_event(event);
+                        let (first, then) = event.split();
+                        for event in std::iter::once(first).chain(then) {
+                            self.hops.on_event(&event);
+                            self.table.on_event(event);
+                        }
                     }
                     Err(err) => {
                         decode_errors += 1;

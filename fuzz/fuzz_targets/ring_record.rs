@@ -5,7 +5,14 @@ use libfuzzer_sys::fuzz_target;
 use mtls_auditor::capture::{Event, decode};
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(Event::Data(h, payload)) = decode(data) {
-        assert_eq!(payload.len(), h.len as usize);
+    match decode(data) {
+        Ok(Event::Data(h, payload)) => assert_eq!(payload.len(), h.len as usize),
+        Ok(event @ Event::EstablishedData(_, h, payload)) => {
+            assert_eq!(payload.len(), h.len as usize);
+            let (first, then) = event.split();
+            assert!(matches!(first, Event::Conn(..)));
+            assert!(matches!(then, Some(Event::Data(..))));
+        }
+        _ => {}
     }
 });

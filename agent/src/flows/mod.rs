@@ -244,6 +244,13 @@ impl FlowTable {
             Event::Conn(ConnKind::Attempt, ev) => self.attempt(&ev),
             Event::Data(h, payload) => self.data(&h, payload),
             Event::OriginalDst(ev) => self.original_dst(&ev),
+            Event::EstablishedData(..) => {
+                let (first, then) = event.split();
+                self.on_event(first);
+                if let Some(then) = then {
+                    self.on_event(then);
+                }
+            }
         }
     }
 
