@@ -285,6 +285,7 @@ pub fn run(args: &RunArgs) -> Result<(), RunError> {
         poll: Duration::from_millis(args.poll_ms.max(1)),
         stats_interval_ns: args.stats_interval_s.saturating_mul(1_000_000_000),
         shutdown: Arc::clone(&shutdown),
+        count_later: Vec::new(),
     };
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     let worker = thread::Builder::new()
@@ -359,6 +360,11 @@ struct Pipeline {
     poll: Duration,
     stats_interval_ns: u64,
     shutdown: Arc<AtomicBool>,
+    /// Settled connections with one end so far, younger than the linger: counted
+    /// once their other end is announced or the linger is over (a socket is
+    /// announced when it first speaks, so a local peer's end can trail by
+    /// microseconds; counting without it would leave out its reporter for good).
+    count_later: Vec<u64>,
 }
 
 const TICK_NS: u64 = 100_000_000;
@@ -437,10 +443,21 @@ impl Pipeline {
                     cls.is_settled().then_some(cls)
                 });
                 // What is settled is counted now, not when it closes.
-                for cookie in self.table.take_newly_settled() {
+                let mut settled = self.table.take_newly_settled();
+                settled.append(&mut self.count_later);
+                for cookie in settled {
                     let Some(conn) = self.table.connection_of(cookie) else {
-                        continue;
+                        continue; // finished: counted as it was emitted
                     };
+                    if conn.counted {
+                        continue;
+                    }
+                    if !conn.both_ends()
+                        && now.saturating_sub(conn.first_ns) < self.table.linger_ns()
+                    {
+                        self.count_later.push(cookie);
+                        continue;
+                    }
                     let record = Stages {
                         resumptions: &mut self.resumptions,
                         hops: &self.hops,

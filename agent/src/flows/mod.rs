@@ -204,6 +204,11 @@ impl FlowTable {
         }
     }
 
+    /// How long a connection with one end closed waits for its other end.
+    pub fn linger_ns(&self) -> u64 {
+        self.cfg.linger_ns
+    }
+
     /// Connections currently tracked.
     pub fn len(&self) -> usize {
         self.conns.len()
