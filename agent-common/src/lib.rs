@@ -61,7 +61,10 @@ pub const DECIDED_ENTRIES: u32 = 65_536;
 
 /// Event kinds (the first `u32` of every event).
 pub mod kind {
-    /// A connection became established (sock_ops active/passive), [`crate::ConnEvent`].
+    /// A connection became established (sock_ops active/passive), [`crate::ConnEvent`]
+    /// stamped with the time of establishment. Sent when the socket first carries
+    /// payload (usually as [`ESTABLISHED_DATA`]), is asked for its original
+    /// destination, or closes; at once when its SYN was translated.
     pub const ESTABLISHED: u32 = 1;
     /// Payload bytes of one direction, [`crate::DataHeader`] followed by the bytes.
     pub const DATA: u32 = 2;
