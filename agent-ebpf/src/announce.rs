@@ -21,18 +21,34 @@ use crate::{
     maps::{MTLS_EVENTS, bump, wakeup_flags},
 };
 
+/// The role an ESTABLISHED event of this socket names.
+#[inline(always)]
+pub fn role_of(state: &SockState) -> u16 {
+    if state.flags & sock_flags::ACTIVE != 0 {
+        role::CLIENT
+    } else {
+        role::SERVER
+    }
+}
+
+/// An event's timestamp: `ts_ns`, or now when it is 0.
+#[inline(always)]
+pub fn stamp(ts_ns: u64) -> u64 {
+    if ts_ns != 0 {
+        ts_ns
+    } else {
+        // SAFETY: plain helper call.
+        unsafe { bpf_ktime_get_ns() }
+    }
+}
+
 /// Sends the deferred ESTABLISHED event of `sk` if it has not gone out yet.
 #[inline(always)]
 pub fn announce(sk: *mut bpf_sock, state: &mut SockState) -> Result<(), Stat> {
     if state.flags & sock_flags::ANNOUNCE_PENDING == 0 {
         return Ok(());
     }
-    let event_role = if state.flags & sock_flags::ACTIVE != 0 {
-        role::CLIENT
-    } else {
-        role::SERVER
-    };
-    if let Err(stat) = sock_event(kind::ESTABLISHED, event_role, state.est_ns, sk, state) {
+    if let Err(stat) = sock_event(kind::ESTABLISHED, role_of(state), state.est_ns, sk, state) {
         // Still pending: the next segment tries again.
         state.flags |= sock_flags::LOST;
         return Err(stat);
@@ -78,17 +94,12 @@ pub fn sock_event(
 /// `sk` must be a full socket.
 #[inline(always)]
 pub unsafe fn fill_announcement(e: &mut ConnEvent, sk: *mut bpf_sock, state: &SockState) {
-    let event_role = if state.flags & sock_flags::ACTIVE != 0 {
-        role::CLIENT
-    } else {
-        role::SERVER
-    };
     // SAFETY: per the contract.
     unsafe {
         fill(
             e,
             kind::ESTABLISHED_DATA,
-            event_role,
+            role_of(state),
             state.est_ns,
             sk,
             state,
@@ -114,11 +125,7 @@ unsafe fn fill(
         ptr::write_bytes(ptr::from_mut(e), 0, 1);
         e.hdr.kind = event_kind;
         e.hdr.cookie = state.cookie;
-        e.hdr.ts_ns = if ts_ns != 0 {
-            ts_ns
-        } else {
-            bpf_ktime_get_ns()
-        };
+        e.hdr.ts_ns = stamp(ts_ns);
         e.netns_cookie = state.netns_cookie;
         if state.flags & sock_flags::CGROUP != 0 {
             e.cgroup_id = state.cgroup_id;

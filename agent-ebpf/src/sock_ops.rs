@@ -32,6 +32,7 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 
 use crate::{
+    announce::{role_of, stamp},
     capture::copy_ip6,
     maps::{MTLS_EVENTS, bump, sock_state, wakeup_flags},
 };
@@ -171,15 +172,6 @@ fn established(ctx: &SockOpsContext, active: bool) -> Result<(), Stat> {
     emit(ctx, kind::ESTABLISHED, role_of(state), state.est_ns, state)
 }
 
-#[inline(always)]
-fn role_of(state: &agent_common::SockState) -> u16 {
-    if state.flags & sock_flags::ACTIVE != 0 {
-        role::CLIENT
-    } else {
-        role::SERVER
-    }
-}
-
 /// Tracks FINs (their sequence numbers are not payload) and reports the close.
 #[inline(always)]
 fn state_change(ctx: &SockOpsContext, old: u32, new: u32) -> Result<(), Stat> {
@@ -260,11 +252,7 @@ fn emit(
         e.hdr.kind = event_kind;
         e.hdr.cookie = state.cookie;
         // 0: now. A deferred ESTABLISHED carries the time of establishment.
-        e.hdr.ts_ns = if ts_ns != 0 {
-            ts_ns
-        } else {
-            bpf_ktime_get_ns()
-        };
+        e.hdr.ts_ns = stamp(ts_ns);
         e.netns_cookie = bpf_get_netns_cookie(ctx.as_ptr());
         e.family = (*ops).family as u16;
         e.role = event_role;

@@ -165,25 +165,44 @@ fn loopback_pairs_in_different_namespaces_stay_apart() {
     assert_eq!(t.len(), 2);
 }
 
-#[test]
-fn single_end_waits_for_the_linger() {
-    let mut t = FlowTable::new(
+/// A table whose single ends wait 100 ns for their peer.
+fn lingering_table() -> FlowTable {
+    FlowTable::new(
         FlowConfig {
             linger_ns: 100,
             ..FlowConfig::default()
         },
         None,
-    );
-    let c = ([10, 213, 0, 2], 40000);
-    let s = ([10, 213, 0, 1], 443);
+    )
+}
+
+fn establish(
+    t: &mut FlowTable,
+    cookie: u64,
+    r: u16,
+    local: ([u8; 4], u16),
+    remote: ([u8; 4], u16),
+) {
     t.on_event(Event::Conn(
         ConnKind::Established,
-        conn_event(kind::ESTABLISHED, 1, role::CLIENT, c, s),
+        conn_event(kind::ESTABLISHED, cookie, r, local, remote),
     ));
+}
+
+fn close(t: &mut FlowTable, cookie: u64, local: ([u8; 4], u16), remote: ([u8; 4], u16)) {
     t.on_event(Event::Conn(
         ConnKind::Closed,
-        conn_event(kind::CLOSED, 1, role::UNKNOWN, c, s),
+        conn_event(kind::CLOSED, cookie, role::UNKNOWN, local, remote),
     ));
+}
+
+#[test]
+fn single_end_waits_for_the_linger() {
+    let mut t = lingering_table();
+    let c = ([10, 213, 0, 2], 40000);
+    let s = ([10, 213, 0, 1], 443);
+    establish(&mut t, 1, role::CLIENT, c, s);
+    close(&mut t, 1, c, s);
     let mut out = Vec::new();
     t.tick(1_050, &mut |c| out.push(c));
     assert!(out.is_empty());
@@ -193,37 +212,19 @@ fn single_end_waits_for_the_linger() {
 
 #[test]
 fn a_closed_end_whose_peer_joins_late_waits_for_the_peers_close() {
-    let mut t = FlowTable::new(
-        FlowConfig {
-            linger_ns: 100,
-            ..FlowConfig::default()
-        },
-        None,
-    );
+    let mut t = lingering_table();
     let c = ([127, 0, 0, 1], 40000);
     let s = ([127, 0, 0, 1], 8080);
-    t.on_event(Event::Conn(
-        ConnKind::Established,
-        conn_event(kind::ESTABLISHED, 1, role::CLIENT, c, s),
-    ));
-    t.on_event(Event::Conn(
-        ConnKind::Closed,
-        conn_event(kind::CLOSED, 1, role::UNKNOWN, c, s),
-    ));
+    establish(&mut t, 1, role::CLIENT, c, s);
+    close(&mut t, 1, c, s);
     let mut out = Vec::new();
     t.tick(1_050, &mut |c| out.push(c));
     assert!(out.is_empty(), "one end closed: waits for the linger");
     // The server end is announced (it spoke, or closed) within the linger.
-    t.on_event(Event::Conn(
-        ConnKind::Established,
-        conn_event(kind::ESTABLISHED, 2, role::SERVER, s, c),
-    ));
+    establish(&mut t, 2, role::SERVER, s, c);
     t.tick(5_000, &mut |c| out.push(c));
     assert!(out.is_empty(), "the joined server end is still open");
-    t.on_event(Event::Conn(
-        ConnKind::Closed,
-        conn_event(kind::CLOSED, 2, role::UNKNOWN, s, c),
-    ));
+    close(&mut t, 2, s, c);
     t.tick(5_000, &mut |c| out.push(c));
     assert_eq!(out.len(), 1);
     assert!(out[0].both_ends());
