@@ -88,6 +88,8 @@ pub enum DecodeError {
     Short(usize),
     #[error("unknown event kind {0}")]
     UnknownKind(u32),
+    #[error("announcement record followed by a record of kind {0}, not data")]
+    NotData(u32),
     #[error("{kind:?} record of {got} bytes, expected {want}")]
     Size {
         kind: EventKind,
@@ -142,7 +144,7 @@ pub fn decode(buf: &[u8]) -> Result<Event<'_>, DecodeError> {
             let clen = size_of::<ConnEvent>();
             let (h, payload) = data(event_kind, buf, clen)?;
             if h.hdr.kind != kind::DATA {
-                return Err(DecodeError::UnknownKind(h.hdr.kind));
+                return Err(DecodeError::NotData(h.hdr.kind));
             }
             Ok(Event::EstablishedData(read(buf), h, payload))
         }
@@ -255,6 +257,11 @@ mod tests {
         not_data.hdr.kind = kind::CLOSED;
         bad.extend_from_slice(&bytes_of(&not_data));
         bad.extend_from_slice(b"hello");
-        assert!(decode(&bad).is_err());
+        let err = decode(&bad).unwrap_err();
+        assert_eq!(err, DecodeError::NotData(kind::CLOSED));
+        assert_eq!(
+            err.to_string(),
+            "announcement record followed by a record of kind 3, not data"
+        );
     }
 }
