@@ -222,6 +222,8 @@ pub struct SockState {
     pub netns_cookie: u64,
 }
 const _: () = assert!(core::mem::size_of::<SockState>() == 80);
+// The kernel programs copy command names with 8-byte moves (agent-ebpf `mem`).
+const _: () = assert!(core::mem::offset_of!(SockState, comm) % 8 == 0);
 
 /// Common first fields of every event.
 #[repr(C)]
@@ -276,6 +278,7 @@ pub struct ConnEvent {
     pub uid: u32,
 }
 const _: () = assert!(core::mem::size_of::<ConnEvent>() == 136);
+const _: () = assert!(core::mem::offset_of!(ConnEvent, comm) % 8 == 0);
 
 /// What `getsockopt(SOL_IP, SO_ORIGINAL_DST)` (or `SOL_IPV6`,
 /// `IP6T_SO_ORIGINAL_DST`) told a process about one of its sockets.
@@ -317,6 +320,7 @@ pub struct OrigDstEvent {
     pub _pad0: u16,
 }
 const _: () = assert!(core::mem::size_of::<OrigDstEvent>() == 136);
+const _: () = assert!(core::mem::offset_of!(OrigDstEvent, comm) % 8 == 0);
 
 /// Header of a data event; `len` payload bytes follow it in the same record.
 ///
@@ -347,6 +351,9 @@ pub struct DataHeader {
     pub comm: [u8; 16],
 }
 const _: () = assert!(core::mem::size_of::<DataHeader>() == 72);
+// pid and tgid are zeroed as one 8-byte word, comm as two.
+const _: () = assert!(core::mem::offset_of!(DataHeader, pid) % 8 == 0);
+const _: () = assert!(core::mem::offset_of!(DataHeader, comm) % 8 == 0);
 
 /// A data event as assembled in the per-CPU scratch buffer.
 #[repr(C)]

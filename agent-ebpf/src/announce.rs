@@ -19,6 +19,7 @@ use aya_ebpf::{bindings::bpf_sock, helpers::generated::bpf_ktime_get_ns};
 use crate::{
     capture::copy_ip6,
     maps::{MTLS_EVENTS, bump, wakeup_flags},
+    mem,
 };
 
 /// The role an ESTABLISHED event of this socket names.
@@ -122,7 +123,7 @@ unsafe fn fill(
 ) {
     // SAFETY: `e` is a whole ConnEvent; `sk` per the contract.
     unsafe {
-        ptr::write_bytes(ptr::from_mut(e), 0, 1);
+        mem::zero(ptr::from_mut(e));
         e.hdr.kind = event_kind;
         e.hdr.cookie = state.cookie;
         e.hdr.ts_ns = stamp(ts_ns);
@@ -145,7 +146,7 @@ unsafe fn fill(
         if state.flags & sock_flags::PROCESS != 0 {
             e.pid = state.pid;
             e.tgid = state.tgid;
-            e.comm = state.comm;
+            mem::copy_comm(&raw mut e.comm, &raw const state.comm);
             e.uid = state.uid;
         }
         e.egress_base = state.egress_base;

@@ -1,14 +1,14 @@
 //! cgroup_skb ingress/egress: the capture budget.
 //!
-//! Fast path: a packet of a socket whose budget is used up (or that userspace has
-//! decided) costs `bpf_sk_fullsock` and one socket-storage lookup. Inside the
-//! budget the IP and TCP headers are read in place (direct packet access) to find
-//! the payload, whose in-budget part is copied to a per-CPU scratch event and
-//! output with its stream offset. Packets without payload cost nothing more unless
-//! they carry a RST. On loopback the receiving side returns before the storage
-//! lookup unless the packet carries payload, a RST or a FIN, and sends no data: the
-//! sender's egress already carried the same bytes. Its payload only announces the
-//! receiving socket, if that is still pending (see `announce`).
+//! Every packet's IP and TCP headers are read in place (direct packet access).
+//! A packet without payload returns there, before the storage lookup, unless it
+//! carries a RST or a FIN or is a connect's SYN going out. Past that, a packet of a
+//! socket whose budget is used up (or that userspace has decided) costs one
+//! socket-storage lookup. Inside the budget the in-budget part of the payload is
+//! copied to a per-CPU scratch event and output with its stream offset. On
+//! loopback the receiving side sends no data: the sender's egress already carried
+//! the same bytes. Its payload only announces the receiving socket, if that is
+//! still pending (see `announce`).
 
 use core::{ffi::c_void, mem::size_of, ptr};
 
@@ -20,7 +20,7 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{__sk_buff, bpf_sock},
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         generated::{
             bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_ringbuf_output,
             bpf_sk_fullsock, bpf_skb_cgroup_id, bpf_skb_load_bytes,
@@ -36,6 +36,7 @@ use crate::{
         MTLS_DECIDED, MTLS_EVENTS, MTLS_SCRATCH, bump, capture_budget, ring_ptr, sock_state,
         wakeup_flags,
     },
+    mem,
 };
 
 const IPPROTO_TCP: u32 = 6;
@@ -185,19 +186,25 @@ fn try_capture(ctx: &SkBuffContext, dir: u8) -> Result<(), Stat> {
         return Ok(());
     }
 
+    let Some(seg) = parse_headers(ctx, skb)? else {
+        return Ok(());
+    };
     // SAFETY: context field read.
-    if dir == direction::INGRESS && unsafe { (*skb).ingress_ifindex } == LOOPBACK_IFINDEX {
-        // The sending socket is on this host and its egress carried these bytes.
-        // Only payload (which announces a pending socket), a RST (a refused
-        // connect) or a FIN (the close of a socket older than the probes) matters
-        // here: bare ACKs return before the storage lookup.
-        match parse_headers(ctx, skb)? {
-            // SAFETY: context field read.
-            Some(seg)
-                if seg.flags & (tcp_flags::RST | tcp_flags::FIN) != 0
-                    || unsafe { (*skb).len } > seg.hdr_len => {}
-            _ => return Ok(()),
-        }
+    let skb_len = unsafe { (*skb).len };
+    if skb_len < seg.hdr_len {
+        return Err(Stat::HeaderUnparsed);
+    }
+    let seg_len = skb_len - seg.hdr_len;
+    // SAFETY: context field read.
+    let loopback_in =
+        dir == direction::INGRESS && unsafe { (*skb).ingress_ifindex } == LOOPBACK_IFINDEX;
+    // A packet without payload returns before the storage lookup unless it carries
+    // a RST (a refused connect), a FIN (the close of a socket older than the
+    // probes) or is a connect's SYN on its way out (where it really goes).
+    let syn_out =
+        dir == direction::EGRESS && seg.flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
+    if seg_len == 0 && seg.flags & (tcp_flags::RST | tcp_flags::FIN) == 0 && !syn_out {
+        return Ok(());
     }
     // SAFETY: `sk` is a full socket.
     let mut st = unsafe { sock_state(sk.cast(), false) };
@@ -236,16 +243,6 @@ fn try_capture(ctx: &SkBuffContext, dir: u8) -> Result<(), Stat> {
         state.flags |= sock_flags::CGROUP;
     }
 
-    // Inside the budget: find the payload.
-    let Some(seg) = parse_headers(ctx, skb)? else {
-        return Ok(());
-    };
-    // SAFETY: context field read.
-    let skb_len = unsafe { (*skb).len };
-    if skb_len < seg.hdr_len {
-        return Err(Stat::HeaderUnparsed);
-    }
-    let seg_len = skb_len - seg.hdr_len;
     // The first payload of a socket established quietly: the agent hears of the
     // connection now, in front of this segment's DATA record (or alone, where no
     // record follows).
@@ -255,7 +252,7 @@ fn try_capture(ctx: &SkBuffContext, dir: u8) -> Result<(), Stat> {
         // (the ATTEMPT event of sock_ops says so).
         state.flags |= sock_flags::RESET;
     }
-    if dir == direction::EGRESS && seg.flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN {
+    if syn_out {
         // A connect()ing socket's SYN, past netfilter: where it really goes.
         if state.flags & sock_flags::COOKIE == 0 {
             // SAFETY: cookie of the skb's socket.
@@ -270,8 +267,7 @@ fn try_capture(ctx: &SkBuffContext, dir: u8) -> Result<(), Stat> {
         // ACKs and FINs: the close event says which side sent a FIN.
         return Ok(());
     }
-    // SAFETY: context field read.
-    if dir == direction::INGRESS && unsafe { (*skb).ingress_ifindex } == LOOPBACK_IFINDEX {
+    if loopback_in {
         // The sending socket is on this host and its egress carried these bytes.
         if announcing {
             announce(sk, state)?;
@@ -375,9 +371,12 @@ fn try_capture(ctx: &SkBuffContext, dir: u8) -> Result<(), Stat> {
     h.seg_len = seg_len;
     h.direction = dir;
     h.tcp_flags = seg.flags;
-    h.pid = 0;
-    h.tgid = 0;
-    h.comm = [0; 16];
+    // SAFETY: pid and tgid are one aligned word, comm two (asserted in
+    // agent_common), inside the scratch slot.
+    unsafe {
+        mem::zero((&raw mut h.pid).cast::<u64>());
+        mem::zero((&raw mut h.comm).cast::<[u64; 2]>());
+    }
     if dir == direction::EGRESS && state.flags & sock_flags::PROCESS == 0 && seg_len > 0 {
         // Egress segments are usually sent from the owner's system call. Trust the
         // current task only when its cgroup is the socket's.
@@ -386,11 +385,15 @@ fn try_capture(ctx: &SkBuffContext, dir: u8) -> Result<(), Stat> {
         if pid_tgid != 0 && unsafe { bpf_get_current_cgroup_id() } == state.cgroup_id {
             h.pid = pid_tgid as u32;
             h.tgid = (pid_tgid >> 32) as u32;
-            h.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+            // SAFETY: both are aligned command names, in the scratch slot and
+            // the socket's storage.
+            unsafe {
+                mem::current_comm(&raw mut h.comm);
+                mem::copy_comm(&raw mut state.comm, &raw const h.comm);
+            }
             data_flags |= data_flags::PROCESS;
             state.pid = h.pid;
             state.tgid = h.tgid;
-            state.comm = h.comm;
             state.uid = bpf_get_current_uid_gid() as u32;
             state.flags |= sock_flags::PROCESS;
         }
@@ -575,7 +578,7 @@ fn nat_check(
     let ev = entry.as_mut_ptr();
     // SAFETY: reserved space of the right size, zeroed then filled.
     unsafe {
-        ptr::write_bytes(ev, 0, 1);
+        mem::zero(ev);
         let e = &mut *ev;
         e.hdr.kind = kind::NAT;
         e.hdr.cookie = cookie;

@@ -18,6 +18,7 @@
 mod announce;
 mod capture;
 mod maps;
+mod mem;
 mod sock_create;
 mod sock_ops;
 mod sockopt;

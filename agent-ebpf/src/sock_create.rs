@@ -9,14 +9,17 @@ use agent_common::{sock_flags, stats::Stat};
 use aya_ebpf::{
     EbpfContext,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie},
     },
     macros::cgroup_sock,
     programs::SockContext,
 };
 
-use crate::maps::{bump, sock_state};
+use crate::{
+    maps::{bump, sock_state},
+    mem,
+};
 
 const IPPROTO_TCP: u32 = 6;
 
@@ -45,7 +48,8 @@ fn try_sock_create(ctx: &SockContext) -> Result<(), Stat> {
     let pid_tgid = bpf_get_current_pid_tgid();
     state.pid = pid_tgid as u32;
     state.tgid = (pid_tgid >> 32) as u32;
-    state.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    // SAFETY: the destination is the storage's command name.
+    unsafe { mem::current_comm(&raw mut state.comm) };
     state.uid = bpf_get_current_uid_gid() as u32;
     // SAFETY: plain helper calls on the context.
     unsafe {

@@ -14,8 +14,6 @@
 //! events here copy them. Nothing here needs the current task, which for most of
 //! these callbacks (softirq) is not the socket's owner anyway.
 
-use core::ptr;
-
 use agent_common::{ConnEvent, family, kind, role, sock_flags, stats::Stat};
 use aya_ebpf::{
     EbpfContext,
@@ -35,13 +33,13 @@ use crate::{
     announce::{role_of, stamp},
     capture::copy_ip6,
     maps::{MTLS_EVENTS, bump, sock_state, wakeup_flags},
+    mem,
 };
 
 const TCP_ESTABLISHED: u32 = 1;
 const TCP_SYN_SENT: u32 = 2;
 const TCP_FIN_WAIT1: u32 = 4;
 const TCP_FIN_WAIT2: u32 = 5;
-const TCP_TIME_WAIT: u32 = 6;
 const TCP_CLOSE: u32 = 7;
 const TCP_CLOSE_WAIT: u32 = 8;
 const TCP_LAST_ACK: u32 = 9;
@@ -172,13 +170,12 @@ fn established(ctx: &SockOpsContext, active: bool) -> Result<(), Stat> {
     emit(ctx, kind::ESTABLISHED, role_of(state), state.est_ns, state)
 }
 
-/// Tracks FINs (their sequence numbers are not payload) and reports the close.
+/// Reports the close. Only the transition to CLOSE looks at the storage: what came
+/// before it (which side sent a FIN, who closed first, whether it was reset)
+/// follows from the state the socket closes from, see [`close_flags`].
 #[inline(always)]
 fn state_change(ctx: &SockOpsContext, old: u32, new: u32) -> Result<(), Stat> {
-    // Transitions that change nothing here return before the storage lookup:
-    // establishment (sock_ops' own callback reports it) and FIN_WAIT2 (our FIN
-    // was acknowledged).
-    if (old == TCP_SYN_SENT && new != TCP_CLOSE) || new == TCP_FIN_WAIT2 {
+    if new != TCP_CLOSE {
         return Ok(());
     }
     let ops = ctx.ops;
@@ -199,36 +196,41 @@ fn state_change(ctx: &SockOpsContext, old: u32, new: u32) -> Result<(), Stat> {
         // came, noted by the capture program), unanswered or abandoned.
         return emit(ctx, kind::ATTEMPT, role::CLIENT, 0, state);
     }
-    if new == TCP_FIN_WAIT1 || new == TCP_LAST_ACK {
-        state.flags |= sock_flags::FIN_SENT;
+    state.flags |= close_flags(old);
+    if state.flags & sock_flags::ANNOUNCE_PENDING != 0 {
+        // Closed without ever carrying payload: announced now, as it was.
+        state.flags &= !sock_flags::ANNOUNCE_PENDING;
+        bump(Stat::AnnounceMade, 1);
+        emit(ctx, kind::ESTABLISHED, role_of(state), state.est_ns, state)?;
     }
-    if new == TCP_FIN_WAIT1 && state.flags & sock_flags::PEER_CLOSED_FIRST == 0 {
-        state.flags |= sock_flags::CLOSED_FIRST;
+    emit(ctx, kind::CLOSED, role::UNKNOWN, 0, state)
+}
+
+/// The close flags of a socket that goes to CLOSE from `old`. A socket only
+/// reaches FIN_WAIT1 by sending its FIN first (from ESTABLISHED) and CLOSE_WAIT by
+/// receiving the peer's first, so the state it leaves says it all:
+///
+/// | from | FIN sent | FIN received | closed first | reset |
+/// | --- | --- | --- | --- | --- |
+/// | ESTABLISHED | | | | yes |
+/// | FIN_WAIT1 | yes | | we did | yes |
+/// | FIN_WAIT2, CLOSING (through TIME_WAIT) | yes | yes | we did | |
+/// | CLOSE_WAIT | | yes | the peer | yes |
+/// | LAST_ACK | yes | yes | the peer | |
+///
+/// FIN_WAIT2 also closes when its timeout runs out without the peer's FIN; that
+/// close is counted as one that received it, as it always was.
+#[inline(always)]
+fn close_flags(old: u32) -> u32 {
+    use sock_flags::{CLOSED_FIRST, FIN_RECEIVED, FIN_SENT, PEER_CLOSED_FIRST, RESET};
+    match old {
+        TCP_ESTABLISHED => RESET,
+        TCP_FIN_WAIT1 => FIN_SENT | CLOSED_FIRST | RESET,
+        TCP_FIN_WAIT2 | TCP_CLOSING => FIN_SENT | CLOSED_FIRST | FIN_RECEIVED,
+        TCP_CLOSE_WAIT => PEER_CLOSED_FIRST | FIN_RECEIVED | RESET,
+        TCP_LAST_ACK => FIN_SENT | PEER_CLOSED_FIRST | FIN_RECEIVED,
+        _ => 0,
     }
-    if new == TCP_CLOSE_WAIT && state.flags & sock_flags::CLOSED_FIRST == 0 {
-        state.flags |= sock_flags::PEER_CLOSED_FIRST;
-    }
-    if new == TCP_CLOSE && (old == TCP_ESTABLISHED || old == TCP_CLOSE_WAIT || old == TCP_FIN_WAIT1)
-    {
-        state.flags |= sock_flags::RESET;
-    }
-    if new == TCP_CLOSE_WAIT
-        || new == TCP_CLOSING
-        || new == TCP_TIME_WAIT
-        || (old == TCP_FIN_WAIT2 && new == TCP_CLOSE)
-    {
-        state.flags |= sock_flags::FIN_RECEIVED;
-    }
-    if new == TCP_CLOSE {
-        if state.flags & sock_flags::ANNOUNCE_PENDING != 0 {
-            // Closed without ever carrying payload: announced now, as it was.
-            state.flags &= !sock_flags::ANNOUNCE_PENDING;
-            bump(Stat::AnnounceMade, 1);
-            emit(ctx, kind::ESTABLISHED, role_of(state), state.est_ns, state)?;
-        }
-        return emit(ctx, kind::CLOSED, role::UNKNOWN, 0, state);
-    }
-    Ok(())
 }
 
 #[inline(always)]
@@ -247,7 +249,7 @@ fn emit(
     let ev = entry.as_mut_ptr();
     // SAFETY: reserved space of the right size, zeroed then filled; context reads.
     unsafe {
-        ptr::write_bytes(ev, 0, 1);
+        mem::zero(ev);
         let e = &mut *ev;
         e.hdr.kind = event_kind;
         e.hdr.cookie = state.cookie;
@@ -288,7 +290,7 @@ fn emit(
         if state.flags & sock_flags::PROCESS != 0 {
             e.pid = state.pid;
             e.tgid = state.tgid;
-            e.comm = state.comm;
+            mem::copy_comm(&raw mut e.comm, &raw const state.comm);
             e.uid = state.uid;
         }
         if state.flags & sock_flags::CGROUP != 0 {

@@ -23,7 +23,7 @@ use aya_ebpf::{
     EbpfContext,
     bindings::bpf_sockopt,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         generated::{bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_ktime_get_ns},
     },
     macros::cgroup_sockopt,
@@ -34,6 +34,7 @@ use crate::{
     announce::announce,
     capture::copy_ip6,
     maps::{MTLS_EVENTS, bump, sock_state, wakeup_flags},
+    mem,
 };
 
 const SOL_IP: i32 = 0;
@@ -88,7 +89,7 @@ fn try_getsockopt(ctx: &SockoptContext) -> Result<(), Stat> {
     // SAFETY: reserved space of the right size, zeroed then filled; context and
     // socket field reads.
     unsafe {
-        ptr::write_bytes(ev, 0, 1);
+        mem::zero(ev);
         let e = &mut *ev;
         e.hdr.kind = kind::ORIGINAL_DST;
         e.hdr.ts_ns = bpf_ktime_get_ns();
@@ -112,7 +113,7 @@ fn try_getsockopt(ctx: &SockoptContext) -> Result<(), Stat> {
         let uid_gid = bpf_get_current_uid_gid();
         e.uid = uid_gid as u32;
         e.gid = (uid_gid >> 32) as u32;
-        e.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        mem::current_comm(&raw mut e.comm);
         e.result = (*so).retval;
         if e.result == 0 {
             read_sockaddr(so, e);
