@@ -18,7 +18,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 
 use super::{
-    sys::{Guard, wait_listening},
+    sys::{self, Guard, wait_listening},
     tls::Certs,
 };
 
@@ -101,10 +101,14 @@ pub struct ConnRun {
     /// Connections that failed (wrk's socket errors; s_time's missing ones are
     /// not counted by s_time).
     pub errors: u64,
+    /// Busy CPU seconds of the whole machine while it ran: load generator,
+    /// server, agent, kernel (see [`sys::machine_busy_seconds`]).
+    pub busy_s: f64,
 }
 
 /// `wrk -t2 -c32 -H 'Connection: close'` for `seconds`.
 pub fn wrk(port: u16, seconds: u64) -> Result<ConnRun> {
+    let busy0 = sys::machine_busy_seconds()?;
     let out = Command::new("wrk")
         .args(["-t2", "-c32", &format!("-d{seconds}s")])
         .args(["-H", "Connection: close"])
@@ -119,7 +123,11 @@ pub fn wrk(port: u16, seconds: u64) -> Result<ConnRun> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    parse_wrk(&text)
+    let busy_s = sys::machine_busy_seconds()? - busy0;
+    Ok(ConnRun {
+        busy_s,
+        ..parse_wrk(&text)?
+    })
 }
 
 /// Requests per second, requests completed and socket errors from wrk's report.
@@ -159,12 +167,14 @@ pub fn parse_wrk(text: &str) -> Result<ConnRun> {
         rate,
         conns,
         errors,
+        busy_s: 0.0,
     })
 }
 
 /// Two `openssl s_time -new` clients with the client certificate for `seconds`;
 /// the rate is their connections over the wall time of the longer one.
 pub fn s_time(port: u16, certs: &Certs, seconds: u64) -> Result<ConnRun> {
+    let busy0 = sys::machine_busy_seconds()?;
     let started = Instant::now();
     let children = (0..S_TIME_CLIENTS)
         .map(|_| {
@@ -197,6 +207,7 @@ pub fn s_time(port: u16, certs: &Certs, seconds: u64) -> Result<ConnRun> {
         rate: conns as f64 / wall,
         conns,
         errors: 0,
+        busy_s: sys::machine_busy_seconds()? - busy0,
     })
 }
 
@@ -281,7 +292,8 @@ Transfer/sec:      2.56MB
             ConnRun {
                 rate: 11635.44,
                 conns: 23538,
-                errors: 0
+                errors: 0,
+                busy_s: 0.0,
             }
         );
     }

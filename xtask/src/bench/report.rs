@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 
 use super::{
-    AFTER_CLOSE_S, BenchOptions, Memory, Round, agent::PhaseCost, stats::Series, stats::per,
+    AFTER_CLOSE_S, BenchOptions, Memory, Round, agent::PhaseCost, load::ConnRun, stats::Series,
+    stats::per,
 };
 
 const MIB: f64 = 1024.0;
@@ -190,6 +191,37 @@ fn per_connection(rounds: &[Round]) {
     line("reported as (connections_total, 2 ends)", classified);
 }
 
+/// A workload's runs without and with the agent, out of a round.
+type RunsOf = fn(&Round) -> (ConnRun, ConnRun);
+
+/// The whole machine's busy CPU per connection, without and with the agent: what
+/// the agent costs in all (its threads, its programs, the kernel's work for them
+/// such as socket storage), also where the load does not keep every CPU busy and
+/// the rate alone would not show it.
+fn machine_cpu(rounds: &[Round]) {
+    println!(
+        "machine CPU per connection (/proc/stat: every process and the kernel; medians, min-max; ratio without/with, 1 = no cost)"
+    );
+    let phases: [(&str, RunsOf); 2] = [
+        ("short (wrk)", |r| (r.short_off, r.short_on.load)),
+        ("short mTLS (s_time)", |r| (r.mtls_off, r.mtls_on.load)),
+    ];
+    for (name, get) in phases {
+        let us = |c: ConnRun| per(c.busy_s * 1e6, c.conns as f64);
+        let off = series(rounds, |r| us(get(r).0));
+        let on = series(rounds, |r| us(get(r).1));
+        let ratio = Series(off.0.iter().zip(&on.0).map(|(a, b)| a / b).collect());
+        println!(
+            "  {name:<21} without {} us, with {} us, +{:.1} us; ratio {}  rounds {}",
+            off.spread(1),
+            on.spread(1),
+            on.median() - off.median(),
+            ratio.spread(3),
+            ratio.each(3),
+        );
+    }
+}
+
 fn ours_us(c: &PhaseCost) -> f64 {
     per(c.cpu_s * 1e6 + c.kernel_ns() as f64 / 1e3, c.conns as f64)
 }
@@ -234,6 +266,8 @@ pub fn summary(opts: &BenchOptions, rounds: &[Round], memory: Option<&Memory>) {
         &short_off,
         &peer_on,
     );
+    println!();
+    machine_cpu(rounds);
     println!();
     per_connection(rounds);
     println!();

@@ -103,6 +103,28 @@ pub fn stat_ticks(stat: &str) -> Option<(u64, u32)> {
     Some((n(11)? + n(12)?, n(1)? as u32))
 }
 
+/// Busy CPU time of the whole machine, all CPUs together, in seconds: every
+/// process and the kernel (user, nice, system, irq, softirq), not idle, iowait or
+/// time stolen by the hypervisor.
+pub fn machine_busy_seconds() -> Result<f64> {
+    let stat = fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let ticks = busy_ticks(&stat).ok_or_else(|| anyhow!("/proc/stat: no `cpu` line"))?;
+    Ok(ticks as f64 / clock_ticks())
+}
+
+/// Busy clock ticks from the `cpu` line of /proc/stat text (guest time is inside
+/// user time already).
+pub fn busy_ticks(stat: &str) -> Option<u64> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal guest guest_nice
+    Some(f.first()? + f.get(1)? + f.get(2)? + f.get(5)? + f.get(6)?)
+}
+
 pub fn clock_ticks() -> f64 {
     // SAFETY: sysconf has no preconditions.
     unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
@@ -219,6 +241,14 @@ mod tests {
                     9999 123456789 2048 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0";
         assert_eq!(stat_ticks(stat), Some((288, 17)));
         assert_eq!(stat_ticks("4242 no parenthesis"), None);
+    }
+
+    #[test]
+    fn busy_ticks_leave_out_idle_iowait_and_steal() {
+        let stat = "cpu  100 2 30 5000 7 1 4 900 50 0\ncpu0 50 1 15 2500 3 0 2 450 25 0\nintr 1\n";
+        assert_eq!(busy_ticks(stat), Some(137));
+        assert_eq!(busy_ticks("intr 1\n"), None);
+        assert_eq!(busy_ticks("cpu  1 2\n"), None, "too few fields");
     }
 
     #[test]
