@@ -608,10 +608,12 @@ impl Pipeline {
 
     /// Makes the record of a finished connection and hands it to every consumer.
     fn finish(&mut self, conn: &Connection, now: u64) {
-        if conn.settled.is_some() {
-            for end in conn.ends() {
-                self.probes.clear_decided(end.cookie);
-            }
+        // A mark the kernel has not consumed (nothing more was sent within the
+        // budget) would hold a slot of the LRU map: cleared, one syscall, only
+        // for the ends that were marked (most short connections close before
+        // they settle, and were not).
+        for end in conn.ends().filter(|e| e.marked_decided) {
+            self.probes.clear_decided(end.cookie);
         }
         let record = self.stages().record(conn);
         if matches!(record.hop, Hop::ProxyUpstream | Hop::ProxyTunnel) {

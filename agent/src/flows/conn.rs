@@ -97,6 +97,9 @@ pub struct End {
     pub closed_first: bool,
     pub peer_closed_first: bool,
     pub reset: bool,
+    /// The kernel was told to stop capturing this end (its cookie went to
+    /// [`super::FlowTable::take_decided`]); only such ends have a mark to clear.
+    pub marked_decided: bool,
     /// Both directions, allocated with the first captured segment: an end that
     /// has captured nothing (an idle connection, one older than the agent that
     /// has not spoken) costs no stream memory.

@@ -353,6 +353,7 @@ impl FlowTable {
             closed_first: false,
             peer_closed_first: false,
             reset: false,
+            marked_decided: false,
             streams: None,
         };
         let (client, server) = match role {
@@ -836,6 +837,7 @@ impl FlowTable {
                 end.release_streams();
                 if end.closed_ns.is_none() {
                     self.decided.push(end.cookie);
+                    end.marked_decided = true;
                 }
             }
         }

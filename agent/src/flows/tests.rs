@@ -276,6 +276,10 @@ fn a_settled_connection_is_marked_decided_and_keeps_no_more_bytes() {
     let conn = &out[0];
     let cls = conn.settled.as_deref().expect("settled");
     assert_eq!(cls.protocol, crate::classify::Protocol::Http1);
+    assert!(
+        conn.ends().all(|e| e.marked_decided),
+        "both ends carry the mark, so the finish clears what the kernel did not consume"
+    );
     let c2s = conn.client_to_server().expect("c2s");
     assert_eq!(c2s.captured(), req.len() as u64, "captured before settling");
     assert!(c2s.contiguous().is_empty(), "the buffer was freed");
